@@ -18,9 +18,10 @@ from .core import (Config, ConfigError, DataValidationError, RunContext, esc, fi
                            fingerprint_data, md, read_json, resolve_path, run_context, write_json)
 
 # %% auto #0
-__all__ = ['load_dataset', 'prepare_data', 'check_target', 'check_columns', 'check_data', 'validate_data', 'infer_schema',
-           'data_dictionary', 'class_balance', 'target_rate_by_value', 'plot_profile', 'cramers_v',
-           'association_matrix', 'split_data', 'load_data', 'load_splits', 'load_schema']
+__all__ = ['QUANTILE_LEVELS', 'load_dataset', 'prepare_data', 'check_target', 'check_columns', 'check_data', 'validate_data',
+           'infer_schema', 'data_dictionary', 'class_balance', 'target_rate_by_value', 'plot_profile', 'cramers_v',
+           'association_matrix', 'split_data', 'load_data', 'load_splits', 'load_schema', 'numeric_statistics',
+           'categorical_statistics', 'reference_statistics']
 
 # %% ../nbs/01_eda.ipynb #7
 def _read_source(cfg: Config) -> pd.DataFrame:
@@ -201,7 +202,7 @@ def plot_profile(df: pd.DataFrame, cfg: Config, max_columns: int = 30):
 
 # %% ../nbs/01_eda.ipynb #33
 def cramers_v(a: pd.Series, b: pd.Series) -> float:
-    "Bias-corrected Cramér's V between two columns (numeric ones binned)."
+    "Cramér's V between two columns (numeric ones binned first)."
     from scipy.stats.contingency import association, crosstab
     table = crosstab(_binned(a).to_numpy(), _binned(b).to_numpy()).count
     if min(table.shape) < 2: return 0.0
@@ -265,3 +266,39 @@ def load_splits(ctx: RunContext) -> tuple[pd.DataFrame, pd.DataFrame]:
 def load_schema(ctx: RunContext) -> dict:
     "The stored schema of this run's data."
     return load_data(ctx)[1]
+
+# %% ../nbs/01_eda.ipynb #45
+QUANTILE_LEVELS = np.linspace(0, 1, 1001)
+
+def numeric_statistics(values, sample_size: int = 1000, seed: int = 0) -> dict:
+    "Count, moments, range, 1,001 quantiles and a seeded sample of a numeric column."
+    x = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float)
+    missing, x = float(np.isnan(x).mean()) if len(x) else 0.0, x[~np.isnan(x)]
+    if len(x) == 0: return {"kind": "numeric", "count": 0, "missing_share": missing}
+    rng = np.random.default_rng(seed)
+    sample = x if len(x) <= sample_size else rng.choice(x, size=sample_size, replace=False)
+    return {"kind": "numeric", "count": int(len(x)), "missing_share": missing, "mean": float(x.mean()),
+            "std": float(x.std(ddof=1)) if len(x) > 1 else 0.0, "min": float(x.min()), "max": float(x.max()),
+            "quantiles": np.quantile(x, QUANTILE_LEVELS).tolist(), "sample": sample.tolist()}
+
+def categorical_statistics(values) -> dict:
+    "Count of each category (as text) and the missing share of a categorical column."
+    s = pd.Series(values)
+    counts = s.dropna().astype(str).value_counts()
+    return {"kind": "categorical", "count": int(counts.sum()), "missing_share": float(s.isna().mean()) if len(s) else 0.0,
+            "counts": {str(k): int(v) for k, v in counts.items()}}
+
+# %% ../nbs/01_eda.ipynb #46
+def reference_statistics(df: pd.DataFrame,  # the training split
+                         schema: dict,  # from `infer_schema` / `load_schema`
+                         scores=None,  # the model's positive-class probabilities on `df`, if any
+                         sample_size: int = 1000, seed: int = 0) -> dict:
+    "Per-column statistics of the training data (and scores) that monitoring compares batches with."
+    cols = {}
+    for c in schema["features"]:
+        kind = schema["columns"][c]["kind"]
+        cols[c] = numeric_statistics(df[c], sample_size, seed) if kind == "numeric" else categorical_statistics(df[c])
+    out = {"rows": int(len(df)), "seed": seed, "sample_size": sample_size, "quantile_levels": len(QUANTILE_LEVELS),
+           "columns": cols, "target": categorical_statistics(df[schema["target"]]) if schema["target"] in df else None}
+    if scores is not None: out["prediction"] = numeric_statistics(scores, sample_size, seed)
+    return out
