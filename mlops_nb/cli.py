@@ -13,7 +13,7 @@ import typer
 from .core import MlopsError
 
 # %% auto #0
-__all__ = ['app', 'guarded', 'run', 'validate', 'main']
+__all__ = ['app', 'guarded', 'run', 'validate', 'reproduce', 'report', 'main']
 
 # %% ../nbs/08_cli.ipynb #6
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -79,6 +79,26 @@ def validate(data: Path = typer.Argument(..., help="CSV or Parquet file to check
     guarded(body)
 
 # %% ../nbs/08_cli.ipynb #10
+@app.command()
+def reproduce(run_id: str = typer.Argument(..., help="The run to reproduce (a folder name under the reports folder)."),
+              out: Path = typer.Option(Path("reports"), "--out", help="Reports folder.")):
+    "Re-run a past run from its recorded config and data; print its metrics side by side."
+    from mlops_nb.pipeline import reproduce_run
+    def body():
+        table = reproduce_run(run_id, out, progress=lambda m: typer.echo(m, err=True))
+        typer.echo(table.to_string())
+        if not table["identical"].all():
+            raise MlopsError(f"metrics differ from run {run_id}: " + ", ".join(table.index[~table["identical"]]))
+        typer.echo(f"reproduced {run_id} as {table.attrs['reproduced']}: every metric identical")
+    guarded(body)
+
+@app.command()
+def report(out: Path = typer.Option(Path("reports"), "--out", help="Reports folder.")):
+    "Rebuild the history dashboard (reports/index.html)."
+    from mlops_nb.pipeline import write_dashboard
+    typer.echo(f"history: {write_dashboard(out).resolve()}")
+
+# %% ../nbs/08_cli.ipynb #11
 def main():
     "Entry point of the `mlops-nb` console script."
     import os

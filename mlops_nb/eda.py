@@ -7,8 +7,6 @@ from __future__ import annotations
 import hashlib, json, warnings
 from pathlib import Path
 
-import matplotlib
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_pipeline.ipynb #2
 from __future__ import annotations
-import datetime as dt, html, json, os, re, shutil, signal, sys, time, traceback
+import datetime as dt, json, os, re, shutil, tempfile, time
 from pathlib import Path
 
 import nbformat
@@ -17,7 +17,7 @@ from .core import (ConfigError, DataValidationError, MlopsError, RunContext, esc
 # %% auto #0
 __all__ = ['STAGES', 'STAGE_PARAMETERS', 'StageFailed', 'notebooks_dir', 'select_stages', 'check_notebook_parameters',
            'add_failure_banner', 'execute_stage', 'render_html', 'build_summary', 'run_index_html', 'load_summaries',
-           'dashboard_html', 'write_dashboard', 'prepare_run', 'run_pipeline']
+           'dashboard_html', 'write_dashboard', 'prepare_run', 'run_pipeline', 'reproduce_run']
 
 # %% ../nbs/07_pipeline.ipynb #6
 STAGES = {"eda": "01_eda.ipynb"}
@@ -75,12 +75,19 @@ def add_failure_banner(nb_path: Path, stage: str, cause: str) -> None:
     nbformat.write(nb, nb_path)
 
 # %% ../nbs/07_pipeline.ipynb #15
+def _kernel_manager(socket_dir: str):
+    "A kernel manager on local IPC sockets (no TCP port is opened for the stage's kernel)."
+    from jupyter_client.manager import KernelManager
+    return KernelManager(kernel_name="python3", transport="ipc", ip=f"{socket_dir}/kernel")
+
 def execute_stage(stage: str, notebook: Path, out_nb: Path, parameters: dict, timeout: float | None = None) -> str | None:
     "Execute one stage notebook with papermill; return None on success, else the failure cause."
     import papermill as pm
     check_notebook_parameters(notebook, tuple(parameters))
+    socket_dir = tempfile.mkdtemp(prefix="mlops_nb-k")  # short path: unix socket paths are limited to ~100 bytes
+    km = _kernel_manager(socket_dir)
     try:
-        pm.execute_notebook(str(notebook), str(out_nb), parameters=parameters, kernel_name="python3",
+        pm.execute_notebook(str(notebook), str(out_nb), parameters=parameters, kernel_name="python3", km=km,
                             progress_bar=False, log_output=False, cwd=str(out_nb.parent), execution_timeout=timeout)
         return None
     except (Exception, KeyboardInterrupt) as err:
@@ -89,6 +96,9 @@ def execute_stage(stage: str, notebook: Path, out_nb: Path, parameters: dict, ti
         add_failure_banner(out_nb, stage, cause)
         if isinstance(err, KeyboardInterrupt): raise
         return cause
+    finally:
+        if km.has_kernel: km.shutdown_kernel(now=True)
+        shutil.rmtree(socket_dir, ignore_errors=True)
 
 # %% ../nbs/07_pipeline.ipynb #17
 _REPORT_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
@@ -275,3 +285,33 @@ def run_pipeline(config: str | Path | None = None,  # YAML config; None for the 
         _finish_run(ctx, done, status, reports)
         raise
     return _finish_run(ctx, done, status, reports)
+
+# %% ../nbs/07_pipeline.ipynb #33
+def _comparable_metrics(run_dir: Path, summary: dict) -> dict:
+    "The summary metrics and every stage's metrics (as `stage.metric`)."
+    out = dict(summary.get("metrics", {}))
+    for stage in summary.get("stages", {}):
+        p = run_dir / f"{stage}.json"
+        if p.exists():
+            out.update({f"{stage}.{k}": v for k, v in read_json(p).get("metrics", {}).items() if isinstance(v, (int, float))})
+    return out
+
+# %% ../nbs/07_pipeline.ipynb #34
+def reproduce_run(run_id: str, reports: str | Path = "reports", progress=print) -> pd.DataFrame:
+    "Re-run a past run from its stored config; the metrics side by side (refuses if the data changed)."
+    from mlops_nb.eda import load_dataset
+    from mlops_nb.core import fingerprint_data
+    run_dir = Path(reports) / run_id
+    if not (run_dir / "summary.json").exists(): raise ConfigError(f"reproduce: no run {run_id!r} in {Path(reports).resolve()}")
+    old = read_json(run_dir / "summary.json")
+    cfg = load_config(run_dir / "config.yaml")
+    now = fingerprint_data(load_dataset(cfg))
+    if now != old.get("data_fingerprint"):
+        raise DataValidationError(f"{cfg.data.source}: data fingerprint is {now}, run {run_id} used {old.get('data_fingerprint')}; "
+                                  "the data changed, so the run cannot be reproduced")
+    new = run_pipeline(run_dir / "config.yaml", stages=[s for s in old["stages"] if s in STAGES], out=reports, progress=progress)
+    a, b = _comparable_metrics(run_dir, old), _comparable_metrics(Path(reports) / new["run_id"], new)
+    table = pd.DataFrame({"original": pd.Series(a, dtype=float), "reproduced": pd.Series(b, dtype=float)})
+    table["identical"] = (table["original"] - table["reproduced"]).abs().fillna(float("inf")) < 1e-9
+    table.attrs.update(original=run_id, reproduced=new["run_id"], status=new["status"])
+    return table
