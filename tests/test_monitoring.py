@@ -1,0 +1,225 @@
+"""Monitoring: drift scores equal scipy's, dataset drift, decisions (minimum size, cooldown), estimated vs measured
+performance, bad batches, the inference log and its labels. Real MLflow store in tmp_path, seeded synthetic data."""
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import chi2_contingency, ks_2samp, wasserstein_distance
+
+from conftest import read_json, write_config
+from mlops_nb.baseline import build_pipeline, model_columns, target_vector
+from mlops_nb.core import ConfigError, DataValidationError, load_config, run_context
+from mlops_nb.eda import load_data, reference_statistics
+from mlops_nb.evaluation import decisions, log_model, positive_scores, register_version
+from mlops_nb.monitoring import (append_inference_log, dataset_drift, drift_report, join_labels, monitor_batch,
+                                 read_inference_log, retraining_decision)
+
+NUMERIC, CATEGORICAL = ["x1", "x2", "x3"], ["c1", "c2"]
+
+
+def synthetic(n: int, seed: int, x2_shift: float = 0.0, c1_p=(0.5, 0.3, 0.2)) -> pd.DataFrame:
+    "Rows whose outcome follows a logistic model of x1, x2 and c1 (x3 and c2 are noise)."
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"x1": rng.normal(0, 1, n), "x2": rng.normal(5, 2, n) + x2_shift, "x3": rng.uniform(0, 10, n),
+                       "c1": rng.choice(["a", "b", "c"], n, p=list(c1_p)), "c2": rng.choice(["u", "v"], n)})
+    logit = 1.5 * df.x1 + 0.3 * (df.x2 - x2_shift - 5) + np.where(df.c1 == "a", 1.0, -0.5)
+    df["y"] = np.where(rng.random(n) < 1 / (1 + np.exp(-logit)), "yes", "no")
+    return df
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    "A logistic regression trained on 800 synthetic rows, registered with its reference statistics in a real MLflow store."
+    folder = tmp_path_factory.mktemp("monitoring")
+    synthetic(800, seed=0).to_csv(folder / "reference.csv", index=False)
+    config = write_config(folder, data={"source": "reference.csv", "target": "y", "positive_label": "yes", "sensitive_features": ["c2"],
+                                        "time_column": None, "missing_values": []})
+    ctx = run_context(config, folder / "run")
+    ref, schema = load_data(ctx)
+    X = ref[model_columns(schema)]
+    pipeline = build_pipeline(schema, "logistic_regression").fit(X, target_vector(ref, ctx.config))
+    reference = reference_statistics(ref, schema, scores=positive_scores(pipeline, X))
+    model = register_version(ctx, log_model(ctx, pipeline, X, reference), gates=[])
+    return SimpleNamespace(folder=folder, config=config, cfg=ctx.config, ref=ref, pipeline=pipeline, model=model,
+                           client=MlflowClient(tracking_uri=ctx.tracking_uri))
+
+
+def test_batch_sampled_from_the_reference_does_not_drift(project, tmp_path):
+    batch = project.ref.sample(400, random_state=1).reset_index(drop=True)
+    d = monitor_batch(project.cfg, batch, out=tmp_path, batch_id="same")
+    assert d["decision"] == "ok" and d["dataset_drift"] is False and d["drift_share"] == 0.0
+    assert {c: v["test"] for c, v in d["columns"].items()} == {"x1": "ks", "x2": "ks", "x3": "ks", "c1": "chisquare", "c2": "chisquare"}
+    assert d["prediction_drift"]["drifted"] is False and d["anomalies"] == {}
+    assert d["model"]["version"] == project.model["version"]  # the challenger, as there is no champion
+    assert read_json(tmp_path / "monitoring" / "same" / "decision.json") == d
+
+
+def test_two_shifted_columns_drift_and_scores_equal_scipy(project, tmp_path):
+    batch = synthetic(400, seed=5, x2_shift=3.0, c1_p=(0.2, 0.3, 0.5)).drop(columns="y")
+    d = monitor_batch(project.cfg, batch, out=tmp_path, batch_id="shifted")
+    assert sorted(c for c, v in d["columns"].items() if v["drifted"]) == ["c1", "x2"]
+    assert d["drift_share"] == 0.4 and d["dataset_drift"] is False and d["decision"] != "retrain"
+    ref = project.ref
+    for c in NUMERIC:  # the reference has 800 rows: its stored sample is the whole column, so KS is exact
+        assert d["columns"][c]["score"] == ks_2samp(ref[c], batch[c]).pvalue
+    for c in CATEGORICAL:
+        table = pd.crosstab(np.r_[np.zeros(len(ref)), np.ones(len(batch))], np.r_[ref[c], batch[c]]).to_numpy()
+        assert d["columns"][c]["score"] == chi2_contingency(table).pvalue
+    assert all(v["drifted"] == (v["score"] < 0.05) for v in d["columns"].values())
+    assert d["anomalies"]["x2"]["out_of_range"]["rows"] == int((batch.x2 > ref.x2.max()).sum()) > 0
+    run = project.client.get_run(d["mlflow_run_id"])
+    assert run.data.tags["mlops_nb.kind"] == "monitoring" and run.data.metrics["drift_share"] == 0.4
+    assert run.data.tags["mlops_nb.decision"] == d["decision"]
+    assert (tmp_path / "monitoring" / "shifted" / "monitoring.html").is_file()
+
+
+def test_large_reference_uses_distances_that_match_scipy_on_raw_data():
+    ref, batch = synthetic(5000, seed=1), synthetic(700, seed=2, x2_shift=0.8, c1_p=(0.4, 0.3, 0.3))
+    ref["x3"] = np.random.default_rng(3).exponential(2.0, 5000)  # a skewed column too
+    batch["x3"] = np.random.default_rng(4).exponential(2.4, 700)
+    schema = {"features": NUMERIC + CATEGORICAL, "target": "y",
+              "columns": {**{c: {"kind": "numeric"} for c in NUMERIC}, **{c: {"kind": "categorical"} for c in CATEGORICAL}}}
+    report = drift_report(batch, reference_statistics(ref, schema))
+    assert report.test.to_dict() == {"x1": "wasserstein", "x2": "wasserstein", "x3": "wasserstein", "c1": "jensenshannon", "c2": "jensenshannon"}
+    for c in NUMERIC:
+        assert abs(report.loc[c, "score"] - wasserstein_distance(ref[c], batch[c]) / np.std(ref[c])) < 0.005, c
+    for c in CATEGORICAL:
+        cats = sorted(set(ref[c]) | set(batch[c]))
+        p, q = (s[c].value_counts(normalize=True).reindex(cats, fill_value=0) for s in (ref, batch))
+        assert report.loc[c, "score"] == pytest.approx(jensenshannon(p, q), abs=1e-12)
+    assert report.drifted.to_dict() == (report.score >= 0.1).to_dict()
+    assert report.loc["x2", "drifted"] and not report.loc["x1", "drifted"]
+
+
+def test_small_batch_investigates_never_retrains(project, tmp_path):
+    batch = synthetic(60, seed=7, x2_shift=5.0, c1_p=(0.05, 0.05, 0.9))
+    batch["x1"] += 3; batch["x3"] += 20; batch["c2"] = "u"
+    d = monitor_batch(project.cfg, batch, labels=True, out=tmp_path, batch_id="tiny")
+    assert d["dataset_drift"] is True and d["decision"] == "investigate"
+    assert "min_batch_rows=200" in d["reasons"][0] and any(r.startswith("dataset drift") for r in d["reasons"])
+
+
+def test_cooldown_blocks_a_second_retrain(project, tmp_path):
+    cfg = load_config(project.config, ["monitoring.min_batch_rows=100"])
+    drifted = synthetic(300, seed=8, x2_shift=4.0, c1_p=(0.1, 0.1, 0.8)).assign(x1=lambda d: d.x1 + 2)
+    first = monitor_batch(cfg, drifted, out=tmp_path, batch_id="b1")
+    assert first["decision"] == "retrain" and first["dataset_drift"] is True
+    second = monitor_batch(cfg, drifted, out=tmp_path, batch_id="b2")
+    assert second["decision"] == "investigate" and "retrain_cooldown_days=7" in second["reasons"][-1] and "b1" in second["reasons"][-1]
+    # the history is also in MLflow: another reports folder is still within the cooldown
+    third = monitor_batch(cfg, drifted, out=tmp_path / "elsewhere", batch_id="b3")
+    assert third["decision"] == "investigate" and "b1" in third["reasons"][-1]
+    no_cooldown = load_config(project.config, ["monitoring.min_batch_rows=100", "monitoring.retrain_cooldown_days=0"])
+    assert monitor_batch(no_cooldown, drifted, out=tmp_path, batch_id="b4")["decision"] == "retrain"
+
+
+def test_estimated_performance_is_close_to_measured_for_a_calibrated_model(project, tmp_path):
+    batch = synthetic(3000, seed=11)
+    d = monitor_batch(project.cfg, batch, labels=True, out=tmp_path, batch_id="labelled")
+    assert d["labelled_rows"] == 3000 and d["performance"]["rows"] == 3000
+    for k in ("accuracy", "f1", "precision", "recall", "roc_auc"):
+        assert abs(d["estimated_performance"][k] - d["performance"][k]) < 0.03, (k, d["estimated_performance"][k], d["performance"][k])
+    scores = positive_scores(project.pipeline, batch[NUMERIC + CATEGORICAL])
+    assert d["estimated_performance"]["tp"] == pytest.approx(scores[decisions(scores) == 1].sum())  # expected TP = sum of p over predicted positives
+    assert d["label_drift"]["test"] == "chisquare" and "performance" in d["assumptions"][0]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda b: b.drop(columns=["x2", "c1"]), "x2: column is missing"),
+    (lambda b: b.assign(x1="abc"), "x1: expected numbers, found ['abc']"),
+    (lambda b: b.assign(x3=[np.inf] + [1.0] * (len(b) - 1)), "x3: infinite values in 1 row (rows 0)"),
+    (lambda b: b.iloc[:0], "the batch has no rows"),
+])
+def test_bad_batches_are_refused_naming_the_problem(project, tmp_path, change, message):
+    with pytest.raises(DataValidationError) as err:
+        monitor_batch(project.cfg, change(project.ref.head(50).copy()), out=tmp_path, batch_id="bad")
+    assert message in str(err.value)
+    assert not (tmp_path / "monitoring" / "bad").exists()
+
+
+def test_bad_batch_files_and_arguments(project, tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DataValidationError, match="the file is empty"): monitor_batch(project.cfg, tmp_path / "empty.csv", out=tmp_path)
+    (tmp_path / "header.csv").write_text("x1,x2,x3,c1,c2\n")
+    with pytest.raises(DataValidationError, match="no rows"): monitor_batch(project.cfg, tmp_path / "header.csv", out=tmp_path)
+    with pytest.raises(DataValidationError, match="y: labels were requested"):
+        monitor_batch(project.cfg, project.ref.drop(columns="y"), labels=True, out=tmp_path)
+    with pytest.raises(ConfigError, match="unknown column"): monitor_batch(project.cfg, project.ref, methods={"x9": "psi"}, out=tmp_path)
+    with pytest.raises(ConfigError, match="batch_id"): monitor_batch(project.cfg, project.ref, batch_id="../x", out=tmp_path)
+    with pytest.raises(ConfigError, match="nope"): monitor_batch(project.cfg, project.ref, model="nope@champion", out=tmp_path)
+
+
+def test_html_report_escapes_data_values(project, tmp_path):
+    batch = project.ref.head(250).assign(c1=["<script>alert(1)</script>"] + ["a"] * 249)
+    d = monitor_batch(project.cfg, batch, out=tmp_path, batch_id="xss", methods={"x1": {"test": "psi", "threshold": 0.3}})
+    assert d["anomalies"]["c1"]["unseen_categories"]["rows"] == 1 and d["decision"] == "investigate"
+    assert d["columns"]["x1"]["test"] == "psi" and d["columns"]["x1"]["threshold"] == 0.3
+    html = (tmp_path / "monitoring" / "xss" / "monitoring.html").read_text()
+    assert "<script>" not in html and "&lt;script&gt;" in html and "investigate" in html
+
+
+LOG = """\
+{"time": "2026-01-05T10:00:00.000Z", "request_id": "r1", "row": 0, "model_name": "m", "model_version": "3", "inputs": {"x1": 0.5, "c1": "a"}, "prediction": 1, "probability": 0.8, "latency_ms": 3.5, "status": 200, "unseen_categories": []}
+{"time": "2026-01-05T10:00:00.000Z", "request_id": "r1", "row": 1, "model_name": "m", "model_version": "3", "inputs": {"x1": -1.0, "c1": "zzz"}, "prediction": 0, "probability": 0.2, "latency_ms": 3.5, "status": 200, "unseen_categories": ["c1"]}
+
+{"time": "2026-01-06T08:30:00+01:00", "request_id": "r2", "row": 0, "model_name": "m", "model_version": "4", "inputs": {"x1": 2.0, "c1": "b"}, "prediction": 1, "probability": 0.9, "latency_ms": 2.0, "status": 200, "unseen_categories": []}
+"""
+
+
+def test_inference_log_reader_and_labels(tmp_path):
+    (tmp_path / "log").mkdir()
+    (tmp_path / "log" / "a.jsonl").write_text(LOG)
+    (tmp_path / "log" / "b.jsonl").write_text('{"time": "2026-01-07T00:00:00Z", "request_id": "r3", "inputs": {"x1": 1.0, "c1": "c"}, "status": 422}\n')
+    log = read_inference_log(tmp_path / "log")
+    assert list(log.columns[:2]) == ["x1", "c1"] and len(log) == 4
+    assert log.x1.tolist() == [0.5, -1.0, 2.0, 1.0] and log.c1.tolist() == ["a", "zzz", "b", "c"]
+    assert log.request_id.tolist() == ["r1", "r1", "r2", "r3"] and log.row.tolist() == [0, 1, 0, 0]
+    assert log.time[2] == pd.Timestamp("2026-01-06T07:30:00Z")  # converted to UTC
+    assert log.probability.tolist()[:3] == [0.8, 0.2, 0.9] and log.model_version.tolist()[:3] == ["3", "3", "4"]
+    assert log.unseen_categories[1] == ["c1"] and log.status.tolist() == [200, 200, 200, 422]
+    assert read_inference_log(tmp_path / "log", since="2026-01-06", until="2026-01-07").request_id.tolist() == ["r2"]
+    labels = pd.DataFrame({"request_id": ["r1", "r1", "r2"], "row": [0, 1, 0], "y": ["yes", "no", "no"]})
+    joined = join_labels(log, labels, "y")
+    assert joined.y.tolist()[:3] == ["yes", "no", "no"] and pd.isna(joined.y[3])  # r3's label has not arrived
+    by_request = join_labels(log[log.request_id != "r1"], pd.DataFrame({"request_id": ["r2"], "y": ["yes"]}), "y")
+    assert by_request.y.tolist()[0] == "yes"
+    with pytest.raises(DataValidationError, match="scored several rows"): join_labels(log, labels.drop(columns="row").drop_duplicates("request_id"), "y")
+    with pytest.raises(DataValidationError, match="duplicate label"): join_labels(log, pd.concat([labels, labels]), "y")
+    (tmp_path / "broken.jsonl").write_text(LOG + "{not json\n")
+    with pytest.raises(DataValidationError, match="broken.jsonl:5: not valid JSON"): read_inference_log(tmp_path / "broken.jsonl")
+
+
+def test_monitoring_an_inference_log_with_late_labels_and_serving_skew(project, tmp_path):
+    cfg, version = project.cfg, str(project.model["version"])
+    batch = synthetic(300, seed=13)
+    X = batch[NUMERIC + CATEGORICAL]
+    p = positive_scores(project.pipeline, X)
+    served = p.copy(); served[7] = min(served[7] + 0.05, 1.0)  # one response the registered model would not give
+    log = tmp_path / "log" / "part-0.jsonl"
+    for i in range(0, 300, 3):  # requests of three rows
+        append_inference_log(log, X.iloc[i:i + 3], served[i:i + 3], decisions(served[i:i + 3]), f"req-{i}", cfg.model_name, version)
+    append_inference_log(log, X.iloc[:5], p[:5], decisions(p[:5]), "other", cfg.model_name, "999")  # another version: ignored
+    labels = pd.DataFrame({"request_id": [f"req-{i - i % 3}" for i in range(240)], "row": [i % 3 for i in range(240)], "y": batch.y[:240]})
+    d = monitor_batch(cfg, labels, inference_log=log.parent, labels=True, out=tmp_path, batch_id="served")
+    assert d["rows"] == 300 and d["labelled_rows"] == 240 and d["source"]["other_models"] == 5
+    y = (batch.y[:240] == "yes").astype(int)
+    assert d["performance"]["accuracy"] == pytest.approx(float((decisions(served[:240]) == y).mean()))
+    assert d["serving_skew"]["mismatched_rows"] == 1 and d["serving_skew"]["max_abs_difference"] == pytest.approx(served[7] - p[7])
+    assert d["decision"] == "investigate" and any("serving skew" in r for r in d["reasons"])
+    with pytest.raises(ConfigError, match="pass the labels"): monitor_batch(cfg, inference_log=log, labels=True, out=tmp_path)
+
+
+def test_decision_rules_without_mlflow():
+    cfg = load_config()
+    quiet = {"rows": 500, "columns": {"a": {"drifted": False}}, "drift_share": 0.0, "dataset_drift": False,
+             "performance": {}, "estimated_performance": {"roc_auc": 0.8}, "anomalies": {}}
+    assert retraining_decision(quiet, cfg)[0] == "ok"
+    assert retraining_decision({**quiet, "rows": 10}, cfg)[0] == "investigate"
+    assert retraining_decision({**quiet, "performance": {"roc_auc": 0.5}}, cfg)[0] == "retrain"
+    assert retraining_decision({**quiet, "rows": 10, "performance": {"roc_auc": 0.5}}, cfg)[0] == "investigate"
+    assert dataset_drift(pd.DataFrame({"drifted": [True, False]}), 0.5) == (True, 0.5)  # at the threshold is drift
+    assert dataset_drift(pd.DataFrame({"drifted": [True, False, False]}), 0.5)[0] is False
