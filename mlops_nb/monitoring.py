@@ -426,7 +426,7 @@ def retraining_decision(result: dict,  # the assessed batch (rows, columns, drif
                         now: dt.datetime | None = None) -> tuple[str, list[str]]:
     "ok | investigate | retrain, with reasons; small batches never retrain, and a cooldown follows a retrain."
     m, now = cfg.monitoring, now or dt.datetime.now(dt.timezone.utc)
-    findings = decision_findings(result, cfg)
+    findings = sorted(decision_findings(result, cfg), key=lambda f: -LEVELS.index(f[0]))  # the weightiest reasons first
     decision = LEVELS[max((LEVELS.index(level) for level, _ in findings), default=0)]
     reasons = [reason for _, reason in findings]
     if result["rows"] < m.min_batch_rows:
@@ -551,6 +551,8 @@ def new_batch_id() -> str:
     return new_run_id()
 
 # %% ../nbs/05_monitoring.ipynb #56
+_HISTORY_METRICS = ("roc_auc", "average_precision", "f1", "accuracy", "log_loss", "brier")
+
 def monitoring_history(out: str | Path = "reports") -> pd.DataFrame:
     "Every recorded decision under `out/monitoring/`, oldest first: batch, time, model, rows, drift, performance, decision."
     rows = []
@@ -558,11 +560,10 @@ def monitoring_history(out: str | Path = "reports") -> pd.DataFrame:
         d = read_json(p)
         rows.append({"batch_id": d["batch_id"], "time": d["time"], "model_name": d["model"]["name"], "model_version": d["model"]["version"],
                      "rows": d["rows"], "drift_share": d["drift_share"], "dataset_drift": d["dataset_drift"], "decision": d["decision"],
+                     "reasons": "; ".join(d["reasons"]),
                      **{f"measured_{k}": v for k, v in (d.get("performance") or {}).items() if k in _HISTORY_METRICS},
                      **{f"estimated_{k}": v for k, v in d["estimated_performance"].items() if k in _HISTORY_METRICS}})
     return pd.DataFrame(rows).sort_values("time", kind="stable").reset_index(drop=True) if rows else pd.DataFrame(columns=["batch_id", "time", "decision"])
-
-_HISTORY_METRICS = ("roc_auc", "average_precision", "f1", "accuracy", "log_loss", "brier")
 
 # %% ../nbs/05_monitoring.ipynb #57
 def last_retrain(client, cfg: Config, out: str | Path, model_name: str) -> dict | None:
@@ -625,6 +626,8 @@ def monitor_batch(cfg: Config,
                  ) -> dict:
     "Monitor one batch against the model's reference statistics; write decision.json and monitoring.html, log to MLflow, return the decision."
     if data is None and inference_log is None: raise ConfigError("monitor: give a batch (data) or an inference log")
+    if inference_log is not None and data is not None and not labels:
+        raise ConfigError("monitor: with an inference log, the data is its labels: set labels (--labels) or leave the data out")
     client = mlflow_client(tracking_uri(cfg))
     loaded = resolve_model(client, cfg, model)
     reference = loaded.reference_stats()

@@ -211,6 +211,7 @@ def test_monitoring_an_inference_log_with_late_labels_and_serving_skew(project, 
     assert d["serving_skew"]["mismatched_rows"] == 1 and d["serving_skew"]["max_abs_difference"] == pytest.approx(served[7] - p[7])
     assert d["decision"] == "investigate" and any("serving skew" in r for r in d["reasons"])
     with pytest.raises(ConfigError, match="pass the labels"): monitor_batch(cfg, inference_log=log, labels=True, out=tmp_path)
+    with pytest.raises(ConfigError, match="the data is its labels"): monitor_batch(cfg, labels, inference_log=log, out=tmp_path)
 
 
 def test_decision_rules_without_mlflow():
