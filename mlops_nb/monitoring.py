@@ -34,8 +34,9 @@ __all__ = ['SMALL_REFERENCE_ROWS', 'DRIFT_TESTS', 'BLOCKING_ANOMALIES', 'ESTIMAT
 # %% ../nbs/05_monitoring.ipynb #7
 def batches_over_time(df: pd.DataFrame, cfg: Config,
                       reference_share: float = 0.5,  # the earliest periods holding at most this share of rows (at least one) train the model
+                      max_batches: int = 4,  # later periods are grouped (consecutively) into at most this many batches
                      ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    "The reference (early) rows and one batch per later period (or three seeded random batches without a time column)."
+    "The reference (early) rows and the later periods as batches (or three seeded random batches without a time column)."
     t = cfg.data.time_column
     if t is None or df[t].nunique() < 2:
         rows = df.sample(frac=1.0, random_state=cfg.split.seed).reset_index(drop=True)
@@ -43,9 +44,11 @@ def batches_over_time(df: pd.DataFrame, cfg: Config,
         parts = np.array_split(np.arange(cut, len(rows)), 3)
         return rows.iloc[:cut], {f"batch {i + 1}": rows.iloc[p].reset_index(drop=True) for i, p in enumerate(parts)}
     share = df[t].value_counts(normalize=True).sort_index().cumsum()
-    last = share.index[min(max(np.searchsorted(share.to_numpy(), reference_share, side="right") - 1, 0), len(share) - 2)]
-    later = sorted(v for v in df[t].dropna().unique() if v > last)
-    return df[df[t] <= last].reset_index(drop=True), {str(v): df[df[t] == v].reset_index(drop=True) for v in later}
+    last = share.index[min(max(np.searchsorted(share.to_numpy(), reference_share + 1e-9, side="right") - 1, 0), len(share) - 2)]
+    later = np.array(sorted(v for v in df[t].dropna().unique() if v > last), dtype=object)
+    groups = np.array_split(later, min(max_batches, len(later)))
+    name = lambda g: str(g[0]) if len(g) == 1 else f"{g[0]} to {g[-1]}"  # consecutive later periods, at most `max_batches` batches
+    return df[df[t] <= last].reset_index(drop=True), {name(g): df[df[t].isin(g)].reset_index(drop=True) for g in groups if len(g)}
 
 # %% ../nbs/05_monitoring.ipynb #13
 SMALL_REFERENCE_ROWS = 1000
