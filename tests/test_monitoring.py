@@ -12,7 +12,7 @@ from scipy.stats import chi2_contingency, ks_2samp, wasserstein_distance
 
 from conftest import read_json, write_config
 from mlops_nb.baseline import build_pipeline, model_columns, target_vector
-from mlops_nb.core import ConfigError, DataValidationError, load_config, run_context
+from mlops_nb.core import ConfigError, DataValidationError, MlopsError, load_config, run_context
 from mlops_nb.eda import load_data, reference_statistics
 from mlops_nb.evaluation import decisions, log_model, positive_scores, register_version
 from mlops_nb.monitoring import (append_inference_log, dataset_drift, drift_report, join_labels, monitor_batch,
@@ -150,7 +150,7 @@ def test_bad_batch_files_and_arguments(project, tmp_path):
         monitor_batch(project.cfg, project.ref.drop(columns="y"), labels=True, out=tmp_path)
     with pytest.raises(ConfigError, match="unknown column"): monitor_batch(project.cfg, project.ref, methods={"x9": "psi"}, out=tmp_path)
     with pytest.raises(ConfigError, match="batch_id"): monitor_batch(project.cfg, project.ref, batch_id="../x", out=tmp_path)
-    with pytest.raises(ConfigError, match="nope"): monitor_batch(project.cfg, project.ref, model="nope@champion", out=tmp_path)
+    with pytest.raises(MlopsError, match="nope"): monitor_batch(project.cfg, project.ref, model="nope@champion", out=tmp_path)
 
 
 def test_html_report_escapes_data_values(project, tmp_path):
