@@ -5,7 +5,7 @@
 # %% ../nbs/04_evaluation.ipynb #2
 from __future__ import annotations
 import contextlib, hashlib, itertools, json, os, re, tempfile, warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import version as _installed_version
 from pathlib import Path
 
@@ -24,16 +24,16 @@ from .eda import _binned, load_data, load_schema, load_splits, reference_statist
 from .rai import (_text, explain_model, fairness_frame, group_metrics, plot_beeswarm, plot_group_metrics,
                           plot_importance, plot_local)
 from .baseline import (METRICS, baseline_table, best_model, build_pipeline, compare_models, cv_display,
-                               feature_types, fitting_threads, higher_is_better, load_baseline, model_columns, plot_cv_scores,
+                               fitting_threads, higher_is_better, load_baseline, model_columns, plot_cv_scores,
                                target_vector)
 
 # %% auto #0
-__all__ = ['THRESHOLD', 'CHAMPION', 'CHALLENGER', 'SKOPS_TRUSTED_TYPES', 'REFERENCE_STATS', 'REFERENCE_STATS_PATH', 'SHA256_TAG',
-           'fit_model', 'positive_scores', 'decisions', 'classification_metrics', 'bootstrap_metrics', 'class_names',
-           'plot_evaluation', 'error_cohorts', 'most_wrong_row', 'alias_version', 'champion_metrics', 'gate',
-           'check_gates', 'gate_table', 'limitations', 'html_table', 'model_card_html', 'pip_requirements',
-           'file_sha256', 'log_model', 'gate_tags', 'register_version', 'ModelIntegrityError', 'verify_model_files',
-           'LoadedModel', 'load_model_version']
+__all__ = ['THRESHOLD', 'SKOPS_TRUSTED_TYPES', 'REFERENCE_STATS', 'REFERENCE_STATS_PATH', 'SHA256_TAG', 'MLFLOW_MANAGED_FILES',
+           'CHAMPION', 'CHALLENGER', 'fit_model', 'positive_scores', 'decisions', 'classification_metrics',
+           'bootstrap_metrics', 'class_names', 'plot_evaluation', 'error_cohorts', 'most_wrong_row', 'file_sha256',
+           'ModelIntegrityError', 'verify_model_files', 'LoadedModel', 'resolve_version', 'load_model_version',
+           'alias_version', 'champion_metrics', 'gate', 'check_gates', 'gate_table', 'pip_requirements', 'log_model',
+           'gate_tags', 'register_version', 'limitations', 'html_table', 'model_card_html']
 
 # %% ../nbs/04_evaluation.ipynb #11
 THRESHOLD = 0.5  # decisions: positive when the score is above this (what `predict` returns)
@@ -114,6 +114,104 @@ def most_wrong_row(expl, y_true: pd.Series, scores: pd.Series) -> int:
     return int(np.argmax(np.abs(gap)))
 
 # %% ../nbs/04_evaluation.ipynb #35
+SKOPS_TRUSTED_TYPES = ["numpy.dtype", "sklearn.tree._tree.Tree",
+                       "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
+REFERENCE_STATS = "reference_stats.json"
+REFERENCE_STATS_PATH = f"extra_files/{REFERENCE_STATS}"  # inside the logged model directory
+SHA256_TAG = "mlops_nb.sha256."  # + relative path of a model file
+
+# MLflow (re)writes this file (model name and version, YAML) into a model folder whenever it is fetched
+# through a models:/ URI, in the store itself for a local store; no loader reads it, so it is not hashed.
+MLFLOW_MANAGED_FILES = frozenset({"registered_model_meta"})
+
+def file_sha256(directory: Path) -> dict[str, str]:
+    "sha256 of every file of a model folder (MLflow-managed metadata excepted), keyed by relative POSIX path."
+    files = (p for p in sorted(Path(directory).rglob("*")) if p.is_file())
+    return {p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in files if p.relative_to(directory).as_posix() not in MLFLOW_MANAGED_FILES}
+
+# %% ../nbs/04_evaluation.ipynb #36
+@contextlib.contextmanager
+def _environment(**values: str):
+    "Set environment variables for the duration of the block, then restore them."
+    previous = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try: yield
+    finally:
+        for k, v in previous.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
+
+def _download(uri: str, client, dst: str | Path | None = None) -> Path:
+    "Download an artifact directory to `dst` (a new temporary folder by default), without progress bars."
+    import mlflow
+    dst = Path(dst or tempfile.mkdtemp(prefix="mlops_nb-model-"))
+    with _environment(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=client.tracking_uri))
+
+# %% ../nbs/04_evaluation.ipynb #37
+class ModelIntegrityError(MlopsError):
+    "A registered model's files do not match their recorded sha256, or it is not a reviewed skops model."
+    exit_code = 1
+
+def verify_model_files(directory: Path, tags: dict, uri: str) -> None:
+    "Raise `ModelIntegrityError` naming the model unless every file matches its recorded sha256."
+    recorded = {k.removeprefix(SHA256_TAG): v for k, v in tags.items() if k.startswith(SHA256_TAG)}
+    if not recorded: raise ModelIntegrityError(f"{uri}: no sha256 tags ({SHA256_TAG}*): refusing to load a model mlops_nb did not register")
+    actual = file_sha256(directory)
+    problems = ([f"{p} changed" for p in recorded if p in actual and actual[p] != recorded[p]]
+                + [f"{p} missing" for p in recorded if p not in actual] + [f"{p} added" for p in actual if p not in recorded])
+    if problems: raise ModelIntegrityError(f"{uri}: model files do not match their recorded sha256 ({'; '.join(problems)}); "
+                                           "refusing to load a tampered or corrupted model")
+
+# %% ../nbs/04_evaluation.ipynb #38
+def _check_skops(directory: Path, uri: str) -> None:
+    "Refuse a model that is not skops-serialised or trusts types outside SKOPS_TRUSTED_TYPES."
+    flavor = yaml.safe_load((Path(directory) / "MLmodel").read_text()).get("flavors", {}).get("sklearn", {})
+    if flavor.get("serialization_format") != "skops":
+        raise ModelIntegrityError(f"{uri}: serialization format {flavor.get('serialization_format')!r}; only skops models are loaded")
+    extra = sorted(set(flavor.get("skops_trusted_types") or []) - set(SKOPS_TRUSTED_TYPES))
+    if extra: raise ModelIntegrityError(f"{uri}: trusts types outside the reviewed list: {extra}")
+
+# %% ../nbs/04_evaluation.ipynb #39
+@dataclass
+class LoadedModel:
+    "A registered model version, verified and loaded."
+    model: object  # the scikit-learn Pipeline (flavor 'sklearn') or an mlflow PyFuncModel (flavor 'pyfunc')
+    name: str
+    version: int
+    uri: str  # models:/<name>/<version>
+    aliases: list[str]
+    tags: dict
+    path: Path  # the verified local copy of the model directory
+
+    def reference_stats(self) -> dict:
+        "The training reference statistics stored with the version."
+        return read_json(self.path / REFERENCE_STATS_PATH)
+
+def resolve_version(client, name: str, alias_or_version: str | int):
+    "The `ModelVersion` of a version number or an alias; `MlopsError` naming the model when there is none."
+    from mlflow.exceptions import MlflowException
+    ref = str(alias_or_version)
+    try: return client.get_model_version(name, ref) if ref.isdigit() else client.get_model_version_by_alias(name, ref)
+    except MlflowException as e:
+        raise MlopsError(f"models:/{name}{'/' if ref.isdigit() else '@'}{ref}: no such registered model version ({e.message})") from None
+
+def load_model_version(client, name: str, alias_or_version: str | int, flavor: str = "sklearn",
+                       dst: str | Path | None = None) -> LoadedModel:
+    "Load a version (by number or alias) after verifying its sha256 tags; flavor 'sklearn' or 'pyfunc'."
+    import mlflow
+    ref, mv = str(alias_or_version), resolve_version(client, name, alias_or_version)
+    uri = f"models:/{name}/{mv.version}"
+    local = _download(client.get_model_version_download_uri(name, mv.version), client, dst)
+    verify_model_files(local, mv.tags, uri + ("" if ref.isdigit() else f" (alias {ref})"))
+    _check_skops(local, uri)
+    if flavor not in ("sklearn", "pyfunc"): raise ValueError(f"flavor: expected 'sklearn' or 'pyfunc', got {flavor!r}")
+    with _environment(MLFLOW_ALLOW_PICKLE_DESERIALIZATION="true"):  # only after the checks above
+        model = (mlflow.sklearn if flavor == "sklearn" else mlflow.pyfunc).load_model(str(local))
+    return LoadedModel(model, name, int(mv.version), uri, sorted(mv.aliases), dict(mv.tags), local)
+
+# %% ../nbs/04_evaluation.ipynb #42
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 def alias_version(client, name: str, alias: str) -> str | None:
@@ -132,12 +230,12 @@ def champion_metrics(client, name: str, test: pd.DataFrame, cfg: Config) -> dict
     if absent: raise MlopsError(f"champion models:/{name}/{version} needs columns absent from this run's test split: {absent}")
     return {"version": version, "metrics": classification_metrics(target_vector(test, cfg), positive_scores(champion, test[needed]))}
 
-# %% ../nbs/04_evaluation.ipynb #37
+# %% ../nbs/04_evaluation.ipynb #44
 def gate(name: str, value, threshold: float, higher_is_better: bool = True) -> dict:
     "One gate result; a missing (None/NaN) value fails."
     ok = value is not None and not pd.isna(value)
     passed = ok and (value >= threshold if higher_is_better else value <= threshold)
-    return {"name": name, "value": float(value) if ok else None, "threshold": float(threshold), "passed": bool(passed)}
+    return {"name": name, "value": float(value) + 0.0 if ok else None, "threshold": float(threshold), "passed": bool(passed)}  # + 0.0: no -0.0
 
 def _fairness_gates(fairness: pd.DataFrame, gates_cfg) -> list[dict]:
     "One demographic parity and one equalized odds gate per sensitive feature (those with a threshold)."
@@ -148,7 +246,7 @@ def _fairness_gates(fairness: pd.DataFrame, gates_cfg) -> list[dict]:
         if threshold is not None: out += [gate(f"{key}[{f}]", fairness.loc[f, column], threshold, False) for f in fairness.index]
     return out
 
-# %% ../nbs/04_evaluation.ipynb #38
+# %% ../nbs/04_evaluation.ipynb #45
 def check_gates(cfg: Config,
                 test_metrics: dict,  # metrics of the chosen model on the test split
                 cv_score: float,  # its cross-validated primary metric
@@ -175,86 +273,10 @@ def gate_table(gates: list[dict]) -> pd.DataFrame:
     return pd.DataFrame([{"gate": g["name"], "value": g["value"], "threshold": g["threshold"],
                           "result": "pass" if g["passed"] else "FAIL"} for g in gates]).set_index("gate")
 
-# %% ../nbs/04_evaluation.ipynb #42
-def limitations(cfg: Config, y_test, predicted, test_groups: dict[str, pd.DataFrame]) -> list[str]:
-    "Known limitations of this evaluation, derived from the config and the results."
-    share = float(np.mean(predicted))
-    out = [f"Decisions use the fixed threshold {THRESHOLD}: {share:.1%} of test rows are predicted positive against a base rate of "
-           f"{float(np.mean(y_test)):.1%}. Choosing another threshold is a decision about the costs of each kind of error."]
-    if cfg.split.strategy == "random": out.append("The test split is a random sample of the same period as the training data: "
-                                                 "performance on later periods may be lower (split.strategy: time measures it).")
-    else: out.append("Cross-validation folds are random within the training periods; only the test split follows time order.")
-    if cfg.data.sample_rows: out.append(f"Only a sample of {cfg.data.sample_rows:,} rows (data.sample_rows) was used.")
-    used = [s for s in cfg.data.sensitive_features if s not in cfg.data.drop_columns]
-    if used: out.append(f"Sensitive features are model inputs: {', '.join(used)}.")
-    small = [f"{f} = {g} ({int(r['count'])} rows)" for f, t in test_groups.items() for g, r in t.iterrows() if r["count"] < cfg.rai.min_group_size]
-    if small: out.append("Groups too small on the test split for reliable fairness estimates: " + "; ".join(small) + ".")
-    out.append("A champion is compared on this run's test split; if it was trained with another split it may have seen some of these rows.")
-    return out
-
-# %% ../nbs/04_evaluation.ipynb #43
-def _cell(v) -> str:
-    if isinstance(v, (float, np.floating)): return "" if pd.isna(v) else f"{v:.4f}"
-    return esc(v)
-
-def html_table(df: pd.DataFrame) -> str:
-    "An HTML table of a frame: header, index and every cell escaped; floats to 4 decimals."
-    head = "".join(f"<th>{esc(c)}</th>" for c in [df.index.name or ""] + list(df.columns))
-    body = "".join("<tr>" + f"<th>{_cell(i)}</th>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>"
-                   for i, row in zip(df.index, df.itertuples(index=False)))
-    return f'<table class="model-card">{"<tr>" + head + "</tr>"}{body}</table>'
-
-def _items(values, missing: str = "not stated in the config") -> str:
-    values = [values] if isinstance(values, str) else list(values or [])
-    return "<ul>" + "".join(f"<li>{esc(v)}</li>" for v in values) + "</ul>" if values else f"<p><i>{esc(missing)}</i></p>"
-
-# %% ../nbs/04_evaluation.ipynb #44
-def model_card_html(cfg: Config, card: dict) -> str:
-    "The model card as one escaped HTML section (card: data, metrics, fairness, importance, limitations, gates, model)."
-    r, d = cfg.rai, card["data"]
-    data_rows = pd.DataFrame({"value": d}).rename_axis("item")
-    parts = [f"<h2>Model card: {esc(cfg.model_name)}</h2>",
-             f"<p>Model: <b>{esc(card['model']['estimator'])}</b> in one scikit-learn pipeline; registered as "
-             f"<b>{esc(card['model'].get('uri', 'not registered'))}</b>.</p>",
-             "<h3>Intended use</h3>", _items(r.intended_use), "<h3>Out-of-scope uses</h3>", _items(r.out_of_scope_uses),
-             "<h3>Stakeholders</h3>", _items(r.stakeholders), "<h3>Potential harms</h3>", _items(r.potential_harms),
-             "<h3>Data</h3>", html_table(data_rows),
-             "<h3>Performance on the test split (95 % bootstrap intervals)</h3>", html_table(card["metrics"]),
-             "<h3>Fairness on the test split (95 % bootstrap intervals)</h3>",
-             html_table(card["fairness"]) if len(card["fairness"]) else "<p><i>no sensitive features configured</i></p>",
-             "<h3>What drives the predictions (mean |SHAP value|)</h3>", html_table(card["importance"]),
-             "<h3>Limitations</h3>", _items(card["limitations"], "none recorded"),
-             "<h3>Gates</h3>", html_table(gate_table(card["gates"]))]
-    style = "<style>table.model-card{border-collapse:collapse}table.model-card td,table.model-card th{border:1px solid #ccc;padding:3px 8px}</style>"
-    return f'<section class="model-card">{style}{"".join(parts)}</section>'
-
-# %% ../nbs/04_evaluation.ipynb #46
-SKOPS_TRUSTED_TYPES = ["numpy.dtype", "sklearn.tree._tree.Tree",
-                       "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
-REFERENCE_STATS = "reference_stats.json"
-REFERENCE_STATS_PATH = f"extra_files/{REFERENCE_STATS}"  # inside the logged model directory
-SHA256_TAG = "mlops_nb.sha256."  # + relative path of a model file
-
+# %% ../nbs/04_evaluation.ipynb #49
 def pip_requirements() -> list[str]:
     "The model's runtime requirements, pinned to the installed versions."
     return [f"{p}=={_installed_version(p)}" for p in ("mlflow", "scikit-learn", "skops", "pandas", "numpy", "scipy")]
-
-def file_sha256(directory: Path) -> dict[str, str]:
-    "sha256 of every file under a directory, keyed by its relative POSIX path."
-    return {p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(directory).rglob("*")) if p.is_file()}
-
-# %% ../nbs/04_evaluation.ipynb #47
-@contextlib.contextmanager
-def _environment(**values: str):
-    "Set environment variables for the duration of the block, then restore them."
-    previous = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try: yield
-    finally:
-        for k, v in previous.items():
-            if v is None: os.environ.pop(k, None)
-            else: os.environ[k] = v
 
 def log_model(ctx: RunContext, pipeline: Pipeline, X_train: pd.DataFrame, reference: dict):
     "Log the fitted pipeline (skops, signature, input example, reference statistics) to the stage's run."
@@ -273,14 +295,7 @@ def log_model(ctx: RunContext, pipeline: Pipeline, X_train: pd.DataFrame, refere
         mlflow.log_artifact(str(ref))
     return info
 
-# %% ../nbs/04_evaluation.ipynb #48
-def _download(uri: str, client, dst: str | Path | None = None) -> Path:
-    "Download an artifact directory to `dst` (a new temporary folder by default), without progress bars."
-    import mlflow
-    dst = Path(dst or tempfile.mkdtemp(prefix="mlops_nb-model-"))
-    with _environment(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=client.tracking_uri))
-
+# %% ../nbs/04_evaluation.ipynb #50
 def _tag_key(name: str) -> str:
     "A gate name as an MLflow tag key: `max_x[sex]` -> `max_x.sex`, other characters replaced."
     return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", name.replace("[", ".").removesuffix("]"))
@@ -291,7 +306,7 @@ def gate_tags(gates: list[dict]) -> dict:
     tags.update({f"mlops_nb.gate.{_tag_key(g['name'])}": "passed" if g["passed"] else "failed" for g in gates})
     return tags
 
-# %% ../nbs/04_evaluation.ipynb #49
+# %% ../nbs/04_evaluation.ipynb #51
 def _ensure_registered_model(client, name: str) -> None:
     "Create the registered model unless it exists."
     from mlflow.exceptions import MlflowException
@@ -312,57 +327,55 @@ def register_version(ctx: RunContext, info, gates: list[dict], extra_tags: dict 
     return {"name": name, "version": int(mv.version), "aliases": sorted(mv.aliases), "run_id": info.run_id,
             "uri": f"models:/{name}/{mv.version}", "model_uri": info.model_uri}
 
-# %% ../nbs/04_evaluation.ipynb #51
-class ModelIntegrityError(MlopsError):
-    "A registered model's files do not match their recorded sha256, or it is not a reviewed skops model."
-    exit_code = 1
+# %% ../nbs/04_evaluation.ipynb #56
+def limitations(cfg: Config, y_test, predicted, test_groups: dict[str, pd.DataFrame]) -> list[str]:
+    "Known limitations of this evaluation, derived from the config and the results."
+    share = float(np.mean(predicted))
+    out = [f"Decisions use the fixed threshold {THRESHOLD}: {share:.1%} of test rows are predicted positive against a base rate of "
+           f"{float(np.mean(y_test)):.1%}. Choosing another threshold is a decision about the costs of each kind of error."]
+    if cfg.split.strategy == "random": out.append("The test split is a random sample of the same period as the training data: "
+                                                 "performance on later periods may be lower (split.strategy: time measures it).")
+    else: out.append("Cross-validation folds are random within the training periods; only the test split follows time order.")
+    if cfg.data.sample_rows: out.append(f"Only a sample of {cfg.data.sample_rows:,} rows (data.sample_rows) was used.")
+    used = [s for s in cfg.data.sensitive_features if s not in cfg.data.drop_columns]
+    if used: out.append(f"Sensitive features are model inputs: {', '.join(used)}.")
+    small = [f"{f} = {g} ({int(r['count'])} rows)" for f, t in test_groups.items() for g, r in t.iterrows() if r["count"] < cfg.rai.min_group_size]
+    if small: out.append("Groups too small on the test split for reliable fairness estimates: " + "; ".join(small) + ".")
+    out.append("A champion is compared on this run's test split; if it was trained with another split it may have seen some of these rows.")
+    return out
 
-def verify_model_files(directory: Path, tags: dict, uri: str) -> None:
-    "Raise `ModelIntegrityError` naming the model unless every file matches its recorded sha256."
-    recorded = {k.removeprefix(SHA256_TAG): v for k, v in tags.items() if k.startswith(SHA256_TAG)}
-    if not recorded: raise ModelIntegrityError(f"{uri}: no sha256 tags ({SHA256_TAG}*): refusing to load a model mlops_nb did not register")
-    actual = file_sha256(directory)
-    problems = ([f"{p} changed" for p in recorded if p in actual and actual[p] != recorded[p]]
-                + [f"{p} missing" for p in recorded if p not in actual] + [f"{p} added" for p in actual if p not in recorded])
-    if problems: raise ModelIntegrityError(f"{uri}: model files do not match their recorded sha256 ({'; '.join(problems)}); "
-                                           "refusing to load a tampered or corrupted model")
+# %% ../nbs/04_evaluation.ipynb #57
+def _cell(v) -> str:
+    if isinstance(v, (float, np.floating)): return "" if pd.isna(v) else f"{v:.4f}"
+    return esc(v)
 
-# %% ../nbs/04_evaluation.ipynb #52
-def _check_skops(directory: Path, uri: str) -> None:
-    "Refuse a model that is not skops-serialised or trusts types outside SKOPS_TRUSTED_TYPES."
-    flavor = yaml.safe_load((Path(directory) / "MLmodel").read_text()).get("flavors", {}).get("sklearn", {})
-    if flavor.get("serialization_format") != "skops":
-        raise ModelIntegrityError(f"{uri}: serialization format {flavor.get('serialization_format')!r}; only skops models are loaded")
-    extra = sorted(set(flavor.get("skops_trusted_types") or []) - set(SKOPS_TRUSTED_TYPES))
-    if extra: raise ModelIntegrityError(f"{uri}: trusts types outside the reviewed list: {extra}")
+def html_table(df: pd.DataFrame) -> str:
+    "An HTML table of a frame: header, index and every cell escaped; floats to 4 decimals."
+    head = "".join(f"<th>{esc(c)}</th>" for c in [df.index.name or ""] + list(df.columns))
+    body = "".join("<tr>" + f"<th>{_cell(i)}</th>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>"
+                   for i, row in zip(df.index, df.itertuples(index=False)))
+    return f'<table class="model-card">{"<tr>" + head + "</tr>"}{body}</table>'
 
-# %% ../nbs/04_evaluation.ipynb #53
-@dataclass
-class LoadedModel:
-    "A registered model version, verified and loaded."
-    model: object  # the scikit-learn Pipeline (flavor 'sklearn') or an mlflow PyFuncModel (flavor 'pyfunc')
-    name: str
-    version: int
-    uri: str  # models:/<name>/<version>
-    aliases: list[str]
-    tags: dict
-    path: Path  # the verified local copy of the model directory
+def _items(values, missing: str = "not stated in the config") -> str:
+    values = [values] if isinstance(values, str) else list(values or [])
+    return "<ul>" + "".join(f"<li>{esc(v)}</li>" for v in values) + "</ul>" if values else f"<p><i>{esc(missing)}</i></p>"
 
-    def reference_stats(self) -> dict:
-        "The training reference statistics stored with the version."
-        return read_json(self.path / REFERENCE_STATS_PATH)
-
-def load_model_version(client, name: str, alias_or_version: str | int, flavor: str = "sklearn",
-                       dst: str | Path | None = None) -> LoadedModel:
-    "Load a version (by number or alias) after verifying its sha256 tags; flavor 'sklearn' or 'pyfunc'."
-    import mlflow
-    ref = str(alias_or_version)
-    mv = client.get_model_version(name, ref) if ref.isdigit() else client.get_model_version_by_alias(name, ref)
-    uri = f"models:/{name}/{mv.version}"
-    local = _download(client.get_model_version_download_uri(name, mv.version), client, dst)
-    verify_model_files(local, mv.tags, uri + ("" if ref.isdigit() else f" (alias {ref})"))
-    _check_skops(local, uri)
-    if flavor not in ("sklearn", "pyfunc"): raise ValueError(f"flavor: expected 'sklearn' or 'pyfunc', got {flavor!r}")
-    with _environment(MLFLOW_ALLOW_PICKLE_DESERIALIZATION="true"):  # only after the checks above
-        model = (mlflow.sklearn if flavor == "sklearn" else mlflow.pyfunc).load_model(str(local))
-    return LoadedModel(model, name, int(mv.version), uri, sorted(mv.aliases), dict(mv.tags), local)
+# %% ../nbs/04_evaluation.ipynb #58
+def model_card_html(cfg: Config, card: dict) -> str:
+    "The model card as one escaped HTML section (card: data, metrics, fairness, importance, limitations, gates, model)."
+    r, d = cfg.rai, card["data"]
+    data_rows = pd.DataFrame({"value": d}).rename_axis("item")
+    parts = [f"<h2>Model card: {esc(cfg.model_name)}</h2>",
+             f"<p>Model: <b>{esc(card['model']['estimator'])}</b> in one scikit-learn pipeline; registered as "
+             f"<b>{esc(card['model'].get('uri', 'not registered'))}</b>.</p>",
+             "<h3>Intended use</h3>", _items(r.intended_use), "<h3>Out-of-scope uses</h3>", _items(r.out_of_scope_uses),
+             "<h3>Stakeholders</h3>", _items(r.stakeholders), "<h3>Potential harms</h3>", _items(r.potential_harms),
+             "<h3>Data</h3>", html_table(data_rows),
+             "<h3>Performance on the test split (95 % bootstrap intervals)</h3>", html_table(card["metrics"]),
+             "<h3>Fairness on the test split (95 % bootstrap intervals)</h3>",
+             html_table(card["fairness"]) if len(card["fairness"]) else "<p><i>no sensitive features configured</i></p>",
+             "<h3>What drives the predictions (mean |SHAP value|)</h3>", html_table(card["importance"]),
+             "<h3>Limitations</h3>", _items(card["limitations"], "none recorded"),
+             "<h3>Gates</h3>", html_table(gate_table(card["gates"]))]
+    style = "<style>table.model-card{border-collapse:collapse}table.model-card td,table.model-card th{border:1px solid #ccc;padding:3px 8px}</style>"
+    return f'<section class="model-card">{style}{"".join(parts)}</section>'
