@@ -47,11 +47,11 @@ def run(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
         stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated subset of stages."),
         out: Path = typer.Option(Path("reports"), "--out", help="Reports folder."),
         notebooks: Optional[Path] = typer.Option(None, "--notebooks", help="Folder of stage notebooks (default: the project's nbs/)."),
-        timeout: Optional[float] = typer.Option(None, "--timeout", help="Per-cell time limit in seconds.")):
+        resume: Optional[str] = typer.Option(None, "--resume", help="Continue a failed run (its id) in its own folder.")):
     "Run the pipeline: every stage notebook, reports, summary and dashboard."
     from mlops_nb.pipeline import run_pipeline, StageFailed
     def body():
-        s = run_pipeline(config, set_, stages, out, notebooks, timeout, progress=lambda m: typer.echo(m, err=True))
+        s = run_pipeline(config, set_, stages, out, notebooks, resume, progress=lambda m: typer.echo(m, err=True))
         typer.echo(f"reports: {Path(out).resolve() / s['run_id'] / 'index.html'}")
         typer.echo(f"history: {Path(out).resolve() / 'index.html'}")
         if s["status"] != "succeeded":

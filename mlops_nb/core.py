@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #2
 from __future__ import annotations
-import contextlib, datetime as dt, hashlib, html, json, os, subprocess, tempfile, time, uuid
+import datetime as dt, hashlib, json, os, re, subprocess, tempfile, time, uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,15 +12,17 @@ import numpy as np
 import pandas as pd
 import yaml
 from filelock import FileLock
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's INFO lines would fill every report
 
 # %% auto #0
 __all__ = ['Metric', 'Candidate', 'MlopsError', 'ConfigError', 'DataValidationError', 'GateFailure', 'DataConfig', 'SplitConfig',
-           'ModelConfig', 'GatesConfig', 'MonitoringConfig', 'TrackingConfig', 'RaiConfig', 'Config', 'apply_overrides',
-           'load_config', 'resolve_path', 'tracking_uri', 'config_hash', 'resolved_config', 'fingerprint_data',
-           'git_commit', 'package_version', 'new_run_id', 'RunContext', 'write_json', 'read_json', 'run_context',
-           'mlflow_client', 'experiment_id', 'lineage_tags', 'start_parent_run', 'stage_run_id', 'log_batch',
-           'finish_stage', 'esc', 'md']
+           'ModelConfig', 'GatesConfig', 'MonitoringConfig', 'TrackingConfig', 'PipelineConfig', 'RaiConfig', 'Config',
+           'apply_overrides', 'load_config', 'resolve_path', 'tracking_uri', 'config_hash', 'resolved_config',
+           'fingerprint_data', 'git_commit', 'package_version', 'new_run_id', 'RunContext', 'write_json', 'read_json',
+           'run_context', 'mlflow_client', 'experiment_id', 'lineage_tags', 'start_parent_run', 'stage_run_id',
+           'log_batch', 'finish_stage', 'esc', 'code', 'md']
 
 # %% ../nbs/00_core.ipynb #6
 class MlopsError(Exception):
@@ -88,6 +90,10 @@ class TrackingConfig(_Section):
     experiment: str | None = None
     registered_model: str | None = None
 
+class PipelineConfig(_Section):
+    stage_timeout: float = Field(3600, gt=0)  # seconds a stage may run before it is stopped
+    stage_timeouts: dict[str, float] = {}  # per-stage limits, e.g. {evaluation: 1800}
+
 class RaiConfig(_Section):
     intended_use: str | None = None
     out_of_scope_uses: list[str] = []
@@ -106,10 +112,11 @@ class Config(_Section):
     monitoring: MonitoringConfig = MonitoringConfig()
     tracking: TrackingConfig = TrackingConfig()
     rai: RaiConfig = RaiConfig()
+    pipeline: PipelineConfig = PipelineConfig()
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
     @model_validator(mode="after")
-    def _fairness_needs_groups(self):
+    def _cross_checks(self):
         fair = self.gates.max_demographic_parity_difference, self.gates.max_equalized_odds_difference
         if any(g is not None for g in fair) and not self.data.sensitive_features:
             raise ValueError("data.sensitive_features: empty, but fairness gates are set "
@@ -184,8 +191,8 @@ def tracking_uri(cfg: Config) -> str:
     return uri
 
 def config_hash(cfg: Config) -> str:
-    "A short sha256 of the settings that shape the model (tracking excluded)."
-    payload = json.dumps(cfg.model_dump(mode="json", exclude={"tracking"}), sort_keys=True)
+    "A short sha256 of the settings that shape the model (tracking and time limits excluded)."
+    payload = json.dumps(cfg.model_dump(mode="json", exclude={"tracking", "pipeline"}), sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 # %% ../nbs/00_core.ipynb #21
@@ -333,10 +340,13 @@ def stage_run_id(ctx: RunContext, stage: str) -> str:
     return runs[stage]
 
 # %% ../nbs/00_core.ipynb #36
+_METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-. /]")
+
 def _flat_metrics(d: dict, prefix: str = "") -> dict:
+    "Nested numbers as flat `a.b.c` metric names, characters MLflow refuses replaced by `_`."
     out = {}
     for k, v in d.items():
-        key = f"{prefix}{k}"
+        key = _METRIC_NAME.sub("_", f"{prefix}{k}")
         if isinstance(v, dict): out.update(_flat_metrics(v, key + "."))
         elif isinstance(v, (int, float)) and not isinstance(v, bool) and pd.notna(v): out[key] = float(v)
     return out
@@ -379,6 +389,10 @@ _ESCAPES = str.maketrans({**{c: f"&#{ord(c)};" for c in "\\`*_[]|#~$"},
 def esc(value: Any) -> str:
     "Escape any value for Markdown/HTML report output: HTML and Markdown markup become plain text."
     return str(value).translate(_ESCAPES)
+
+def code(value: Any) -> str:
+    "A user string as inline code in Markdown: escaped, in `<code>` (Markdown backticks would show the escapes)."
+    return f"<code>{esc(value)}</code>"
 
 def md(text: str):
     "Show Markdown in the report (the text must already be escaped where it holds user strings)."

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from .core import (Config, ConfigError, DataValidationError, RunContext, esc, finish_stage,
+from .core import (Config, ConfigError, DataValidationError, RunContext, code, esc, finish_stage,
                            fingerprint_data, md, read_json, resolve_path, run_context, write_json)
 
 # %% auto #0

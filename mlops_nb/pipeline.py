@@ -4,11 +4,12 @@
 
 # %% ../nbs/07_pipeline.ipynb #2
 from __future__ import annotations
-import datetime as dt, json, os, re, shutil, tempfile, time
+import datetime as dt, json, os, re, shutil, signal, tempfile, threading, time
 from pathlib import Path
 
 import nbformat
 import pandas as pd
+from jupyter_core.utils import run_sync
 import yaml
 
 from .core import (ConfigError, DataValidationError, MlopsError, RunContext, esc, load_config, log_batch,
@@ -17,10 +18,12 @@ from .core import (ConfigError, DataValidationError, MlopsError, RunContext, esc
 # %% auto #0
 __all__ = ['STAGES', 'STAGE_PARAMETERS', 'StageFailed', 'notebooks_dir', 'select_stages', 'check_notebook_parameters',
            'add_failure_banner', 'execute_stage', 'render_html', 'build_summary', 'run_index_html', 'load_summaries',
-           'dashboard_html', 'write_dashboard', 'prepare_run', 'run_pipeline', 'reproduce_run']
+           'dashboard_html', 'write_dashboard', 'prepare_run', 'resume_run', 'stage_time_limit', 'rollback_registry',
+           'run_pipeline', 'reproduce_run']
 
 # %% ../nbs/07_pipeline.ipynb #6
-STAGES = {"eda": "01_eda.ipynb"}
+STAGES = {"eda": "01_eda.ipynb", "rai": "02_rai.ipynb", "baseline": "03_baseline.ipynb",
+          "evaluation": "04_evaluation.ipynb", "monitoring": "05_monitoring.ipynb"}
 STAGE_PARAMETERS = ("CONFIG", "RUN_DIR")
 
 class StageFailed(MlopsError):
@@ -53,16 +56,24 @@ def check_notebook_parameters(path: Path, names: tuple = STAGE_PARAMETERS) -> No
     if missing: raise ConfigError(f"{path.name}: parameters cell does not declare {missing}")
 
 # %% ../nbs/07_pipeline.ipynb #14
-def _failure_cause(err: BaseException, timeout: float | None) -> str:
-    "A one-line cause: the exception, a timeout with its limit, or a killed kernel."
+def _signal_name(returncode: int | None) -> str:
+    if returncode is None or returncode >= 0: return "unknown signal"
+    try: return signal.Signals(-returncode).name
+    except ValueError: return f"signal {-returncode}"
+
+def _failure_cause(err: BaseException, time_limit: float | None = None, timed_out: bool = False, returncode: int | None = None) -> str:
+    "A one-line cause: the exception, the time limit, a killed kernel (with its signal), or Ctrl-C."
     name = type(err).__name__
-    if "Timeout" in name: return f"timeout: a cell ran longer than {timeout:g} s (the stage's time limit)"
-    if "DeadKernel" in name: return "the kernel died (killed by a signal; likely out of memory)"
-    if name == "PapermillExecutionError":
-        return f"{err.ename}: {err.evalue}".strip()
-    if isinstance(err, KeyboardInterrupt): return "interrupted (Ctrl-C)"
+    if timed_out or "Timeout" in name: return f"timeout: the stage ran longer than its limit of {time_limit:g} s and was stopped"
+    if "DeadKernel" in name:
+        sig = _signal_name(returncode)
+        oom = " (likely out of memory, or killed by an operator)" if sig == "SIGKILL" else ""
+        return f"the kernel died: killed by {sig}{oom}"
+    if name == "PapermillExecutionError": return f"{err.ename}: {err.evalue}".strip()
+    if isinstance(err, KeyboardInterrupt): return "interrupted (Ctrl-C): the run was stopped by the user"
     return f"{name}: {err}"
 
+# %% ../nbs/07_pipeline.ipynb #15
 def add_failure_banner(nb_path: Path, stage: str, cause: str) -> None:
     "Put a visible failure banner at the top of an executed notebook."
     nb = nbformat.read(nb_path, as_version=4)
@@ -74,33 +85,64 @@ def add_failure_banner(nb_path: Path, stage: str, cause: str) -> None:
     nb.cells.insert(0, cell)
     nbformat.write(nb, nb_path)
 
-# %% ../nbs/07_pipeline.ipynb #15
 def _kernel_manager(socket_dir: str):
-    "A kernel manager on local IPC sockets (no TCP port is opened for the stage's kernel)."
-    from jupyter_client.manager import KernelManager
-    return KernelManager(kernel_name="python3", transport="ipc", ip=f"{socket_dir}/kernel")
+    "An async kernel manager on local IPC sockets (no TCP port is opened for the stage's kernel)."
+    from jupyter_client.manager import AsyncKernelManager  # nbclient needs the async one, or a dead kernel hangs it
+    return AsyncKernelManager(kernel_name="python3", transport="ipc", ip=f"{socket_dir}/kernel")
 
-def execute_stage(stage: str, notebook: Path, out_nb: Path, parameters: dict, timeout: float | None = None) -> str | None:
+# %% ../nbs/07_pipeline.ipynb #16
+class _Watchdog:
+    "Kills a kernel when a time limit passes (papermill's own timeout is per cell, not per stage)."
+    def __init__(self, km, limit: float | None):
+        self.km, self.limit, self.fired = km, limit, False
+        self._timer = threading.Timer(limit, self._expire) if limit else None
+    def _expire(self):
+        self.fired = True
+        process = getattr(self.km.provisioner, "process", None)
+        if process is not None and process.poll() is None: process.kill()
+    def __enter__(self):
+        if self._timer: self._timer.daemon = True; self._timer.start()
+        return self
+    def __exit__(self, *exc):
+        if self._timer: self._timer.cancel()
+    def returncode(self) -> int | None:
+        process = getattr(self.km.provisioner, "process", None)
+        return None if process is None else process.poll()
+
+# %% ../nbs/07_pipeline.ipynb #17
+def execute_stage(stage: str, notebook: Path, out_nb: Path, parameters: dict, time_limit: float | None = None) -> str | None:
     "Execute one stage notebook with papermill; return None on success, else the failure cause."
     import papermill as pm
-    check_notebook_parameters(notebook, tuple(parameters))
+    try: check_notebook_parameters(notebook, tuple(parameters))
+    except ConfigError as err:
+        shutil.copy(notebook, out_nb); add_failure_banner(out_nb, stage, str(err))
+        return str(err)
     socket_dir = tempfile.mkdtemp(prefix="mlops_nb-k")  # short path: unix socket paths are limited to ~100 bytes
     km = _kernel_manager(socket_dir)
     try:
-        pm.execute_notebook(str(notebook), str(out_nb), parameters=parameters, kernel_name="python3", km=km,
-                            progress_bar=False, log_output=False, cwd=str(out_nb.parent), execution_timeout=timeout)
+        with _Watchdog(km, time_limit) as dog:
+            pm.execute_notebook(str(notebook), str(out_nb), parameters=parameters, kernel_name="python3", km=km,
+                                progress_bar=False, log_output=False, cwd=str(out_nb.parent), execution_timeout=time_limit)
         return None
     except (Exception, KeyboardInterrupt) as err:
-        cause = _failure_cause(err, timeout)
+        cause = _failure_cause(err, time_limit, dog.fired, dog.returncode())
         if not out_nb.exists(): shutil.copy(notebook, out_nb)
         add_failure_banner(out_nb, stage, cause)
         if isinstance(err, KeyboardInterrupt): raise
         return cause
     finally:
-        if km.has_kernel: km.shutdown_kernel(now=True)
+        if km.has_kernel: run_sync(km.shutdown_kernel)(now=True)
         shutil.rmtree(socket_dir, ignore_errors=True)
 
-# %% ../nbs/07_pipeline.ipynb #17
+# %% ../nbs/07_pipeline.ipynb #19
+def _scratch_notebook(path: Path, code: str) -> Path:
+    "A two-cell notebook (parameters, then `code`), for demonstrating failures."
+    params = nbformat.v4.new_code_cell('CONFIG: str = None\nRUN_DIR: str = None'); params.metadata["tags"] = ["parameters"]
+    meta = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}, "language_info": {"name": "python"}}
+    nbformat.write(nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(code)], metadata=meta), path)
+    return path
+
+# %% ../nbs/07_pipeline.ipynb #23
 _REPORT_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 {%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
@@ -121,7 +163,7 @@ def _report_cells(nb):
     nb.cells = keep
     return nb
 
-# %% ../nbs/07_pipeline.ipynb #18
+# %% ../nbs/07_pipeline.ipynb #24
 def render_html(nb_path: Path, html_path: Path, title: str | None = None) -> Path:
     "Render an executed notebook as a code-free, self-contained HTML report."
     import jinja2
@@ -135,7 +177,7 @@ def render_html(nb_path: Path, html_path: Path, title: str | None = None) -> Pat
     html_path.write_text(body, encoding="utf-8")
     return html_path
 
-# %% ../nbs/07_pipeline.ipynb #20
+# %% ../nbs/07_pipeline.ipynb #26
 def build_summary(ctx: RunContext, stages: dict, status: str) -> dict:
     "The run summary (the run-outputs contract) from the stage results in the run folder."
     s = {"run_id": ctx.run_id, "mlflow_run_id": ctx.parent_run_id, "status": status,
@@ -151,7 +193,7 @@ def build_summary(ctx: RunContext, stages: dict, status: str) -> dict:
         s["gates"] += part.get("gates", []); s["model"] = part.get("model", s["model"])
     return s
 
-# %% ../nbs/07_pipeline.ipynb #21
+# %% ../nbs/07_pipeline.ipynb #27
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}
 th{background:#f3f3f3}.succeeded,.pass{color:#1e7b34;font-weight:600}.failed,.fail{color:#c0392b;font-weight:600}
@@ -176,7 +218,7 @@ def _page(title: str, body: str) -> str:
 
 def _status(s: str) -> _Html: return _Html(f'<span class="{esc(s)}">{esc(s)}</span>')
 
-# %% ../nbs/07_pipeline.ipynb #22
+# %% ../nbs/07_pipeline.ipynb #28
 def run_index_html(summary: dict) -> str:
     "The run summary page: status, lineage, stages with links, metrics, gates, model."
     stages = [{"stage": _Html(f'<a href="{esc(v["html"])}">{esc(k)}</a>') if v.get("html") else k,
@@ -192,7 +234,7 @@ def run_index_html(summary: dict) -> str:
             f'<h2>Gates</h2>{_table(gates)}<h2>Model</h2>{_table(model)}<h2>Lineage</h2>{_table(lineage)}')
     return _page(f"Run {summary['run_id']}", body)
 
-# %% ../nbs/07_pipeline.ipynb #23
+# %% ../nbs/07_pipeline.ipynb #29
 def load_summaries(reports: Path) -> list[dict]:
     "Every run summary under a reports folder, newest first."
     out = []
@@ -218,22 +260,59 @@ def write_dashboard(reports: Path) -> Path:
     path.write_text(dashboard_html(reports), encoding="utf-8")
     return path
 
-# %% ../nbs/07_pipeline.ipynb #25
+# %% ../nbs/07_pipeline.ipynb #31
+def _writable_dir(path: Path) -> Path:
+    "Create `path` (and parents) or raise a one-line error naming it."
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("ok"); probe.unlink()
+    except OSError as e:
+        raise MlopsError(f"cannot write the reports folder {path}: {e.strerror or e}") from None
+    return path
+
 def prepare_run(config: str | Path | None, overrides: list[str] | tuple, out: Path) -> RunContext:
     "Validate the config, create the run folder with its resolved config, open the parent run."
     cfg = load_config(config, overrides)
-    run_dir = Path(out).resolve() / new_run_id()
-    run_dir.mkdir(parents=True, exist_ok=False)
+    run_dir = _writable_dir(Path(out).resolve()) / new_run_id()
+    run_dir.mkdir()
     config_path = run_dir / "config.yaml"
     config_path.write_text(yaml.safe_dump(resolved_config(cfg), sort_keys=False))
-    ctx = run_context(config_path, run_dir)
-    return ctx
+    return run_context(config_path, run_dir)
 
-# %% ../nbs/07_pipeline.ipynb #26
+# %% ../nbs/07_pipeline.ipynb #32
+def resume_run(run_id: str, out: Path) -> tuple[RunContext, dict]:
+    "Reopen a failed run: its context and the stages that already succeeded."
+    run_dir = Path(out).resolve() / run_id
+    if not (run_dir / "context.json").exists(): raise ConfigError(f"--resume: no run {run_id!r} in {Path(out).resolve()}")
+    ctx = run_context(run_dir / "config.yaml", run_dir)
+    old = read_json(run_dir / "summary.json") if (run_dir / "summary.json").exists() else {"stages": {}}
+    kept = {k: v for k, v in old["stages"].items() if v.get("status") == "succeeded" and k in STAGES}
+    mlflow_client(ctx.tracking_uri).update_run(ctx.parent_run_id, "RUNNING")
+    return ctx, kept
+
+def stage_time_limit(ctx: RunContext, stage: str) -> float:
+    "The stage's time limit in seconds (per-stage setting, else the default)."
+    p = ctx.config.pipeline
+    return float(p.stage_timeouts.get(stage, p.stage_timeout))
+
+# %% ../nbs/07_pipeline.ipynb #33
+def rollback_registry(ctx: RunContext) -> list[str]:
+    "Delete the model versions a failed run registered; return what was removed."
+    client, removed = mlflow_client(ctx.tracking_uri), []
+    for stage_run in ctx.info.get("stage_runs", {}).values():
+        for mv in client.search_model_versions(f"run_id = '{stage_run}'"):
+            client.delete_model_version(mv.name, mv.version)
+            removed.append(f"{mv.name}/{mv.version}")
+    return removed
+
+# %% ../nbs/07_pipeline.ipynb #34
 def _finish_run(ctx: RunContext, stages: dict, status: str, reports: Path) -> dict:
     "Write summary.json and index.html, tag and close the parent run, rebuild the dashboard."
     ctx = run_context(ctx.run_dir / "config.yaml", ctx.run_dir)  # pick up what the stages recorded
+    removed = rollback_registry(ctx) if status != "succeeded" else []
     summary = build_summary(ctx, stages, status)
+    if removed: summary["rolled_back_model_versions"] = removed
     write_json(ctx.path("summary.json"), summary)
     ctx.path("index.html").write_text(run_index_html(summary), encoding="utf-8")
     client = mlflow_client(ctx.tracking_uri)
@@ -244,7 +323,7 @@ def _finish_run(ctx: RunContext, stages: dict, status: str, reports: Path) -> di
     write_dashboard(reports)
     return summary
 
-# %% ../nbs/07_pipeline.ipynb #27
+# %% ../nbs/07_pipeline.ipynb #35
 def _record_stage(ctx: RunContext, stage: str, out_nb: Path, error: str | None, seconds: float) -> dict:
     "Render the stage's HTML, log its artifacts to its nested run, close that run."
     html_path = render_html(out_nb, out_nb.with_suffix(".html"), title=f"{ctx.config.name}: {stage}")
@@ -257,36 +336,43 @@ def _record_stage(ctx: RunContext, stage: str, out_nb: Path, error: str | None, 
     return {"status": "failed" if error else "succeeded", "seconds": round(seconds, 2), "html": html_path.name,
             "notebook": out_nb.name, **({"error": error} if error else {})}
 
-# %% ../nbs/07_pipeline.ipynb #28
+# %% ../nbs/07_pipeline.ipynb #36
+def _run_stages(ctx: RunContext, names: list[str], done: dict, nbdir: Path, progress) -> str:
+    "Execute the stages not yet done, in order; stop at the first failure; return the run status."
+    for i, stage in enumerate(names, 1):
+        if stage in done: progress(f"[{i}/{len(names)}] {stage:<12} kept      (succeeded before)"); continue
+        t0, out_nb = time.perf_counter(), ctx.path(f"{stage}.ipynb")
+        params = {"CONFIG": str(ctx.path("config.yaml")), "RUN_DIR": str(ctx.run_dir)}
+        error = execute_stage(stage, nbdir / STAGES[stage], out_nb, params, stage_time_limit(ctx, stage))
+        done[stage] = _record_stage(ctx, stage, out_nb, error, time.perf_counter() - t0)
+        progress(f"[{i}/{len(names)}] {stage:<12} {done[stage]['status']:<9} {done[stage]['seconds']:7.1f}s" + (f"  {error}" if error else ""))
+        if error: return "failed"
+    return "succeeded"
+
+# %% ../nbs/07_pipeline.ipynb #37
 def run_pipeline(config: str | Path | None = None,  # YAML config; None for the built-in defaults
                  overrides: list[str] | tuple = (),  # `key.path=value` items
                  stages: str | list[str] | None = None,  # subset of STAGES; None for all
                  out: str | Path = "reports",  # the reports folder
                  notebooks: str | Path | None = None,  # where the stage notebooks are
-                 timeout: float | None = None,  # per-cell time limit in seconds
+                 resume: str | None = None,  # a failed run's id: continue it in its folder
                  progress=print) -> dict:
     "Run the stages with papermill; return the run summary (raises on config or data errors)."
     from mlops_nb.eda import load_data
     names, nbdir, reports = select_stages(stages), Path(notebooks) if notebooks else notebooks_dir(), Path(out)
-    ctx = prepare_run(config, overrides, reports)
+    if resume and (config or overrides): raise ConfigError("--resume: a resumed run keeps its own config; drop --config and --set")
+    ctx, done = resume_run(resume, reports) if resume else (prepare_run(config, overrides, reports), {})
     progress(f"run {ctx.run_id}: {len(names)} stage(s) -> {ctx.run_dir}")
-    done, status = {}, "succeeded"
     try:
         load_data(ctx)  # validates the data once, before any notebook; cached for the stages
-        for i, stage in enumerate(names, 1):
-            t0, out_nb = time.perf_counter(), ctx.path(f"{stage}.ipynb")
-            error = execute_stage(stage, nbdir / STAGES[stage], out_nb, {"CONFIG": str(ctx.path("config.yaml")), "RUN_DIR": str(ctx.run_dir)}, timeout)
-            done[stage] = _record_stage(ctx, stage, out_nb, error, time.perf_counter() - t0)
-            progress(f"[{i}/{len(names)}] {stage:<12} {done[stage]['status']:<9} {done[stage]['seconds']:7.1f}s" + (f"  {error}" if error else ""))
-            if error: status = "failed"; break
+        status = _run_stages(ctx, names, done, nbdir, progress)
     except (Exception, KeyboardInterrupt) as err:
-        status = "failed"
-        done.setdefault("_pipeline", {"status": "failed", "error": _failure_cause(err, timeout)})
-        _finish_run(ctx, done, status, reports)
+        done.setdefault("_pipeline", {"status": "failed", "error": _failure_cause(err)})
+        _finish_run(ctx, done, "failed", reports)
         raise
     return _finish_run(ctx, done, status, reports)
 
-# %% ../nbs/07_pipeline.ipynb #33
+# %% ../nbs/07_pipeline.ipynb #42
 def _comparable_metrics(run_dir: Path, summary: dict) -> dict:
     "The summary metrics and every stage's metrics (as `stage.metric`)."
     out = dict(summary.get("metrics", {}))
@@ -296,7 +382,7 @@ def _comparable_metrics(run_dir: Path, summary: dict) -> dict:
             out.update({f"{stage}.{k}": v for k, v in read_json(p).get("metrics", {}).items() if isinstance(v, (int, float))})
     return out
 
-# %% ../nbs/07_pipeline.ipynb #34
+# %% ../nbs/07_pipeline.ipynb #43
 def reproduce_run(run_id: str, reports: str | Path = "reports", progress=print) -> pd.DataFrame:
     "Re-run a past run from its stored config; the metrics side by side (refuses if the data changed)."
     from mlops_nb.eda import load_dataset
