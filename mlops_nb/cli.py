@@ -13,7 +13,7 @@ import typer
 from .core import MlopsError
 
 # %% auto #0
-__all__ = ['app', 'guarded', 'run', 'validate', 'reproduce', 'report', 'main']
+__all__ = ['app', 'DECISION_EXIT_CODES', 'guarded', 'run', 'validate', 'monitor', 'reproduce', 'report', 'main']
 
 # %% ../nbs/08_cli.ipynb #6
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -78,7 +78,38 @@ def validate(data: Path = typer.Argument(..., help="CSV or Parquet file to check
         typer.echo(f"ok: {data} passes every check")
     guarded(body)
 
-# %% ../nbs/08_cli.ipynb #10
+# %% ../nbs/08_cli.ipynb #11
+DECISION_EXIT_CODES = {"ok": 0, "investigate": 5, "retrain": 6}
+
+@app.command()
+def monitor(data: Optional[Path] = typer.Argument(None, help="Batch file (CSV/Parquet); with --inference-log: its labels."),
+            config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: built-in)."),
+            set_: List[str] = typer.Option([], "--set", help="Override a config key: key.path=value."),
+            model: Optional[str] = typer.Option(None, "--model", help="NAME@ALIAS or NAME/VERSION (default: the champion)."),
+            labels: bool = typer.Option(False, "--labels", help="The batch carries the target: measure performance."),
+            inference_log: Optional[Path] = typer.Option(None, "--inference-log", help="A .jsonl file or folder from `mlops-nb serve`."),
+            since: Optional[str] = typer.Option(None, "--since", help="Inference-log window start (ISO time)."),
+            until: Optional[str] = typer.Option(None, "--until", help="Inference-log window end (ISO time)."),
+            batch_id: Optional[str] = typer.Option(None, "--batch-id", help="Name of the batch (default: time-based)."),
+            out: Path = typer.Option(Path("reports"), "--out", help="Reports folder."),
+            exit_zero: bool = typer.Option(False, "--exit-zero", help="Exit 0 whatever the decision.")):
+    "Drift, anomalies, performance and the retraining decision for a batch; exit 0 ok, 5 investigate, 6 retrain."
+    from mlops_nb.core import load_config
+    from mlops_nb.monitoring import monitor_batch
+    from mlops_nb.pipeline import write_dashboard
+    def body():
+        cfg = load_config(config, set_)
+        d = monitor_batch(cfg, data, inference_log, labels, model, out, batch_id, since=since, until=until)
+        write_dashboard(out)
+        folder = Path(out).resolve() / "monitoring" / d["batch_id"]
+        typer.echo(f"decision: {d['decision']} ({'; '.join(d['reasons'][:3]) or 'no reasons'})", err=True)
+        typer.echo(f"report: {folder / 'monitoring.html'}")
+        typer.echo(f"decision.json: {folder / 'decision.json'}")
+        return 0 if exit_zero else DECISION_EXIT_CODES[d["decision"]]
+    code = guarded(body)
+    if code: raise typer.Exit(code)
+
+# %% ../nbs/08_cli.ipynb #12
 @app.command()
 def reproduce(run_id: str = typer.Argument(..., help="The run to reproduce (a folder name under the reports folder)."),
               out: Path = typer.Option(Path("reports"), "--out", help="Reports folder.")):
@@ -98,7 +129,7 @@ def report(out: Path = typer.Option(Path("reports"), "--out", help="Reports fold
     from mlops_nb.pipeline import write_dashboard
     typer.echo(f"history: {write_dashboard(out).resolve()}")
 
-# %% ../nbs/08_cli.ipynb #11
+# %% ../nbs/08_cli.ipynb #13
 def main():
     "Entry point of the `mlops-nb` console script."
     import os

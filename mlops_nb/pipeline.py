@@ -243,16 +243,49 @@ def load_summaries(reports: Path) -> list[dict]:
         except (OSError, json.JSONDecodeError): continue
     return sorted(out, key=lambda s: s.get("started") or "", reverse=True)
 
-def dashboard_html(reports: Path) -> str:
-    "The history dashboard: every run with its status, key metrics and model version."
+def _png(fig) -> str:
+    "A matplotlib figure as an embedded <img> (no external file)."
+    import base64, io
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=90, bbox_inches="tight"); plt.close(fig)
+    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+def _history_plot(history: pd.DataFrame) -> str:
+    "Drift share and the primary metric per monitored batch, over time."
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 3))
+    t = pd.to_datetime(history["time"])
+    ax.plot(t, history["drift_share"], "o-", label="drift share")
+    for col in [c for c in history.columns if c.startswith(("measured_", "estimated_"))][:4]:
+        ax.plot(t, history[col], ".--", label=col)
+    ax.set_ylim(0, 1.05); ax.legend(fontsize=7); ax.set_title("Monitoring over time", fontsize=9); fig.autofmt_xdate()
+    return _png(fig)
+
+# %% ../nbs/07_pipeline.ipynb #30
+def _runs_table(reports: Path) -> list[dict]:
     rows = []
     for s in load_summaries(reports):
-        m = s.get("metrics", {})
+        m, model = s.get("metrics", {}), s.get("model") or {}
         rows.append({"run": _Html(f'<a href="{esc(s["run_id"])}/index.html">{esc(s["run_id"])}</a>'), "started": s.get("started"),
                      "status": _status(s["status"]), "data": s.get("data_fingerprint"), "config": s.get("config_hash"),
-                     **{k: round(v, 4) for k, v in list(m.items())[:4] if isinstance(v, (int, float))},
-                     "model": (s.get("model") or {}).get("version")})
-    return _page("mlops_nb runs", f"<h1>Runs</h1>{_table(rows)}")
+                     **{k: round(v, 4) for k, v in m.items() if k.startswith("test_") and isinstance(v, (int, float))},
+                     "model": f"{model.get('name')} v{model.get('version')}" if model.get("version") else None,
+                     "aliases": ", ".join(model.get("aliases") or []),
+                     "gates": f"{sum(bool(g.get('passed')) for g in s.get('gates', []))}/{len(s.get('gates', []))}" if s.get("gates") else None})
+    return rows
+
+def _monitoring_section(reports: Path) -> str:
+    from mlops_nb.monitoring import monitoring_history
+    h = monitoring_history(reports)
+    if not len(h): return "<p>No monitored batches yet (<code>mlops-nb monitor DATA</code>).</p>"
+    rows = [{"batch": _Html(f'<a href="monitoring/{esc(r.batch_id)}/monitoring.html">{esc(r.batch_id)}</a>'), "time": r.time,
+             "model": f"{r.model_name} v{r.model_version}", "rows": r.rows, "drift share": round(r.drift_share, 3),
+             "decision": r.decision, "reasons": r.reasons} for r in h.itertuples()]
+    return _history_plot(h) + _table(rows[::-1])
+
+def dashboard_html(reports: Path) -> str:
+    "The history dashboard: every run (status, test metrics, model version, gates) and every monitored batch."
+    return _page("mlops_nb runs", f"<h1>Runs</h1>{_table(_runs_table(reports))}<h2>Monitoring</h2>{_monitoring_section(reports)}")
 
 def write_dashboard(reports: Path) -> Path:
     "Rebuild `reports/index.html`."
@@ -260,7 +293,7 @@ def write_dashboard(reports: Path) -> Path:
     path.write_text(dashboard_html(reports), encoding="utf-8")
     return path
 
-# %% ../nbs/07_pipeline.ipynb #31
+# %% ../nbs/07_pipeline.ipynb #32
 def _writable_dir(path: Path) -> Path:
     "Create `path` (and parents) or raise a one-line error naming it."
     try:
@@ -280,7 +313,7 @@ def prepare_run(config: str | Path | None, overrides: list[str] | tuple, out: Pa
     config_path.write_text(yaml.safe_dump(resolved_config(cfg), sort_keys=False))
     return run_context(config_path, run_dir)
 
-# %% ../nbs/07_pipeline.ipynb #32
+# %% ../nbs/07_pipeline.ipynb #33
 def resume_run(run_id: str, out: Path) -> tuple[RunContext, dict]:
     "Reopen a failed run: its context and the stages that already succeeded."
     run_dir = Path(out).resolve() / run_id
@@ -296,7 +329,7 @@ def stage_time_limit(ctx: RunContext, stage: str) -> float:
     p = ctx.config.pipeline
     return float(p.stage_timeouts.get(stage, p.stage_timeout))
 
-# %% ../nbs/07_pipeline.ipynb #33
+# %% ../nbs/07_pipeline.ipynb #34
 def rollback_registry(ctx: RunContext) -> list[str]:
     "Delete the model versions a failed run registered; return what was removed."
     client, removed = mlflow_client(ctx.tracking_uri), []
@@ -306,7 +339,7 @@ def rollback_registry(ctx: RunContext) -> list[str]:
             removed.append(f"{mv.name}/{mv.version}")
     return removed
 
-# %% ../nbs/07_pipeline.ipynb #34
+# %% ../nbs/07_pipeline.ipynb #35
 def _finish_run(ctx: RunContext, stages: dict, status: str, reports: Path) -> dict:
     "Write summary.json and index.html, tag and close the parent run, rebuild the dashboard."
     ctx = run_context(ctx.run_dir / "config.yaml", ctx.run_dir)  # pick up what the stages recorded
@@ -323,7 +356,7 @@ def _finish_run(ctx: RunContext, stages: dict, status: str, reports: Path) -> di
     write_dashboard(reports)
     return summary
 
-# %% ../nbs/07_pipeline.ipynb #35
+# %% ../nbs/07_pipeline.ipynb #36
 def _record_stage(ctx: RunContext, stage: str, out_nb: Path, error: str | None, seconds: float) -> dict:
     "Render the stage's HTML, log its artifacts to its nested run, close that run."
     html_path = render_html(out_nb, out_nb.with_suffix(".html"), title=f"{ctx.config.name}: {stage}")
@@ -336,7 +369,7 @@ def _record_stage(ctx: RunContext, stage: str, out_nb: Path, error: str | None, 
     return {"status": "failed" if error else "succeeded", "seconds": round(seconds, 2), "html": html_path.name,
             "notebook": out_nb.name, **({"error": error} if error else {})}
 
-# %% ../nbs/07_pipeline.ipynb #36
+# %% ../nbs/07_pipeline.ipynb #37
 def _run_stages(ctx: RunContext, names: list[str], done: dict, nbdir: Path, progress) -> str:
     "Execute the stages not yet done, in order; stop at the first failure; return the run status."
     for i, stage in enumerate(names, 1):
@@ -349,7 +382,7 @@ def _run_stages(ctx: RunContext, names: list[str], done: dict, nbdir: Path, prog
         if error: return "failed"
     return "succeeded"
 
-# %% ../nbs/07_pipeline.ipynb #37
+# %% ../nbs/07_pipeline.ipynb #38
 def run_pipeline(config: str | Path | None = None,  # YAML config; None for the built-in defaults
                  overrides: list[str] | tuple = (),  # `key.path=value` items
                  stages: str | list[str] | None = None,  # subset of STAGES; None for all
@@ -372,7 +405,7 @@ def run_pipeline(config: str | Path | None = None,  # YAML config; None for the 
         raise
     return _finish_run(ctx, done, status, reports)
 
-# %% ../nbs/07_pipeline.ipynb #42
+# %% ../nbs/07_pipeline.ipynb #43
 def _comparable_metrics(run_dir: Path, summary: dict) -> dict:
     "The summary metrics and every stage's metrics (as `stage.metric`)."
     out = dict(summary.get("metrics", {}))
@@ -382,7 +415,7 @@ def _comparable_metrics(run_dir: Path, summary: dict) -> dict:
             out.update({f"{stage}.{k}": v for k, v in read_json(p).get("metrics", {}).items() if isinstance(v, (int, float))})
     return out
 
-# %% ../nbs/07_pipeline.ipynb #43
+# %% ../nbs/07_pipeline.ipynb #44
 def reproduce_run(run_id: str, reports: str | Path = "reports", progress=print) -> pd.DataFrame:
     "Re-run a past run from its stored config; the metrics side by side (refuses if the data changed)."
     from mlops_nb.eda import load_dataset
