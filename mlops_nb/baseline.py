@@ -18,8 +18,8 @@ from sklearn.model_selection import StratifiedKFold, cross_validate
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from .core import Config, ConfigError, RunContext, esc, finish_stage, md, read_json, run_context
-from .eda import _is_positive, load_schema, load_splits
+from .core import Config, ConfigError, RunContext, code, esc, finish_stage, md, read_json, run_context
+from .eda import is_positive, load_schema, load_splits
 
 # %% auto #0
 __all__ = ['NEEDS_SCALING', 'METRICS', 'LOWER_IS_BETTER', 'feature_types', 'model_columns', 'feature_table', 'make_preprocessor',
@@ -100,7 +100,7 @@ def higher_is_better(metric: str) -> bool:
 
 def target_vector(df: pd.DataFrame, cfg: Config) -> pd.Series:
     "The target as 0/1, 1 for `data.positive_label`."
-    return _is_positive(df[cfg.data.target], cfg.data.positive_label).astype(int).rename(cfg.data.target)
+    return is_positive(df[cfg.data.target], cfg.data.positive_label).astype(int).rename(cfg.data.target)
 
 # %% ../nbs/03_baseline.ipynb #18
 def cv_splitter(y: pd.Series, cfg: Config) -> StratifiedKFold:

@@ -22,7 +22,7 @@ __all__ = ['Metric', 'Candidate', 'MlopsError', 'ConfigError', 'DataValidationEr
            'apply_overrides', 'load_config', 'resolve_path', 'tracking_uri', 'config_hash', 'resolved_config',
            'fingerprint_data', 'git_commit', 'package_version', 'new_run_id', 'RunContext', 'write_json', 'read_json',
            'run_context', 'mlflow_client', 'experiment_id', 'lineage_tags', 'start_parent_run', 'stage_run_id',
-           'log_batch', 'finish_stage', 'esc', 'code', 'md']
+           'log_batch', 'finish_stage', 'esc', 'code', 'Html', 'html_table', 'md']
 
 # %% ../nbs/00_core.ipynb #6
 class MlopsError(Exception):
@@ -393,6 +393,28 @@ def esc(value: Any) -> str:
 def code(value: Any) -> str:
     "A user string as inline code in Markdown: escaped, in `<code>` (Markdown backticks would show the escapes)."
     return f"<code>{esc(value)}</code>"
+
+class Html(str):
+    "Markup we built ourselves, already escaped: `html_table` puts it in a cell as it is."
+
+def _html_cell(v: Any) -> str:
+    if isinstance(v, Html): return v
+    if v is None or isinstance(v, (float, np.floating)) and v != v: return ""
+    if isinstance(v, (bool, np.bool_)): return "yes" if v else "no"
+    if isinstance(v, (float, np.floating)): return esc(f"{v:.4g}")
+    return esc(v)
+
+def html_table(rows: list[dict] | pd.DataFrame,  # records, or a frame (its index becomes the first column)
+               css_class: str = "") -> str:
+    "An HTML table with every header and cell escaped (floats to 4 significant digits); `Html` cells kept."
+    if isinstance(rows, pd.DataFrame):
+        name = rows.index.name or ""
+        rows = [{name: i, **r} for i, r in zip(rows.index, rows.to_dict("records"))]
+    if not rows: return "<p><i>none</i></p>"
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    head = "".join(f"<th>{esc(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{_html_cell(r.get(c))}</td>" for c in cols) + "</tr>" for r in rows)
+    return f'<table class="{esc(css_class)}"><tr>{head}</tr>{body}</table>'
 
 def md(text: str):
     "Show Markdown in the report (the text must already be escaped where it holds user strings)."

@@ -16,10 +16,10 @@ from .core import (Config, ConfigError, DataValidationError, RunContext, code, e
                            fingerprint_data, md, read_json, resolve_path, run_context, write_json)
 
 # %% auto #0
-__all__ = ['QUANTILE_LEVELS', 'load_dataset', 'prepare_data', 'check_target', 'check_columns', 'check_data', 'validate_data',
-           'infer_schema', 'data_dictionary', 'class_balance', 'target_rate_by_value', 'plot_profile', 'cramers_v',
-           'association_matrix', 'split_data', 'load_data', 'load_splits', 'load_schema', 'numeric_statistics',
-           'categorical_statistics', 'reference_statistics']
+__all__ = ['QUANTILE_LEVELS', 'load_dataset', 'prepare_data', 'is_positive', 'check_target', 'check_columns', 'check_data',
+           'validate_data', 'infer_schema', 'data_dictionary', 'class_balance', 'binned', 'target_rate_by_value',
+           'plot_profile', 'cramers_v', 'association_matrix', 'split_data', 'load_data', 'load_splits', 'load_schema',
+           'numeric_statistics', 'categorical_statistics', 'reference_statistics']
 
 # %% ../nbs/01_eda.ipynb #7
 def _read_source(cfg: Config) -> pd.DataFrame:
@@ -70,7 +70,7 @@ def _rows(mask: pd.Series, limit: int = 5) -> str:
     shown = ", ".join(map(str, idx[:limit])) + (", ..." if len(idx) > limit else "")
     return f"{len(idx)} row{'s' if len(idx) != 1 else ''} (rows {shown})"
 
-def _is_positive(y: pd.Series, label) -> pd.Series:
+def is_positive(y: pd.Series, label) -> pd.Series:
     "Which target values equal the positive label (compared as text, so 1 == '1')."
     return y.astype(str) == str(label)
 
@@ -169,7 +169,7 @@ def class_balance(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     return out
 
 # %% ../nbs/01_eda.ipynb #29
-def _binned(s: pd.Series, bins: int = 10) -> pd.Series:
+def binned(s: pd.Series, bins: int = 10) -> pd.Series:
     "Numeric values in at most `bins` quantile bins; categories as text, top 12 plus 'other'."
     if pd.api.types.is_numeric_dtype(s) and s.nunique() > bins:
         return pd.qcut(s, q=bins, duplicates="drop").astype(str)
@@ -179,8 +179,8 @@ def _binned(s: pd.Series, bins: int = 10) -> pd.Series:
 
 def target_rate_by_value(df: pd.DataFrame, column: str, cfg: Config) -> pd.DataFrame:
     "Rows and positive-outcome rate for each value (or value range) of a column."
-    y = _is_positive(df[cfg.data.target], cfg.data.positive_label)
-    g = pd.DataFrame({"value": _binned(df[column]), "y": y}).groupby("value", observed=True)["y"]
+    y = is_positive(df[cfg.data.target], cfg.data.positive_label)
+    g = pd.DataFrame({"value": binned(df[column]), "y": y}).groupby("value", observed=True)["y"]
     return pd.DataFrame({"rows": g.size(), "positive_rate": g.mean().round(4)})
 
 # %% ../nbs/01_eda.ipynb #30
@@ -188,7 +188,7 @@ def plot_profile(df: pd.DataFrame, cfg: Config, max_columns: int = 30):
     "A grid: each column's distribution and its positive-outcome rate by value."
     cols = [c for c in df.columns if c != cfg.data.target][:max_columns]
     fig, axes = plt.subplots(len(cols), 2, figsize=(10, 2.6 * len(cols)), squeeze=False)
-    base = _is_positive(df[cfg.data.target], cfg.data.positive_label).mean()
+    base = is_positive(df[cfg.data.target], cfg.data.positive_label).mean()
     for (ax_d, ax_r), c in zip(axes, cols):
         rate = target_rate_by_value(df, c, cfg)
         ax_d.bar(rate.index.astype(str), rate["rows"], color="#4C72B0"); ax_d.set_title(f"{c}: rows", fontsize=9)
@@ -202,7 +202,7 @@ def plot_profile(df: pd.DataFrame, cfg: Config, max_columns: int = 30):
 def cramers_v(a: pd.Series, b: pd.Series) -> float:
     "Cramér's V between two columns (numeric ones binned first)."
     from scipy.stats.contingency import association, crosstab
-    table = crosstab(_binned(a).to_numpy(), _binned(b).to_numpy()).count
+    table = crosstab(binned(a).to_numpy(), binned(b).to_numpy()).count
     if min(table.shape) < 2: return 0.0
     return float(association(table, method="cramer"))
 

@@ -18,10 +18,10 @@ from sklearn.metrics import (ConfusionMatrixDisplay, PrecisionRecallDisplay, Roc
                              average_precision_score, brier_score_loss, f1_score, log_loss, roc_auc_score)
 from sklearn.pipeline import Pipeline
 
-from .core import (Config, MlopsError, RunContext, _retry, esc, finish_stage, lineage_tags, log_batch, md,
+from .core import (Config, MlopsError, RunContext, _retry, code, esc, finish_stage, html_table, lineage_tags, log_batch, md,
                            mlflow_client, read_json, run_context, stage_run_id, write_json)
-from .eda import _binned, load_data, load_schema, load_splits, reference_statistics
-from .rai import (_text, explain_model, fairness_frame, group_metrics, plot_beeswarm, plot_group_metrics,
+from .eda import binned, load_data, load_schema, load_splits, reference_statistics
+from .rai import (plot_text, explain_model, fairness_frame, group_metrics, plot_beeswarm, plot_group_metrics,
                           plot_importance, plot_local)
 from .baseline import (METRICS, baseline_table, best_model, build_pipeline, compare_models, cv_display,
                                fitting_threads, higher_is_better, load_baseline, model_columns, plot_cv_scores,
@@ -33,7 +33,7 @@ __all__ = ['THRESHOLD', 'SKOPS_TRUSTED_TYPES', 'REFERENCE_STATS', 'REFERENCE_STA
            'bootstrap_metrics', 'class_names', 'plot_evaluation', 'error_cohorts', 'most_wrong_row', 'file_sha256',
            'ModelIntegrityError', 'verify_model_files', 'LoadedModel', 'resolve_version', 'load_model_version',
            'alias_version', 'champion_metrics', 'gate', 'check_gates', 'gate_table', 'pip_requirements', 'log_model',
-           'gate_tags', 'register_version', 'limitations', 'html_table', 'model_card_html']
+           'gate_tags', 'register_version', 'limitations', 'model_card_html']
 
 # %% ../nbs/04_evaluation.ipynb #11
 THRESHOLD = 0.5  # decisions: positive when the score is above this (what `predict` returns)
@@ -81,7 +81,7 @@ def plot_evaluation(y_true, scores, threshold: float = THRESHOLD, labels: list[s
     RocCurveDisplay.from_predictions(y_true, scores, ax=ax[0, 0], name="model", plot_chance_level=True)
     PrecisionRecallDisplay.from_predictions(y_true, scores, ax=ax[0, 1], name="model", plot_chance_level=True)
     CalibrationDisplay.from_predictions(y_true, scores, n_bins=10, strategy="quantile", ax=ax[1, 0], name="model")
-    ConfusionMatrixDisplay.from_predictions(y_true, decisions(scores, threshold), display_labels=[_text(l) for l in labels],
+    ConfusionMatrixDisplay.from_predictions(y_true, decisions(scores, threshold), display_labels=[plot_text(l) for l in labels],
                                             ax=ax[1, 1], colorbar=False)
     for a, title in zip(ax.ravel(), ["ROC curve", "precision–recall curve", "calibration (10 quantile bins)", f"confusion matrix at {threshold:g}"]):
         a.set_title(title, fontsize=10)
@@ -91,7 +91,7 @@ def plot_evaluation(y_true, scores, threshold: float = THRESHOLD, labels: list[s
 # %% ../nbs/04_evaluation.ipynb #19
 def _slices(X: pd.DataFrame, bins: int) -> dict[str, pd.Series]:
     "Slice labels of every column and every pair of columns."
-    single = {c: _binned(X[c], bins).astype(str) for c in X.columns}
+    single = {c: binned(X[c], bins).astype(str) for c in X.columns}
     pairs = {f"{a} × {b}": single[a] + " × " + single[b] for a, b in itertools.combinations(X.columns, 2)}
     return {**single, **pairs}
 
@@ -345,17 +345,6 @@ def limitations(cfg: Config, y_test, predicted, test_groups: dict[str, pd.DataFr
     return out
 
 # %% ../nbs/04_evaluation.ipynb #57
-def _cell(v) -> str:
-    if isinstance(v, (float, np.floating)): return "" if pd.isna(v) else f"{v:.4f}"
-    return esc(v)
-
-def html_table(df: pd.DataFrame) -> str:
-    "An HTML table of a frame: header, index and every cell escaped; floats to 4 decimals."
-    head = "".join(f"<th>{esc(c)}</th>" for c in [df.index.name or ""] + list(df.columns))
-    body = "".join("<tr>" + f"<th>{_cell(i)}</th>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>"
-                   for i, row in zip(df.index, df.itertuples(index=False)))
-    return f'<table class="model-card">{"<tr>" + head + "</tr>"}{body}</table>'
-
 def _items(values, missing: str = "not stated in the config") -> str:
     values = [values] if isinstance(values, str) else list(values or [])
     return "<ul>" + "".join(f"<li>{esc(v)}</li>" for v in values) + "</ul>" if values else f"<p><i>{esc(missing)}</i></p>"
@@ -370,12 +359,12 @@ def model_card_html(cfg: Config, card: dict) -> str:
              f"<b>{esc(card['model'].get('uri', 'not registered'))}</b>.</p>",
              "<h3>Intended use</h3>", _items(r.intended_use), "<h3>Out-of-scope uses</h3>", _items(r.out_of_scope_uses),
              "<h3>Stakeholders</h3>", _items(r.stakeholders), "<h3>Potential harms</h3>", _items(r.potential_harms),
-             "<h3>Data</h3>", html_table(data_rows),
-             "<h3>Performance on the test split (95 % bootstrap intervals)</h3>", html_table(card["metrics"]),
+             "<h3>Data</h3>", html_table(data_rows, "model-card"),
+             "<h3>Performance on the test split (95 % bootstrap intervals)</h3>", html_table(card["metrics"], "model-card"),
              "<h3>Fairness on the test split (95 % bootstrap intervals)</h3>",
-             html_table(card["fairness"]) if len(card["fairness"]) else "<p><i>no sensitive features configured</i></p>",
-             "<h3>What drives the predictions (mean |SHAP value|)</h3>", html_table(card["importance"]),
+             html_table(card["fairness"], "model-card") if len(card["fairness"]) else "<p><i>no sensitive features configured</i></p>",
+             "<h3>What drives the predictions (mean |SHAP value|)</h3>", html_table(card["importance"], "model-card"),
              "<h3>Limitations</h3>", _items(card["limitations"], "none recorded"),
-             "<h3>Gates</h3>", html_table(gate_table(card["gates"]))]
+             "<h3>Gates</h3>", html_table(gate_table(card["gates"]), "model-card")]
     style = "<style>table.model-card{border-collapse:collapse}table.model-card td,table.model-card th{border:1px solid #ccc;padding:3px 8px}</style>"
     return f'<section class="model-card">{style}{"".join(parts)}</section>'

@@ -14,10 +14,10 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import chi2_contingency, ks_2samp
 from sklearn import metrics as skm
 
-from .core import (Config, ConfigError, DataValidationError, MlopsError, RunContext, _jsonable, config_hash, esc, experiment_id,
-                           finish_stage, git_commit, log_batch, md, mlflow_client, package_version, read_json, run_context,
+from .core import (Config, ConfigError, DataValidationError, MlopsError, RunContext, _jsonable, code, config_hash, esc, experiment_id,
+                           finish_stage, git_commit, html_table, log_batch, md, mlflow_client, package_version, read_json, run_context,
                            tracking_uri, write_json)
-from .eda import _is_positive, _rows, load_data, load_dataset, reference_statistics
+from .eda import is_positive, _rows, load_data, load_dataset, reference_statistics
 from .baseline import higher_is_better
 from .evaluation import CHALLENGER, CHAMPION, alias_version, decisions, load_model_version, positive_scores
 
@@ -535,7 +535,7 @@ def assess_batch(batch: pd.DataFrame,  # validated batch (target column present 
            "estimated_performance": estimated_performance(scores, predictions), "assumptions": [ESTIMATION_ASSUMPTION]}
     if labels:
         known = batch[t].notna().to_numpy()
-        y = _is_positive(batch.loc[known, t], cfg.data.positive_label).to_numpy(dtype=int)
+        y = is_positive(batch.loc[known, t], cfg.data.positive_label).to_numpy(dtype=int)
         out["labelled_rows"] = int(known.sum())
         out["performance"] = measured_performance(y, np.asarray(scores)[known], np.asarray(predictions)[known])
         if label_ref: out["label_drift"] = column_drift(label_ref, batch.loc[known, t], reference["rows"], *_override(t, methods), column=t)
@@ -652,14 +652,6 @@ _PAGE_CSS = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:10
              "td,th{border:1px solid #ccc;padding:3px 9px;text-align:left}th{background:#f3f3f3}.ok{color:#1e7b34}.investigate{color:#b36b00}"
              ".retrain{color:#c0392b}.yes{color:#c0392b;font-weight:600}")
 
-def _html_table(rows: list[dict]) -> str:
-    "An HTML table of dicts, every header and cell escaped; floats to 4 significant digits."
-    if not rows: return "<p><i>none</i></p>"
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    cell = lambda v: "" if v is None else esc(f"{v:.4g}" if isinstance(v, float) else ("yes" if v is True else "no" if v is False else v))
-    head = "".join(f"<th>{esc(c)}</th>" for c in cols)
-    return f"<table><tr>{head}</tr>" + "".join("<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in cols) + "</tr>" for r in rows) + "</table>"
-
 # %% ../nbs/05_monitoring.ipynb #63
 def render_monitoring_report(decision_path_or_dir: str | Path) -> Path:
     "Write monitoring.html beside a decision.json (given the file or its folder); returns its path."
@@ -672,10 +664,10 @@ def render_monitoring_report(decision_path_or_dir: str | Path) -> Path:
     body = (f"<h1>Monitoring batch {esc(d['batch_id'])}</h1><p>Model <b>{esc(d['model']['uri'])}</b>, {d['rows']:,} rows, {esc(d['time'])}.</p>"
             f"<h2>Decision: <span class='{esc(d['decision'])}'>{esc(d['decision'])}</span></h2><ul>{''.join(f'<li>{esc(r)}</li>' for r in d['reasons'])}</ul>"
             f"<h2>Drift</h2><p>Dataset drift: <b>{'yes' if d['dataset_drift'] else 'no'}</b>: {d['drift_share']:.0%} of columns drifted "
-            f"(threshold {d['drift_share_threshold']:.0%}; reference {d['reference_rows']:,} rows).</p>{_html_table(columns)}"
-            f"<h3>Model outputs and labels</h3>{_html_table(outputs)}<h2>Schema anomalies</h2>{_html_table(anomaly_table(d['anomalies']).to_dict('records'))}"
-            f"<h2>Performance</h2><p>Measured on {d.get('labelled_rows', 0):,} labelled rows; estimated on all rows. {esc(d['assumptions'][0])}</p>{_html_table(perf)}"
-            + (f"<h2>Training–serving skew</h2>{_html_table([d['serving_skew']])}" if d.get("serving_skew") else ""))
+            f"(threshold {d['drift_share_threshold']:.0%}; reference {d['reference_rows']:,} rows).</p>{html_table(columns)}"
+            f"<h3>Model outputs and labels</h3>{html_table(outputs)}<h2>Schema anomalies</h2>{html_table(anomaly_table(d['anomalies']).to_dict('records'))}"
+            f"<h2>Performance</h2><p>Measured on {d.get('labelled_rows', 0):,} labelled rows; estimated on all rows. {esc(d['assumptions'][0])}</p>{html_table(perf)}"
+            + (f"<h2>Training–serving skew</h2>{html_table([d['serving_skew']])}" if d.get("serving_skew") else ""))
     html = f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(d["batch_id"])}</title><style>{_PAGE_CSS}</style></head><body>{body}</body></html>'
     target = p.parent / "monitoring.html"
     target.write_text(html, encoding="utf-8")

@@ -12,7 +12,7 @@ import pandas as pd
 from jupyter_core.utils import run_sync
 import yaml
 
-from .core import (ConfigError, DataValidationError, MlopsError, RunContext, esc, load_config, log_batch,
+from .core import (ConfigError, DataValidationError, Html, MlopsError, RunContext, esc, html_table, load_config, log_batch,
                            mlflow_client, new_run_id, read_json, resolved_config, run_context, stage_run_id, write_json)
 
 # %% auto #0
@@ -199,29 +199,16 @@ table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:
 th{background:#f3f3f3}.succeeded,.pass{color:#1e7b34;font-weight:600}.failed,.fail{color:#c0392b;font-weight:600}
 .skipped{color:#888}code{background:#f3f3f3;padding:1px 4px}"""
 
-def _table(rows: list[dict]) -> str:
-    "An HTML table from a list of dicts; every cell escaped unless it is a `Markup`-like pre-built string."
-    if not rows: return "<p>(none)</p>"
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    cell = lambda v: v.html if isinstance(v, _Html) else esc(v) if v is not None else ""
-    head = "".join(f"<th>{esc(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in cols) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-class _Html:
-    "A piece of HTML we built ourselves (already escaped)."
-    def __init__(self, html: str): self.html = html
-
 def _page(title: str, body: str) -> str:
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
             f"<style>{_CSS}</style></head><body>{body}</body></html>")
 
-def _status(s: str) -> _Html: return _Html(f'<span class="{esc(s)}">{esc(s)}</span>')
+def _status(s: str) -> Html: return Html(f'<span class="{esc(s)}">{esc(s)}</span>')
 
 # %% ../nbs/07_pipeline.ipynb #28
 def run_index_html(summary: dict) -> str:
     "The run summary page: status, lineage, stages with links, metrics, gates, model."
-    stages = [{"stage": _Html(f'<a href="{esc(v["html"])}">{esc(k)}</a>') if v.get("html") else k,
+    stages = [{"stage": Html(f'<a href="{esc(v["html"])}">{esc(k)}</a>') if v.get("html") else k,
                "status": _status(v["status"]), "seconds": v.get("seconds"), "error": v.get("error")}
               for k, v in summary["stages"].items()]
     lineage = [{"item": k, "value": summary.get(k)} for k in
@@ -230,8 +217,8 @@ def run_index_html(summary: dict) -> str:
     metrics = [{"metric": k, "value": round(v, 4) if isinstance(v, float) else v} for k, v in summary.get("metrics", {}).items()]
     model = [{"item": k, "value": v} for k, v in (summary.get("model") or {}).items()]
     body = (f'<p><a href="../index.html">&larr; all runs</a></p><h1>Run {esc(summary["run_id"])}</h1>'
-            f'<p>Status: {_status(summary["status"]).html}</p><h2>Stages</h2>{_table(stages)}<h2>Metrics</h2>{_table(metrics)}'
-            f'<h2>Gates</h2>{_table(gates)}<h2>Model</h2>{_table(model)}<h2>Lineage</h2>{_table(lineage)}')
+            f'<p>Status: {_status(summary["status"])}</p><h2>Stages</h2>{html_table(stages)}<h2>Metrics</h2>{html_table(metrics)}'
+            f'<h2>Gates</h2>{html_table(gates)}<h2>Model</h2>{html_table(model)}<h2>Lineage</h2>{html_table(lineage)}')
     return _page(f"Run {summary['run_id']}", body)
 
 # %% ../nbs/07_pipeline.ipynb #29
@@ -266,7 +253,7 @@ def _runs_table(reports: Path) -> list[dict]:
     rows = []
     for s in load_summaries(reports):
         m, model = s.get("metrics", {}), s.get("model") or {}
-        rows.append({"run": _Html(f'<a href="{esc(s["run_id"])}/index.html">{esc(s["run_id"])}</a>'), "started": s.get("started"),
+        rows.append({"run": Html(f'<a href="{esc(s["run_id"])}/index.html">{esc(s["run_id"])}</a>'), "started": s.get("started"),
                      "status": _status(s["status"]), "data": s.get("data_fingerprint"), "config": s.get("config_hash"),
                      **{k: round(v, 4) for k, v in m.items() if k.startswith("test_") and isinstance(v, (int, float))},
                      "model": f"{model.get('name')} v{model.get('version')}" if model.get("version") else None,
@@ -278,14 +265,14 @@ def _monitoring_section(reports: Path) -> str:
     from mlops_nb.monitoring import monitoring_history
     h = monitoring_history(reports)
     if not len(h): return "<p>No monitored batches yet (<code>mlops-nb monitor DATA</code>).</p>"
-    rows = [{"batch": _Html(f'<a href="monitoring/{esc(r.batch_id)}/monitoring.html">{esc(r.batch_id)}</a>'), "time": r.time,
+    rows = [{"batch": Html(f'<a href="monitoring/{esc(r.batch_id)}/monitoring.html">{esc(r.batch_id)}</a>'), "time": r.time,
              "model": f"{r.model_name} v{r.model_version}", "rows": r.rows, "drift share": round(r.drift_share, 3),
              "decision": r.decision, "reasons": r.reasons} for r in h.itertuples()]
-    return _history_plot(h) + _table(rows[::-1])
+    return _history_plot(h) + html_table(rows[::-1])
 
 def dashboard_html(reports: Path) -> str:
     "The history dashboard: every run (status, test metrics, model version, gates) and every monitored batch."
-    return _page("mlops_nb runs", f"<h1>Runs</h1>{_table(_runs_table(reports))}<h2>Monitoring</h2>{_monitoring_section(reports)}")
+    return _page("mlops_nb runs", f"<h1>Runs</h1>{html_table(_runs_table(reports))}<h2>Monitoring</h2>{_monitoring_section(reports)}")
 
 def write_dashboard(reports: Path) -> Path:
     "Rebuild `reports/index.html`."

@@ -27,16 +27,16 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
 from .core import Config, DataValidationError, esc, finish_stage, md, run_context
-from .eda import _is_positive, class_balance, cramers_v, load_schema, load_splits
+from .eda import is_positive, class_balance, cramers_v, load_schema, load_splits
 
 # %% auto #0
 __all__ = ['ASSESSMENT_ITEMS', 'MISSING_GROUP', 'PROXY_THRESHOLD', 'MIN_MINORITY_ROWS', 'MIN_ROWS_PER_FEATURE', 'MIN_SIGNAL_LIFT',
            'assessment_table', 'assessment_markdown', 'group_labels', 'check_sensitive', 'group_summary',
-           'small_groups', 'base_rate_gaps', 'plot_groups', 'correlation_ratio', 'proxy_table', 'plot_proxies',
-           'quick_pipeline', 'model_inputs', 'feasibility_study', 'feasibility_verdict', 'learning_curve_table',
-           'plot_learning_curve', 'group_metrics', 'fairness_frame', 'group_metrics_table', 'plot_group_metrics',
-           'Explanation', 'source_columns', 'explain_model', 'plot_importance', 'plot_beeswarm', 'plot_local',
-           'metric_key', 'rai_metrics']
+           'small_groups', 'base_rate_gaps', 'plot_text', 'plot_groups', 'correlation_ratio', 'proxy_table',
+           'plot_proxies', 'quick_pipeline', 'model_inputs', 'feasibility_study', 'feasibility_verdict',
+           'learning_curve_table', 'plot_learning_curve', 'group_metrics', 'fairness_frame', 'group_metrics_table',
+           'plot_group_metrics', 'Explanation', 'source_columns', 'explain_model', 'plot_importance', 'plot_beeswarm',
+           'plot_local', 'metric_key', 'rai_metrics']
 
 # %% ../nbs/02_rai.ipynb #7
 ASSESSMENT_ITEMS = {"intended_use": "Intended use", "out_of_scope_uses": "Out-of-scope uses",
@@ -89,7 +89,7 @@ def _group_frames(df: pd.DataFrame, sensitive: list[str]) -> dict[str, tuple[pd.
 
 def group_summary(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     "Rows, share and positive-label base rate per group of each sensitive feature and pair; small groups flagged."
-    y = _is_positive(df[cfg.data.target], cfg.data.positive_label)
+    y = is_positive(df[cfg.data.target], cfg.data.positive_label)
     parts = []
     for feature, (labels, groups) in _group_frames(df, check_sensitive(df, cfg)).items():
         g = y.groupby(labels.to_numpy())
@@ -112,7 +112,7 @@ def base_rate_gaps(groups: pd.DataFrame) -> dict[str, float | None]:
                 if (big.feature == f).sum() >= 2 else None) for f in groups.feature.unique()}
 
 # %% ../nbs/02_rai.ipynb #18
-def _text(value) -> str:
+def plot_text(value) -> str:
     "A user string safe for a matplotlib label (a '$' would start math mode)."
     return str(value).replace("$", r"\$")
 
@@ -125,10 +125,10 @@ def plot_groups(groups: pd.DataFrame, overall_rate: float):
         bars = ax.bar(range(len(g)), g.positive_rate.fillna(0), color=np.where(g.small, "#BBBBBB", "#4C72B0"))
         for bar, is_small in zip(bars, g.small): bar.set_hatch("//" if is_small else "")
         many = len(g) > 6  # long label rows overlap: slant them
-        ax.set_xticks(range(len(g)), [f"{_text(v)}\n(n={n})" for v, n in zip(g.group, g.rows)], fontsize=7,
+        ax.set_xticks(range(len(g)), [f"{plot_text(v)}\n(n={n})" for v, n in zip(g.group, g.rows)], fontsize=7,
                       rotation=30 if many else 0, ha="right" if many else "center")
         ax.axhline(overall_rate, color="k", ls="--", lw=1); ax.set_ylim(0, 1)
-        ax.set_title(f"{_text(f)}: positive rate by group", fontsize=9)
+        ax.set_title(f"{plot_text(f)}: positive rate by group", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -176,9 +176,9 @@ def plot_proxies(proxies: pd.DataFrame, threshold: float = PROXY_THRESHOLD):
     fig, axes = plt.subplots(1, max(len(sens), 1), figsize=(4.5 * max(len(sens), 1), 0.35 * proxies.feature.nunique() + 1.5), squeeze=False)
     for ax, s in zip(axes[0], sens):
         p = proxies[proxies.sensitive == s].sort_values("strength")
-        ax.barh([_text(f) for f in p.feature], p.strength, color=np.where(p.strong, "#C44E52", "#4C72B0"))
+        ax.barh([plot_text(f) for f in p.feature], p.strength, color=np.where(p.strong, "#C44E52", "#4C72B0"))
         ax.axvline(threshold, color="k", ls="--", lw=1); ax.set_xlim(0, 1)
-        ax.set_title(f"association with {_text(s)} (threshold {threshold})", fontsize=9)
+        ax.set_title(f"association with {plot_text(s)} (threshold {threshold})", fontsize=9)
         ax.set_xlabel("Cramér's V / correlation ratio", fontsize=8)
     fig.tight_layout()
     return fig
@@ -199,7 +199,7 @@ def quick_pipeline(schema: dict,  # the run's schema (`load_schema(ctx)`)
 
 def model_inputs(df: pd.DataFrame, schema: dict, cfg: Config) -> tuple[pd.DataFrame, np.ndarray]:
     "The feature columns and the 0/1 target (1 = the configured positive label)."
-    return df[schema["features"]], _is_positive(df[cfg.data.target], cfg.data.positive_label).to_numpy(dtype=int)
+    return df[schema["features"]], is_positive(df[cfg.data.target], cfg.data.positive_label).to_numpy(dtype=int)
 
 # %% ../nbs/02_rai.ipynb #31
 MIN_MINORITY_ROWS = 50  # fewer training rows of the rarer class: not enough data
@@ -346,8 +346,8 @@ def plot_group_metrics(y_true, y_pred, sensitive: pd.DataFrame, n_bootstrap=200,
             point = rates[m][0]
             low, high = (np.nanpercentile(rates[m][1:], [2.5, 97.5], axis=0) if n_bootstrap else (point, point))
             ax.bar(x + i * width, point, width, yerr=[np.clip(point - low, 0, None), np.clip(high - point, 0, None)], capsize=3, label=m)
-        ax.set_xticks(x + width, [_text(g) for g in groups], fontsize=8); ax.set_ylim(0, 1.05)
-        ax.set_title(f"{_text(name)}: rates by group", fontsize=9)
+        ax.set_xticks(x + width, [plot_text(g) for g in groups], fontsize=8); ax.set_ylim(0, 1.05)
+        ax.set_title(f"{plot_text(name)}: rates by group", fontsize=9)
         ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     fig.tight_layout()
     return fig
@@ -488,7 +488,7 @@ def plot_importance(expl: Explanation, max_features=15):
     "Bar chart of mean |SHAP| per original column, largest first."
     imp = expl.values.abs().mean().sort_values().tail(max_features)
     fig, ax = plt.subplots(figsize=(6, 0.35 * len(imp) + 1.2))
-    ax.barh([_text(c) for c in imp.index], imp.to_numpy(), color="#4C72B0")
+    ax.barh([plot_text(c) for c in imp.index], imp.to_numpy(), color="#4C72B0")
     ax.set_xlabel(f"mean |SHAP value| ({expl.output})"); ax.set_title(f"feature importance ({expl.kind} explainer)", fontsize=9)
     fig.tight_layout()
     return fig
@@ -507,7 +507,7 @@ def plot_beeswarm(expl: Explanation):
     "shap's beeswarm plot of the grouped attributions."
     shap = _shap()
     e = shap.Explanation(values=expl.values.to_numpy(), base_values=np.full(len(expl.values), expl.base_value),
-                         data=_numeric_view(expl.data), feature_names=[_text(c) for c in expl.values.columns])
+                         data=_numeric_view(expl.data), feature_names=[plot_text(c) for c in expl.values.columns])
     fig, ax = plt.subplots(figsize=(7, 0.4 * expl.values.shape[1] + 1.5))
     shap.plots.beeswarm(e, max_display=expl.values.shape[1], ax=ax, show=False, plot_size=None)
     ax.set_xlabel(f"SHAP value ({expl.output})")
@@ -520,7 +520,7 @@ def plot_local(expl: Explanation, row: int, max_features: int = 10):
     phi, x = expl.values.iloc[row], expl.data.iloc[row]
     order = phi.abs().sort_values(ascending=False).index
     top, rest = order[:max_features], order[max_features:]
-    labels = [f"{_text(c)} = {x[c]:.4g}" if isinstance(x[c], (float, np.floating)) else f"{_text(c)} = {_text(x[c])}" for c in top] + ([f"{len(rest)} other columns"] if len(rest) else [])
+    labels = [f"{plot_text(c)} = {x[c]:.4g}" if isinstance(x[c], (float, np.floating)) else f"{plot_text(c)} = {plot_text(x[c])}" for c in top] + ([f"{len(rest)} other columns"] if len(rest) else [])
     contrib = list(phi[top]) + ([phi[rest].sum()] if len(rest) else [])
     starts = expl.base_value + np.concatenate([[0], np.cumsum(contrib)[:-1]])
     fig, ax = plt.subplots(figsize=(7, 0.4 * len(labels) + 1.5))
@@ -532,7 +532,7 @@ def plot_local(expl: Explanation, row: int, max_features: int = 10):
     pad = 0.15 * (ends.max() - ends.min() or 1.0)
     ax.set_xlim(ends.min() - pad, ends.max() + pad)
     ax.set_xlabel(f"model output ({expl.output})")
-    ax.set_title(f"row {_text(expl.values.index[row])}: base {expl.base_value:.3f} -> output {expl.base_value + phi.sum():.3f}", fontsize=9)
+    ax.set_title(f"row {plot_text(expl.values.index[row])}: base {expl.base_value:.3f} -> output {expl.base_value + phi.sum():.3f}", fontsize=9)
     fig.tight_layout()
     return fig
 
