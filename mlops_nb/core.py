@@ -105,6 +105,7 @@ class RaiConfig(_Section):
 class Config(_Section):
     "The whole configuration: one typed object that carries every setting."
     name: str = Field("arrests", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    environment: str = Field("dev", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")  # dev / test / prod: recorded on every run and model version
     data: DataConfig = DataConfig()
     split: SplitConfig = SplitConfig()
     model: ModelConfig = ModelConfig()
@@ -192,7 +193,7 @@ def tracking_uri(cfg: Config) -> str:
 
 def config_hash(cfg: Config) -> str:
     "A short sha256 of the settings that shape the model (tracking and time limits excluded)."
-    payload = json.dumps(cfg.model_dump(mode="json", exclude={"tracking", "pipeline"}), sort_keys=True)
+    payload = json.dumps(cfg.model_dump(mode="json", exclude={"tracking", "pipeline", "environment"}), sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 # %% ../nbs/00_core.ipynb #21
@@ -277,7 +278,7 @@ def run_context(config: str | Path | None = None,  # the CONFIG parameter: a YAM
     uri = f"sqlite:///{run_dir / 'mlruns.db'}" if isolated else tracking_uri(cfg)
     info = {"run_id": run_dir.name if not isolated else new_run_id(), "tracking_uri": uri,
             "config_hash": config_hash(cfg), "git_commit": git_commit(cfg.base_dir),
-            "package_version": package_version(), "environment": os.environ.get("MLOPS_NB_ENV", "dev"),
+            "package_version": package_version(), "environment": cfg.environment,
             "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     ctx = RunContext(cfg, run_dir, info)
     ctx.info["mlflow_run_id"] = start_parent_run(ctx)

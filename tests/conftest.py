@@ -12,13 +12,13 @@ CLI = Path(sys.executable).parent / "mlops-nb"
 
 def run_cli(*args, cwd: Path, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
     "Run the installed `mlops-nb` command; return the finished process (text output)."
-    full_env = {**os.environ, "MLOPS_NB_ENV": "test", **(env or {})}
+    full_env = {**os.environ, **(env or {})}
     return subprocess.run([str(CLI), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
 def write_config(folder: Path, **sections) -> Path:
     "Write a config YAML in `folder` with a private SQLite store; `sections` are merged over that."
-    cfg = {"tracking": {"uri": "sqlite:///mlruns.db"}}
+    cfg = {"environment": "test", "tracking": {"uri": "sqlite:///mlruns.db"}}
     for key, value in sections.items():
         cfg.setdefault(key, {}).update(value) if isinstance(value, dict) else cfg.__setitem__(key, value)
     path = folder / "config.yaml"
