@@ -7,7 +7,8 @@ STAMP  := $(VENV)/.installed
 RUN_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test check-clean check-export test-nbs test-py lab lock clean
+.PHONY: install install-spark install-server system-packages run test check-clean check-export test-nbs test-py lab lock clean \
+        server server-stop
 
 $(STAMP): settings.ini setup.py requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,12 +19,49 @@ $(STAMP): settings.ini setup.py requirements.lock
 
 install: $(STAMP)
 
+# Debian packages for the extras: Java for Spark, PostgreSQL for the team tracking server. Installed only when missing
+# (`$(call apt_install,PACKAGE:PROGRAM ...)`), with one quiet `apt-get update`; as root, or through `sudo -n`. A developer
+# without either gets a warning, and the tests that need the package are skipped, saying why.
+define apt_install
+missing=""; for spec in $(1); do pkg=$$(echo $$spec | cut -d: -f1); prog=$$(echo $$spec | cut -d: -f2); \
+  command -v $$prog >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/$$prog >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+if [ -n "$$missing" ]; then \
+  sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo -n"; log=$$(mktemp); echo "installing Debian packages:$$missing"; \
+  if ! { $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; } >$$log 2>&1; then \
+    if [ "$$(id -u)" -eq 0 ]; then cat $$log; echo "apt-get install$$missing failed"; rm -f $$log; exit 1; fi; \
+    echo "warning: could not install$$missing (not root, no sudo): the tests that need them are skipped"; fi; rm -f $$log; fi
+endef
+SPARK_STAMP  := $(VENV)/.installed-spark
+SERVER_STAMP := $(VENV)/.installed-server
+
+## Java and PostgreSQL at once (one apt-get update): what `make test` needs beyond Python.
+system-packages:
+	@$(call apt_install,default-jre-headless:java postgresql:initdb)
+
+$(SPARK_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev,spark]"
+	$(BIN)/python -m pip check
+	touch $@
+
+$(SERVER_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev,server]"
+	$(BIN)/python -m pip check
+	touch $@
+
+## The Spark engine (`mlops-nb score --engine spark`): pyspark, and Java from Debian when missing.
+install-spark: $(SPARK_STAMP)
+	@$(call apt_install,default-jre-headless:java)
+
+## The team tracking server: the PostgreSQL driver, and PostgreSQL from Debian when missing.
+install-server: $(SERVER_STAMP)
+	@$(call apt_install,postgresql:initdb)
+
 ## Run the whole pipeline on the built-in dataset (or RUN_ARGS="--config my.yaml").
 run: install
 	$(BIN)/mlops-nb run $(RUN_ARGS)
 
 ## Every check, in CI's order: notebooks clean, export in sync, notebook tests, pytest.
-test: install check-clean check-export test-nbs test-py
+test: install system-packages install-spark install-server check-clean check-export test-nbs test-py
 
 check-clean: install
 	$(BIN)/nbstripout --verify nbs/*.ipynb
@@ -48,8 +86,31 @@ lab: install
 lock:
 	rm -rf /tmp/mlops_nb-lock && $(PYTHON) -m venv /tmp/mlops_nb-lock
 	/tmp/mlops_nb-lock/bin/pip install --quiet --upgrade pip
-	/tmp/mlops_nb-lock/bin/pip install --quiet -e ".[dev]"
+	/tmp/mlops_nb-lock/bin/pip install --quiet -e ".[dev,spark,server]"
 	/tmp/mlops_nb-lock/bin/pip freeze --exclude-editable | grep -v '^mlops.nb' > requirements.lock
+
+## A team tracking server on this machine: PostgreSQL (data in SERVER_DIR, port PG_PORT, 127.0.0.1 only) and
+## `mlflow server` on 127.0.0.1:SERVER_PORT serving the artifacts itself. Point a config at it with
+## `tracking: {uri: http://127.0.0.1:5000}`. Stop PostgreSQL with `make server-stop`.
+SERVER_DIR  ?= /var/tmp/mlops_nb-server
+SERVER_PORT ?= 5000
+PG_PORT     ?= 5433
+PG_BIN       = $$(dirname $$(readlink -f $$(command -v initdb 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)))
+AS_PG        = $$([ "$$(id -u)" -eq 0 ] && echo runuser -u postgres --)
+server: install-server
+	@set -e; mkdir -p $(SERVER_DIR)/artifacts; [ "$$(id -u)" -ne 0 ] || chown postgres: $(SERVER_DIR); \
+	test -f $(SERVER_DIR)/pgdata/PG_VERSION || $(AS_PG) $(PG_BIN)/initdb -D $(SERVER_DIR)/pgdata -U mlflow --auth=trust -E UTF8 >/dev/null; \
+	$(AS_PG) $(PG_BIN)/pg_ctl -D $(SERVER_DIR)/pgdata status >/dev/null || $(AS_PG) $(PG_BIN)/pg_ctl -D $(SERVER_DIR)/pgdata \
+	  -o "-p $(PG_PORT) -k $(SERVER_DIR) -c listen_addresses=127.0.0.1" -l $(SERVER_DIR)/postgres.log -w start >/dev/null; \
+	$(AS_PG) $(PG_BIN)/psql -h $(SERVER_DIR) -p $(PG_PORT) -U mlflow -d postgres -Atc "select 1 from pg_database where datname = 'mlflow'" | grep -q 1 \
+	  || $(AS_PG) $(PG_BIN)/createdb -h $(SERVER_DIR) -p $(PG_PORT) -U mlflow mlflow; \
+	echo "PostgreSQL: 127.0.0.1:$(PG_PORT), data in $(SERVER_DIR)/pgdata (stop: make server-stop)"; \
+	echo "mlflow server: http://127.0.0.1:$(SERVER_PORT), artifacts in $(SERVER_DIR)/artifacts (stop: Ctrl-C)"; \
+	exec $(BIN)/mlflow server --backend-store-uri postgresql+psycopg2://mlflow@127.0.0.1:$(PG_PORT)/mlflow \
+	  --artifacts-destination $(SERVER_DIR)/artifacts --serve-artifacts --host 127.0.0.1 --port $(SERVER_PORT) --workers 2
+
+server-stop:
+	$(AS_PG) $(PG_BIN)/pg_ctl -D $(SERVER_DIR)/pgdata -m fast -w stop
 
 clean:
 	rm -rf $(VENV) reports/*/ reports/index.html mlruns.db mlartifacts
