@@ -298,7 +298,7 @@ def mlflow_client(uri: str):
     db.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(db) + ".lock", timeout=300):
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        client.search_experiments(max_results=1)  # creates / migrates the schema while we hold the lock
+        _retry(lambda: client.search_experiments(max_results=1))  # creates / migrates the schema while we hold the lock
     return client
 
 # %% ../nbs/00_core.ipynb #33
@@ -364,8 +364,8 @@ def log_batch(ctx: RunContext, run_id: str, metrics: dict = None, params: dict =
         _retry(lambda: client.log_batch(run_id, metrics=m[i:i+100], params=p[i:i+100], tags=t[i:i+100]))
 
 # %% ../nbs/00_core.ipynb #37
-def _retry(fn, attempts: int = 5, wait: float = 1.0):
-    "Call `fn`, retrying when the tracking store reports it is locked or busy."
+def _retry(fn, attempts: int = 8, wait: float = 1.0):
+    "Call `fn`, retrying (about a minute in all) when the tracking store reports it is locked or busy."
     for i in range(attempts):
         try: return fn()
         except Exception as e:

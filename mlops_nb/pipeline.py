@@ -363,7 +363,10 @@ def _run_stages(ctx: RunContext, names: list[str], done: dict, nbdir: Path, prog
         if stage in done: progress(f"[{i}/{len(names)}] {stage:<12} kept      (succeeded before)"); continue
         t0, out_nb = time.perf_counter(), ctx.path(f"{stage}.ipynb")
         params = {"CONFIG": str(ctx.path("config.yaml")), "RUN_DIR": str(ctx.run_dir)}
-        error = execute_stage(stage, nbdir / STAGES[stage], out_nb, params, stage_time_limit(ctx, stage))
+        try: error = execute_stage(stage, nbdir / STAGES[stage], out_nb, params, stage_time_limit(ctx, stage))
+        except KeyboardInterrupt as stop:  # the banner is in place: record the stage, then stop the run
+            done[stage] = _record_stage(ctx, stage, out_nb, _failure_cause(stop), time.perf_counter() - t0)
+            raise
         done[stage] = _record_stage(ctx, stage, out_nb, error, time.perf_counter() - t0)
         progress(f"[{i}/{len(names)}] {stage:<12} {done[stage]['status']:<9} {done[stage]['seconds']:7.1f}s" + (f"  {error}" if error else ""))
         if error: return "failed"
