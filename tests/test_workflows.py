@@ -228,6 +228,26 @@ def test_mlops_nb_command_lines_parse_with_the_real_cli(name, environment):
     assert seen == EXPECTED_COMMANDS[name]
 
 
+def serving_settings() -> dict[str, list[str]]:
+    "The `mlops-nb serve` flags per environment from promote.yml's \"Serving settings\" step (the config has none)."
+    step = [s for s in load_workflow("promote")["jobs"]["promote"]["steps"] if s.get("name") == "Serving settings"][0]
+    return {m[0]: shlex.split(m[1]) for m in re.findall(r'^\s*(\w+)\) serve_args="([^"]*)"', step["run"], re.M)}
+
+
+def test_every_environment_has_serving_settings():
+    settings = serving_settings()
+    assert sorted(settings) == ENVIRONMENTS
+    assert settings["dev"][:2] == ["--host", "127.0.0.1"]  # a laptop's service is not reachable from the network
+    assert "--canary" not in settings["prod"]  # in prod only an approved champion answers (the challenger in shadow)
+
+
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+def test_serving_settings_parse_with_the_real_cli(environment):
+    if "serve" not in CLI_COMMANDS: pytest.xfail("`mlops-nb serve` is not in the command line yet (nbs/06_deploy, 08_cli)")
+    command, params = check_command_line(["serve", "--config", f"configs/{environment}.yaml", *serving_settings()[environment]])
+    assert command == "serve" and params["port"] == 8080
+
+
 def test_the_checker_sees_continuations_variables_and_control_operators():
     script = ('rc=0\nif [ "$LABELS" = "true" ]; then\n  mlops-nb monitor --config "configs/${ENVIRONMENT}.yaml" \\\n'
               '    "$BATCH" --labels --out reports || rc=$?\nfi\ncat <<\'PY\'\nmlops-nb not-a-command\nPY\n'
