@@ -112,5 +112,35 @@ server: install-server
 server-stop:
 	$(AS_PG) $(PG_BIN)/pg_ctl -D $(SERVER_DIR)/pgdata -m fast -w stop
 
+## Benchmarks (benchmarks/README.md): drift vs Evidently, pipeline, scaling to 1M rows, serving vs mlflow under wrk.
+## About an hour; rewrites benchmarks/results/ and benchmarks/README.md. BENCH_DURATION: seconds per wrk case.
+EVIDENTLY_VENV := benchmarks/.venv-evidently
+TOOLS_VENV     := benchmarks/.venv-tools
+BENCH_DURATION ?= 30
+
+$(EVIDENTLY_VENV)/.installed:
+	$(PYTHON) -m venv $(EVIDENTLY_VENV)
+	$(EVIDENTLY_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(EVIDENTLY_VENV)/bin/python -m pip install --quiet "evidently==0.7.*" "pandas<3" pyarrow
+	touch $@
+
+$(TOOLS_VENV)/.installed:
+	$(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install --quiet py-spy pyinstrument
+	touch $@
+
+.PHONY: bench bench-smoke
+bench: install $(EVIDENTLY_VENV)/.installed $(TOOLS_VENV)/.installed
+	command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(BIN)/python benchmarks/bench_drift.py
+	$(BIN)/python benchmarks/bench_pipeline.py
+	$(BIN)/python benchmarks/bench_scaling.py
+	$(BIN)/python benchmarks/bench_serving.py --duration $(BENCH_DURATION)
+	$(BIN)/python benchmarks/report.py
+
+## Every benchmark at a tiny size (about two minutes); the Evidently comparison is skipped when its venv is absent.
+bench-smoke: install
+	$(BIN)/pytest -q tests/test_bench_smoke.py
+
 clean:
 	rm -rf $(VENV) reports/*/ reports/index.html mlruns.db mlartifacts

@@ -1,0 +1,175 @@
+"""Pipeline: `mlops-nb run` on the built-in data, time per stage split into kernel start, imports, compute, MLflow
+logging, hidden checks, papermill bookkeeping and HTML rendering; plus the pieces measured alone (papermill on an
+empty notebook, render_html, MLflow calls) and a py-spy profile of a second run. Writes results/pipeline.json.
+
+Nothing inside the notebooks is instrumented: the split comes from papermill's own per-cell timings in the executed
+notebooks (start/end/duration of each cell), each cell classified by what it calls.
+"""
+from __future__ import annotations
+
+import datetime as dt, json, os, re, shutil, subprocess, sys, tempfile, time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import HERE, REPO, TreeMemory, parser, python, run_worker, write_result  # noqa: E402
+
+STAGES = ("eda", "rai", "baseline", "evaluation", "monitoring")
+CLI = Path(sys.executable).parent / "mlops-nb"
+PY_SPY = HERE / ".venv-tools" / "bin" / "py-spy"
+TARGETS = {"run_seconds": 90, "overhead_share": 0.30}
+MLFLOW_CALLS = ("finish_stage(", "log_model(", "register_version(", "log_batch(", "monitor_periods(", "monitor_batch(")
+
+
+def cell_kind(source: str) -> str:
+    "What a cell mostly does: imports, context, mlflow, checks or compute (by what it calls)."
+    s = source.lstrip()
+    if s.startswith("#| export") and re.search(r"^\s*(from|import)\s", s, re.M) and "def " not in s: return "imports"
+    if s.startswith("#| hide") and re.fullmatch(r"(#\| hide\s*)?((from|import)[^\n]*\n?\s*)+", s): return "imports"
+    if any(k in s for k in MLFLOW_CALLS): return "mlflow"
+    if s.startswith("#| hide"): return "checks"
+    if "run_context(" in s: return "context"
+    if s.startswith("#| export"): return "definitions"
+    return "compute"
+
+
+def _t(x: str) -> float: return dt.datetime.fromisoformat(x).timestamp()
+
+
+def stage_breakdown(run_dir: Path) -> dict:
+    "Per stage: papermill's duration split by cell kind, kernel start (papermill start to first cell) and bookkeeping."
+    import nbformat
+    out = {}
+    for s in STAGES:
+        p = run_dir / f"{s}.ipynb"
+        if not p.exists(): continue
+        nb = nbformat.read(p, as_version=4)
+        pm = nb.metadata.get("papermill", {})
+        cells = [c for c in nb.cells if c.cell_type == "code" and c.metadata.get("papermill", {}).get("start_time")]
+        parts = Counter()
+        for c in cells:
+            parts[cell_kind(c.source)] += c.metadata.papermill.get("duration") or 0.0
+        kernel = _t(cells[0].metadata.papermill.start_time) - _t(pm["start_time"]) if cells else None
+        top = sorted(cells, key=lambda c: -(c.metadata.papermill.get("duration") or 0))[:3]
+        out[s] = {"papermill_seconds": pm.get("duration"), "kernel_start": kernel, **{k: parts.get(k, 0.0) for k in
+                  ("imports", "context", "definitions", "compute", "checks", "mlflow")},
+                  "papermill_bookkeeping": (pm.get("duration") or 0) - (kernel or 0) - sum(parts.values()),
+                  "slowest_cells": [{"seconds": round(c.metadata.papermill.duration, 2), "kind": cell_kind(c.source),
+                                     "source": c.source[:100]} for c in top]}
+    return out
+
+
+def run_measured(argv: list, cwd: Path, timeout: float = 7200, profile: Path | None = None) -> dict:
+    "Run a command (mlops-nb run ...) with its process tree's memory watched; wall time and peaks."
+    if profile is not None:
+        argv = [PY_SPY, "record", "--subprocesses", "--full-filenames", "--nonblocking", "--rate", "40", "--format", "raw", "-o", profile, "--", *argv]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([str(a) for a in argv], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with TreeMemory(proc.pid) as mem:
+        try: stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill(); stdout, stderr = proc.communicate()
+            raise RuntimeError(f"{argv[:3]} passed {timeout} s and was stopped:\n{stderr[-3000:]}")
+    wall = time.perf_counter() - t0
+    kernels = sorted(((pid, v) for pid, v in mem.peaks.items() if "ipykernel" in v["cmdline"]), key=lambda kv: kv[1]["first_seen"])
+    return {"returncode": proc.returncode, "wall_seconds": wall, "stderr_tail": stderr[-2000:], "stdout": stdout[-1000:],
+            "peak_tree_rss_bytes": mem.peak_total, "peak_rss_by_kernel_bytes": [v["hwm"] for _, v in kernels], "kernel_pids": [pid for pid, _ in kernels],
+            "peak_rss_cli_bytes": max((v["hwm"] for v in mem.peaks.values() if "mlops-nb" in v["cmdline"] and "py-spy" not in v["cmdline"]), default=None)}
+
+
+def the_run_dir(reports: Path) -> Path:
+    runs = [p for p in reports.iterdir() if p.is_dir() and (p / "summary.json").exists()]
+    if len(runs) != 1: raise RuntimeError(f"expected one run in {reports}, found {[p.name for p in runs]}")
+    return runs[0]
+
+
+def profile_shares(raw: Path) -> dict:
+    "py-spy raw stacks -> share of samples per category (imports, mlflow, render, papermill/nbformat, compute, other)."
+    rules = [("imports", ("importlib._bootstrap",)), ("mlflow", ("/mlflow/", "/sqlalchemy/", "/alembic/")),
+             ("render", ("/nbconvert/", "/jinja2/", "/mistune/", "/bleach/", "/beautifulsoup", "/bs4/")),
+             ("papermill/nbformat", ("/papermill/", "/nbclient/", "/nbformat/", "/jupyter_client/", "/jsonschema", "/fastjsonschema")),
+             ("plots", ("/matplotlib/",)), ("shap", ("/shap/",)), ("sklearn", ("/sklearn/",)),
+             ("pandas/numpy/scipy", ("/pandas/", "/numpy/", "/scipy/", "/fairlearn/"))]
+    counts, total = Counter(), 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit(): continue
+        n = int(n); total += n
+        counts[next((name for name, keys in rules if any(k in stack for k in keys)), "other")] += n
+    return {"samples": total, "shares": {k: v / total for k, v in counts.most_common()} if total else {}}
+
+
+def _function(frame: str) -> str:
+    "`name (/path/to/mlops_nb/monitoring.py:12)` -> `monitoring.name`."
+    name, _, where = frame.partition(" (")
+    return f"{Path(where.split(':')[0]).stem}.{name}"
+
+
+def profile_by_stage(raw: Path, kernel_pids: list[int], stages: list[str]) -> dict:
+    "Per stage (its kernel's samples): the mlops_nb functions where the time goes (innermost mlops_nb frame of each sample)."
+    pid_stage = dict(zip(kernel_pids, stages))
+    per = {s: Counter() for s in stages}
+    for line in raw.read_text().splitlines():
+        m = re.match(r'process (\d+):', line)
+        stack, _, n = line.rpartition(" ")
+        if not m or not n.isdigit() or int(m.group(1)) not in pid_stage: continue
+        frames = stack.split(";")
+        ours = [f for f in frames if "/mlops_nb/" in f]
+        per[pid_stage[int(m.group(1))]][_function(ours[-1]) if ours else "(outside mlops_nb: kernel, imports, cell code)"] += int(n)
+    return {s: {"samples": sum(c.values()), "top": [{"function": f, "share": v / max(sum(c.values()), 1)} for f, v in c.most_common(8)]}
+            for s, c in per.items()}
+
+
+def pipeline_run(folder: Path, config: Path | None = None, profile: Path | None = None, timeout: float = 7200,
+                 stages: str | None = None, extra_config: str = "") -> dict:
+    "One `mlops-nb run` in `folder` (own SQLite store), measured, with its stage breakdown and render times."
+    cfg = config or folder / "config.yaml"
+    if config is None: cfg.write_text("tracking:\n  uri: sqlite:///mlruns.db\n" + extra_config)
+    m = run_measured([CLI, "run", "--config", cfg, "--out", folder / "reports", *(["--stages", stages] if stages else [])], folder, timeout, profile)
+    if m["returncode"] not in (0, 3): raise RuntimeError(f"mlops-nb run failed (exit {m['returncode']}):\n{m['stderr_tail']}")
+    run_dir = the_run_dir(folder / "reports")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    stages = {k: v["seconds"] for k, v in summary["stages"].items()}
+    breakdown = stage_breakdown(run_dir)
+    render = run_worker([python(), HERE / "pipeline_worker.py", "render", run_dir])
+    compute = sum(b["compute"] for b in breakdown.values())
+    return {**m, "status": summary["status"], "stage_seconds": stages, "breakdown": breakdown, "render": render,
+            "outside_stages_seconds": m["wall_seconds"] - sum(stages.values()),
+            "profile_by_stage": profile_by_stage(profile, m["kernel_pids"], list(stages)) if profile else None,
+            "compute_seconds": compute, "overhead_share": 1 - compute / m["wall_seconds"],
+            "overhead_share_checks_as_compute": 1 - (compute + sum(b["checks"] for b in breakdown.values())) / m["wall_seconds"]}
+
+
+def main(argv=None) -> Path:
+    p = parser(__doc__)
+    p.add_argument("--no-profile", action="store_true", help="skip the py-spy profiled run")
+    a = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "run").mkdir()
+        run = pipeline_run(tmp / "run", stages="eda" if a.smoke else None, extra_config="data:\n  sample_rows: 600\n" if a.smoke else "")
+        kernel = run_worker([python(), HERE / "pipeline_worker.py", "kernel", 2 if a.smoke else 5])
+        nb = tmp / "empty.ipynb"
+        subprocess.run([python(), "-c", f"import sys; sys.path.insert(0, {str(HERE)!r}); from pipeline_worker import empty_notebook; "
+                        f"from pathlib import Path; empty_notebook(Path({str(nb)!r}))"], check=True)
+        t = time.perf_counter()
+        subprocess.run([Path(sys.executable).parent / "papermill", nb, tmp / "empty-out.ipynb", "--no-progress-bar"],
+                       check=True, capture_output=True)
+        papermill_cli = time.perf_counter() - t
+        (tmp / "mlflow").mkdir()
+        mlflow = run_worker([python(), HERE / "pipeline_worker.py", "mlflow", tmp / "mlflow"])
+        profile = None
+        if not a.smoke and not a.no_profile and PY_SPY.exists():
+            (tmp / "prof").mkdir()
+            raw = tmp / "profile.txt"
+            prun = pipeline_run(tmp / "prof", profile=raw)
+            profile = {"wall_seconds_under_profiler": prun["wall_seconds"], **profile_shares(raw)}
+    path = write_result("pipeline", {"smoke": a.smoke, "targets": TARGETS, "run": run, "kernel_api": kernel,
+                                     "papermill_cli_empty_notebook_seconds": papermill_cli, "mlflow": mlflow,
+                                     "profile": profile}, a.out)
+    print(f"run {run['wall_seconds']:.1f}s, compute {run['compute_seconds']:.1f}s, overhead {run['overhead_share']:.0%}", file=sys.stderr)
+    return path
+
+
+if __name__ == "__main__":
+    print(main())

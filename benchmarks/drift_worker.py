@@ -1,0 +1,121 @@
+"""One drift measurement in its own process (the project's venv); prints a RESULT JSON line with timings and peak RSS.
+
+    drift_worker.py reference REF.parquet STATS.json      build and store the reference statistics (training time)
+    drift_worker.py ours STATS.json BATCH.parquet         monitoring: stored statistics + the batch read whole (pandas)
+    drift_worker.py chunked STATS.json BATCH.parquet      monitoring: stored statistics + the batch read in chunks
+    drift_worker.py exact REF.parquet BATCH.parquet       plain scipy on both full samples (the exact scores)
+    drift_worker.py fpr PAIRS_DIR N                       ours on N small unshifted pairs (false drift rate)
+"""
+from __future__ import annotations
+
+import json, sys, time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit, peak_rss  # noqa: E402
+
+
+def _columns(table) -> dict:
+    return {c: {"test": r["test"], "score": None if r["score"] is None else float(r["score"]), "drifted": bool(r["drifted"]),
+                "threshold": float(r["threshold"])} for c, r in table.to_dict("index").items()}
+
+
+def reference(ref_path: str, stats_path: str) -> dict:
+    import pandas as pd
+    from datagen import drift_schema
+    from mlops_nb.eda import reference_statistics
+    imported = peak_rss()
+    t0 = time.perf_counter()
+    ref = pd.read_parquet(ref_path)
+    t1 = time.perf_counter()
+    stats = reference_statistics(ref, drift_schema(ref))
+    t2 = time.perf_counter()
+    Path(stats_path).write_text(json.dumps(stats))
+    return {"read_seconds": t1 - t0, "compute_seconds": t2 - t1, "write_seconds": time.perf_counter() - t2,
+            "stats_bytes": Path(stats_path).stat().st_size, "rss_after_imports_bytes": imported}
+
+
+def ours(stats_path: str, batch_path: str) -> dict:
+    import pandas as pd
+    from mlops_nb.monitoring import drift_report
+    imported = peak_rss()
+    t0 = time.perf_counter()
+    stats = json.loads(Path(stats_path).read_text())
+    batch = pd.read_parquet(batch_path)
+    t1 = time.perf_counter()
+    table = drift_report(batch, stats)
+    t2 = time.perf_counter()
+    return {"read_seconds": t1 - t0, "compute_seconds": t2 - t1, "total_seconds": t2 - t0, "columns": _columns(table),
+            "rss_after_imports_bytes": imported}
+
+
+def chunked(stats_path: str, batch_path: str) -> dict:
+    from chunked_drift import chunked_drift_report
+    imported = peak_rss()
+    t0 = time.perf_counter()
+    stats = json.loads(Path(stats_path).read_text())
+    table = chunked_drift_report(batch_path, stats)
+    t1 = time.perf_counter()
+    return {"read_seconds": None, "compute_seconds": None, "total_seconds": t1 - t0, "columns": _columns(table),
+            "rss_after_imports_bytes": imported}
+
+
+TAILS = (1e-6, 1e-5, 1e-4, 2e-4, 5e-4)
+
+
+def tail_levels():
+    "Proposed quantile levels: the 1,001 even levels plus 5 in each tail (where the max of a skewed column pulls)."
+    import numpy as np
+    return np.union1d(np.linspace(0, 1, 1001), np.r_[TAILS, 1 - np.array(TAILS)])
+
+
+def exact(ref_path: str, batch_path: str) -> dict:
+    """Evidently's default large-reference tests computed directly with scipy on the full samples; beside them, the
+    normed Wasserstein that ours would give with the proposed tail quantile levels (not timed)."""
+    import numpy as np
+    import pandas as pd
+    from scipy.spatial.distance import jensenshannon
+    from scipy.stats import wasserstein_distance
+    imported = peak_rss()
+    t0 = time.perf_counter()
+    ref, cur = pd.read_parquet(ref_path), pd.read_parquet(batch_path)
+    t1 = time.perf_counter()
+    cols = {}
+    for c in ref.columns:
+        if pd.api.types.is_numeric_dtype(ref[c]):
+            a, b = ref[c].dropna().to_numpy(float), cur[c].dropna().to_numpy(float)
+            score = float(wasserstein_distance(a, b) / max(float(np.std(a)), 0.001))
+            cols[c] = {"test": "wasserstein", "score": score, "threshold": 0.1, "drifted": score >= 0.1}
+        else:
+            p, q = ref[c].value_counts(), cur[c].value_counts()
+            keys = sorted(set(p.index) | set(q.index))
+            p, q = p.reindex(keys, fill_value=0).to_numpy(float), q.reindex(keys, fill_value=0).to_numpy(float)
+            score = float(jensenshannon(p / p.sum(), q / q.sum()))
+            cols[c] = {"test": "jensenshannon", "score": score, "threshold": 0.1, "drifted": score >= 0.1}
+    t2 = time.perf_counter()
+    from mlops_nb.monitoring import _wasserstein_from_quantiles
+    levels, proposed = tail_levels(), {}
+    for c in ref.columns:
+        if pd.api.types.is_numeric_dtype(ref[c]):
+            a = ref[c].dropna().to_numpy(float)
+            proposed[c] = _wasserstein_from_quantiles(levels, np.quantile(a, levels), cur[c].dropna().to_numpy(float)) / max(float(np.std(a)), 0.001)
+    return {"read_seconds": t1 - t0, "compute_seconds": t2 - t1, "total_seconds": t2 - t0, "columns": cols,
+            "rss_after_imports_bytes": imported, "proposed_tail_levels_scores": proposed}
+
+
+def fpr(pairs_dir: str, n: str) -> dict:
+    "Ours on small unshifted pairs: reference statistics of the reference side, then drift_report of the current side."
+    import pandas as pd
+    from datagen import drift_schema
+    from mlops_nb.eda import reference_statistics
+    from mlops_nb.monitoring import drift_report
+    runs, t0 = [], time.perf_counter()
+    for i in range(int(n)):
+        ref, cur = (pd.read_parquet(Path(pairs_dir) / f"{side}_{i}.parquet") for side in ("ref", "cur"))
+        runs.append(_columns(drift_report(cur, reference_statistics(ref, drift_schema(ref)))))
+    return {"runs": runs, "total_seconds": time.perf_counter() - t0}
+
+
+if __name__ == "__main__":
+    mode, *args = sys.argv[1:]
+    emit({"mode": mode, **{"reference": reference, "ours": ours, "chunked": chunked, "exact": exact, "fpr": fpr}[mode](*args)})
