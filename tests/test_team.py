@@ -210,3 +210,134 @@ def test_monitor_against_the_team_server(team_run):
     run = team_run["client"].get_run(d["mlflow_run_id"])
     assert run.data.tags["mlops_nb.kind"] == "monitoring" and run.data.tags["mlops_nb.decision"] == d["decision"]
     assert {a.path for a in team_run["client"].list_artifacts(run.info.run_id)} >= {"decision.json", "monitoring.html"}
+
+
+# --- Registry races: promotions against each other, and a pipeline registering while promotions run -------------------
+# Each racer is a separate process (as two people or a person and CI would be); they wait for each other at a file
+# barrier, so their registry calls overlap. Run against SQLite (a file store: promotions lock a file) and PostgreSQL
+# (through the team server: no lock, re-checks and retries).
+
+PROMOTER = r'''
+import json, sys, time
+from pathlib import Path
+from mlops_nb.core import MlopsError, load_config
+from mlops_nb.deploy import promote_version
+config, version, barrier, racers = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+cfg = load_config(config)
+(barrier / f"ready-{version}").touch()
+deadline = time.monotonic() + 120
+while len(list(barrier.glob("ready-*"))) < racers and time.monotonic() < deadline: time.sleep(0.001)
+try: print(json.dumps({"version": version, "ok": promote_version(cfg, version, approver=f"approver of {version}", reason="registry race test")}))
+except MlopsError as e: print(json.dumps({"version": version, "refused": f"{type(e).__name__}: {e}"}))
+'''
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, tmp_path):
+    "A tracking URI: a SQLite file, or the PostgreSQL-backed team server (skipped without PostgreSQL)."
+    if request.param == "sqlite": return f"sqlite:///{tmp_path / 'mlruns.db'}"
+    return request.getfixturevalue("mlflow_server")["uri"]
+
+
+def _registry_with_versions(folder: Path, uri: str, name: str, versions: int = 3):
+    "A registered model with `versions` versions whose gates passed (deploy.quick_version), version 1 the champion."
+    from mlops_nb.core import load_config, run_context
+    from mlops_nb.deploy import promote_version, quick_version
+    from mlops_nb.eda import load_data, load_splits
+    config = team_config(folder, uri, name=name)
+    ctx = run_context(config, folder / "setup")
+    _, schema = load_data(ctx)
+    train, test = load_splits(ctx)
+    made = [quick_version(ctx, train, test, schema, "logistic_regression", min_lift=-1.0)["version"] for _ in range(versions)]
+    cfg = load_config(config)
+    promote_version(cfg, made[0], approver="setup", reason="first champion")
+    return config, cfg, made
+
+
+def _race(config: Path, versions: list, folder: Path) -> list[dict]:
+    "Promote each version in its own process, all at once; each outcome as {'version', 'ok': record} or {'refused': message}."
+    barrier = Path(tempfile.mkdtemp(dir=folder, prefix="barrier-"))
+    procs = [subprocess.Popen([sys.executable, "-c", PROMOTER, str(config), str(v), str(barrier), str(len(versions))],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for v in versions]
+    outcomes = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0 and out.strip(), f"promoter crashed (exit {p.returncode}): {err[-2000:]}"
+        outcomes.append(json.loads(out.strip().splitlines()[-1]))
+    return outcomes
+
+
+def _registry_state(cfg) -> dict:
+    from mlops_nb.core import mlflow_client, tracking_uri
+    from mlops_nb.deploy import promotion_history
+    client = mlflow_client(tracking_uri(cfg))
+    aliases = {a: str(v) for a, v in client.get_registered_model(cfg.model_name).aliases.items()}
+    champion = aliases.get("champion")
+    tags = client.get_model_version(cfg.model_name, champion).tags if champion else {}
+    return {"aliases": aliases, "champion": champion, "champion_tags": tags, "history": promotion_history(client, cfg)}
+
+
+def _assert_consistent(state: dict, before: str, outcomes: list[dict]):
+    "One champion, every success recorded, the alias chain (champion <- previous) matching the recorded decisions."
+    ok = [o for o in outcomes if "ok" in o]
+    refused = [o for o in outcomes if "refused" in o]
+    assert ok, f"every promotion was refused: {outcomes}"
+    for o in refused: assert "PromotionRefused" in o["refused"] and "try again" in o["refused"] or "champion" in o["refused"], o
+    history = state["history"]
+    recorded = history[history.action == "promote"].tail(len(ok))
+    assert sorted(recorded.version) == sorted(str(o["version"]) for o in ok), (history, outcomes)  # every success is recorded
+    champion = state["champion"]
+    assert champion in {str(o["version"]) for o in ok}, f"champion {champion} is none of the successful promotions {outcomes}"
+    mine = next(o["ok"] for o in ok if str(o["version"]) == champion)
+    # the champion's own record says what it replaced; `previous` must be that version (what a rollback returns to)
+    assert state["aliases"].get("previous") == (mine["replaced"] or None), (state["aliases"], mine, outcomes)
+    assert state["champion_tags"]["mlops_nb.approval.replaced"] == (mine["replaced"] or "none")
+    if len(ok) == 2:  # both decisions stand: the later one must have replaced the earlier one, not the champion both saw
+        other = next(str(o["version"]) for o in ok if str(o["version"]) != champion)
+        assert mine["replaced"] == other, f"both promotions say they replaced version {before}; champion {champion}, previous {state['aliases'].get('previous')}: {outcomes}"
+
+
+PROMOTE_RACE_ON_A_SERVER = (
+    "known race in deploy.promote_version on a server store (no lock there): two promotions that both read the same champion "
+    "can both succeed, each recording that it replaced that champion, while `previous` skips the first winner")
+
+
+def test_racing_promotions_leave_one_consistent_champion(backend, tmp_path, request):
+    if backend.startswith("http"): request.applymarker(pytest.mark.xfail(reason=PROMOTE_RACE_ON_A_SERVER, strict=False))
+    name = f"race_{'pg' if backend.startswith('http') else 'sqlite'}_{os.getpid()}_{int(time.time())}"
+    config, cfg, (v1, v2, v3) = _registry_with_versions(tmp_path, backend, name)
+    champion = str(v1)
+    for round_ in range(3):  # rotate: the two versions that are not the champion race each round
+        contenders = [v for v in (v1, v2, v3) if str(v) != champion]
+        outcomes = _race(config, contenders, tmp_path)
+        state = _registry_state(cfg)
+        _assert_consistent(state, champion, outcomes)
+        champion = state["champion"]
+
+
+def test_pipeline_registers_while_promotions_run(backend, tmp_path):
+    "`mlops-nb run --stages evaluation` registers a new version while versions 2 and 3 are promoted back and forth."
+    name = f"busy_{'pg' if backend.startswith('http') else 'sqlite'}_{os.getpid()}_{int(time.time())}"
+    config, cfg, (v1, v2, v3) = _registry_with_versions(tmp_path, backend, name)
+    from mlops_nb.deploy import promote_version
+    folder = tmp_path / "pipeline"; folder.mkdir()
+    run_config = team_config(folder, backend, name=name, model={"candidates": ["logistic_regression"]})
+    pipeline = subprocess.Popen([str(BIN / "mlops-nb"), "run", "--config", str(run_config), "--stages", "evaluation"], cwd=folder,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "MLOPS_NB_ENV": "test"})
+    promoted, t0 = [], time.monotonic()
+    while pipeline.poll() is None and time.monotonic() - t0 < 600:
+        version = v2 if len(promoted) % 2 == 0 else v3
+        promoted.append(promote_version(cfg, version, approver="on call", reason=f"promotion {len(promoted) + 1} during a pipeline run"))
+    out, err = pipeline.communicate(timeout=600)
+    assert pipeline.returncode == 0, f"{out[-2000:]}\n{err[-2000:]}"
+    assert len(promoted) >= 2, "the pipeline finished before two promotions ran: no overlap was tested"
+    summary = read_json(next(p for p in (folder / "reports").iterdir() if p.is_dir() and p.name != "monitoring") / "summary.json")
+    new = summary["model"]["version"]
+    assert new == v3 + 1 and "challenger" in summary["model"]["aliases"]
+    state = _registry_state(cfg)
+    last = promoted[-1]
+    assert state["aliases"]["challenger"] == str(new)
+    assert state["champion"] == str(last["version"]) and state["aliases"]["previous"] == last["replaced"]
+    history = state["history"]
+    assert list(history.version[-len(promoted):]) == [str(p["version"]) for p in promoted]  # every decision, in order
+    assert list(history.replaced[-len(promoted) + 1:]) == [str(p["version"]) for p in promoted[:-1]]
