@@ -91,7 +91,7 @@ def profile_shares(raw: Path) -> dict:
              ("plots", ("/matplotlib/",)), ("shap", ("/shap/",)), ("sklearn", ("/sklearn/",)),
              ("pandas/numpy/scipy", ("/pandas/", "/numpy/", "/scipy/", "/fairlearn/"))]
     counts, total = Counter(), 0
-    for line in raw.read_text().splitlines():
+    for line in raw.read_text(errors="replace").splitlines():
         stack, _, n = line.rpartition(" ")
         if not n.isdigit(): continue
         n = int(n); total += n
@@ -100,24 +100,58 @@ def profile_shares(raw: Path) -> dict:
 
 
 def _function(frame: str) -> str:
-    "`name (/path/to/mlops_nb/monitoring.py:12)` -> `monitoring.name`."
+    """`name (/path/mlops_nb/monitoring.py:12)` -> `monitoring.name`; a function defined by the stage notebook itself (a cell
+    of the kernel, /tmp/ipykernel_<pid>/...) -> `name`; a library frame -> `sklearn/ensemble/_forest.py name`."""
     name, _, where = frame.partition(" (")
-    return f"{Path(where.split(':')[0]).stem}.{name}"
+    path = where.split(":")[0]
+    if "/mlops_nb/" in path: return f"{Path(path).stem}.{name}"
+    if "/ipykernel_" in path: return name
+    return f"{path.split('site-packages/')[-1]} {name}"
 
 
-def profile_by_stage(raw: Path, kernel_pids: list[int], stages: list[str]) -> dict:
-    "Per stage (its kernel's samples): the mlops_nb functions where the time goes (innermost mlops_nb frame of each sample)."
-    pid_stage = dict(zip(kernel_pids, stages))
-    per = {s: Counter() for s in stages}
-    for line in raw.read_text().splitlines():
-        m = re.match(r'process (\d+):', line)
+def _ours(frame: str) -> bool:
+    "A frame of our code: the package, or a function the stage notebook defined (not the cell's own top level)."
+    return "/mlops_nb/" in frame or ("/ipykernel_" in frame and not frame.startswith("<module> ("))
+
+
+_PLUMBING = ("/threading.py", "/joblib/", "/concurrent/", "/multiprocessing/", "sklearn/utils/parallel.py", "importlib", "ipykernel",
+             "IPython", "/tornado/", "/asyncio/", "/zmq/", "traitlets", "runpy", "<frozen", "_param_validation.py")
+
+
+def _sample_key(frames: list[str]) -> str:
+    "Innermost function of ours in a sample (package or stage notebook); else the outermost library function (worker threads, imports)."
+    ours = [f for f in frames if _ours(f)]
+    if ours: return _function(ours[-1])
+    lib = [f for f in frames if "site-packages/" in f and not any(p in f for p in _PLUMBING)]
+    return "(no function of ours on the stack) " + _function(lib[0]) if lib else "(kernel, imports or cell code)"
+
+
+def _stage_names() -> dict[str, set]:
+    "The names each stage notebook defines (its module's attributes): they tell which kernel ran which stage."
+    import importlib
+    mods = {"eda": "eda", "rai": "rai", "baseline": "baseline", "evaluation": "evaluation", "monitoring": "monitoring"}
+    names = {s: set(vars(importlib.import_module(f"mlops_nb.{m}"))) for s, m in mods.items()}
+    return {s: n - set().union(*(v for k, v in names.items() if k != s)) for s, n in names.items()}  # names unique to a stage
+
+
+def profile_by_stage(raw: Path) -> dict:
+    """Per stage: where its kernel's time goes (`_sample_key`), as shares of the stage's samples. A kernel's stage is the
+    stage whose own functions (defined by its notebook's cells) appear most in its samples."""
+    per_pid, defined = {}, {}
+    for line in raw.read_text(errors="replace").splitlines():
+        pids = re.findall(r'(?:^|;)process (\d+):', line)  # root process first, the sampled (sub)process last
         stack, _, n = line.rpartition(" ")
-        if not m or not n.isdigit() or int(m.group(1)) not in pid_stage: continue
-        frames = stack.split(";")
-        ours = [f for f in frames if "/mlops_nb/" in f]
-        per[pid_stage[int(m.group(1))]][_function(ours[-1]) if ours else "(outside mlops_nb: kernel, imports, cell code)"] += int(n)
-    return {s: {"samples": sum(c.values()), "top": [{"function": f, "share": v / max(sum(c.values()), 1)} for f, v in c.most_common(8)]}
-            for s, c in per.items()}
+        if not pids or not n.isdigit() or "ipykernel_launcher" not in line.split(";")[len(pids) - 1]: continue
+        frames = [f for f in stack.split(";") if not f.startswith("process ")]
+        pid = int(pids[-1])
+        per_pid.setdefault(pid, Counter())[_sample_key(frames)] += int(n)
+        defined.setdefault(pid, Counter()).update(f.split(" (")[0] for f in frames if "/ipykernel_" in f)
+    unique, out = _stage_names(), {}
+    for pid, c in per_pid.items():
+        stage = max(unique, key=lambda s: sum(v for k, v in defined[pid].items() if k in unique[s]))
+        if not any(k in unique[stage] for k in defined[pid]): continue  # an unrelated kernel (e.g. a scratch notebook)
+        out[stage] = {"samples": sum(c.values()), "top": [{"function": f, "share": v / max(sum(c.values()), 1)} for f, v in c.most_common(8)]}
+    return {s: out[s] for s in STAGES if s in out}
 
 
 def pipeline_run(folder: Path, config: Path | None = None, profile: Path | None = None, timeout: float = 7200,
@@ -135,9 +169,26 @@ def pipeline_run(folder: Path, config: Path | None = None, profile: Path | None 
     compute = sum(b["compute"] for b in breakdown.values())
     return {**m, "status": summary["status"], "stage_seconds": stages, "breakdown": breakdown, "render": render,
             "outside_stages_seconds": m["wall_seconds"] - sum(stages.values()),
-            "profile_by_stage": profile_by_stage(profile, m["kernel_pids"], list(stages)) if profile else None,
+            "profile_by_stage": profile_by_stage(profile) if profile else None,
             "compute_seconds": compute, "overhead_share": 1 - compute / m["wall_seconds"],
             "overhead_share_checks_as_compute": 1 - (compute + sum(b["checks"] for b in breakdown.values())) / m["wall_seconds"]}
+
+
+def import_costs(modules=("mlops_nb.core", "mlops_nb.eda", "mlops_nb.rai", "mlops_nb.baseline", "mlops_nb.evaluation",
+                           "mlops_nb.monitoring", "mlops_nb.pipeline", "mlflow", "shap")) -> dict:
+    "Seconds to import each module in a fresh interpreter, and the heaviest packages under the stage modules (-X importtime)."
+    out, heavy = {}, Counter()
+    for m in modules:
+        proc = subprocess.run([python(), "-X", "importtime", "-c", f"import time; t = time.perf_counter(); import {m}; print(time.perf_counter() - t)"],
+                              capture_output=True, text=True, check=True)
+        out[m] = float(proc.stdout.strip())
+        if m.startswith("mlops_nb."):
+            for line in proc.stderr.splitlines():  # import time: self [us] | cumulative | imported package
+                parts = line.removeprefix("import time:").split("|")
+                if len(parts) == 3 and parts[1].strip().isdigit() and not parts[2].startswith("     "):  # depth 0 and 1
+                    name = parts[2].strip().split(".")[0]
+                    if name != "mlops_nb": heavy[name] = max(heavy[name], int(parts[1]) / 1e6)
+    return {"seconds": out, "top_level_packages": dict(heavy.most_common(10))}
 
 
 def main(argv=None) -> Path:
@@ -158,6 +209,7 @@ def main(argv=None) -> Path:
         papermill_cli = time.perf_counter() - t
         (tmp / "mlflow").mkdir()
         mlflow = run_worker([python(), HERE / "pipeline_worker.py", "mlflow", tmp / "mlflow"])
+        imports = import_costs(("mlops_nb.eda",) if a.smoke else None) if a.smoke else import_costs()
         profile = None
         if not a.smoke and not a.no_profile and PY_SPY.exists():
             (tmp / "prof").mkdir()
@@ -165,7 +217,7 @@ def main(argv=None) -> Path:
             prun = pipeline_run(tmp / "prof", profile=raw)
             profile = {"wall_seconds_under_profiler": prun["wall_seconds"], **profile_shares(raw)}
     path = write_result("pipeline", {"smoke": a.smoke, "targets": TARGETS, "run": run, "kernel_api": kernel,
-                                     "papermill_cli_empty_notebook_seconds": papermill_cli, "mlflow": mlflow,
+                                     "papermill_cli_empty_notebook_seconds": papermill_cli, "mlflow": mlflow, "imports": imports,
                                      "profile": profile}, a.out)
     print(f"run {run['wall_seconds']:.1f}s, compute {run['compute_seconds']:.1f}s, overhead {run['overhead_share']:.0%}", file=sys.stderr)
     return path

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import HERE, parser, python, run_worker, write_result  # noqa: E402
-from bench_pipeline import CLI  # noqa: E402
+from bench_pipeline import CLI, PY_SPY  # noqa: E402
 
 BIN = Path(sys.executable).parent
 TARGETS = {"c16_throughput_vs_mlflow": 5, "c16_p99_ms": 50, "c1_p50_vs_in_process": 1.3, "rows1000_vs_mlflow": 2,
@@ -85,13 +85,41 @@ def wrk(url: str, payload: str, connections: int, seconds: float, folder: Path) 
             **{k.replace("_us", "_ms"): r[k] / 1000 for k in ("p50_us", "p90_us", "p99_us", "max_us", "mean_us")}}
 
 
-def load_cases(url: str, rows: list[dict], columns: list[str], seconds: float, folder: Path) -> list[dict]:
+def profile_summary(raw: Path) -> dict:
+    "py-spy raw stacks of a server -> share of samples per package (innermost frame) and per innermost mlops_nb function."
+    import re
+    from collections import Counter
+    packages, ours, total = Counter(), Counter(), 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit(): continue
+        n, frames = int(n), stack.split(";")
+        total += n
+        m = re.search(r"site-packages/([A-Za-z0-9_]+)|/(mlops_nb)/|\(<?(\w+)", frames[-1])
+        packages[next((g for g in (m.groups() if m else ()) if g), "?")] += n
+        mine = [f for f in frames if "/mlops_nb/" in f]
+        if mine: ours[mine[-1].split(" (")[0]] += n
+    share = lambda c: {k: round(v / max(total, 1), 3) for k, v in c.most_common(12)}
+    return {"samples": total, "innermost_package": share(packages), "innermost_mlops_nb_function": share(ours)}
+
+
+def load_cases(url: str, rows: list[dict], columns: list[str], seconds: float, folder: Path, profile_pid: int | None = None) -> list[dict]:
     out = []
     for name, n, c in CASES:
         payload = body([rows[i % len(rows)] for i in range(n)], columns)
         urllib.request.urlopen(urllib.request.Request(url, payload.encode(), {"Content-Type": "application/json"}), timeout=30).read()  # warm
+        spy = None
+        if profile_pid and PY_SPY.exists():  # sample the server while wrk loads it (no pausing: --nonblocking)
+            raw = folder / f"serve-profile-{c}-{n}.txt"
+            spy = subprocess.Popen([PY_SPY, "record", "--pid", str(profile_pid), "--duration", str(int(seconds)), "--rate", "200", "--nonblocking",
+                                    "--full-filenames", "--format", "raw", "-o", raw], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         r = wrk(url, payload, c, seconds, folder)
-        out.append({"case": name, "rows_per_request": n, "concurrency": c, **r, "rows_per_second": r["requests_per_second"] * n})
+        prof = None
+        if spy is not None:
+            spy.wait(timeout=seconds + 60)
+            prof = profile_summary(raw) if raw.exists() else None
+        out.append({"case": name, "rows_per_request": n, "concurrency": c, **r, "rows_per_second": r["requests_per_second"] * n,
+                    **({"profile": prof} if prof else {})})
     return out
 
 
@@ -103,7 +131,8 @@ def log_rows(folder: Path) -> int:
 def main(argv=None) -> Path:
     p = parser(__doc__)
     p.add_argument("--duration", type=float, default=30, help="seconds per wrk case")
-    p.add_argument("--workers", type=int, default=1, help="server workers (both services)")
+    p.add_argument("--workers", type=int, default=1, help="mlflow's workers (ours serves from one process)")
+    p.add_argument("--profile", action="store_true", help="sample our server with py-spy during each case (a separate pass after the measured one)")
     a = p.parse_args(argv)
     seconds = 2 if a.smoke else a.duration
     if shutil.which("wrk") is None: raise SystemExit("wrk is not installed (apt-get install -y wrk; `make bench` does it)")
@@ -121,20 +150,27 @@ def main(argv=None) -> Path:
         rows, columns = json.loads((tmp / "rows.json").read_text()), model["columns"]
         uri = f"sqlite:///{tmp}/mlruns.db"
         services = {"mlflow": ([BIN / "mlflow", "models", "serve", "-m", f"models:/arrests/{model['version']}", "--env-manager", "local",
-                                "-h", "127.0.0.1", "-p", "{port}", "-w", a.workers], {"MLFLOW_TRACKING_URI": uri})}
+                                "-h", "127.0.0.1", "-p", "{port}", "-w", a.workers],
+                               {"MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"})}  # it execs `uvicorn`
         if skipped is None:
             services["ours"] = ([CLI, "serve", "--config", cfg, "--model", f"arrests/{model['version']}", "--host", "127.0.0.1",
-                                 "--port", "{port}", "--workers", a.workers], {})
+                                 "--port", "{port}", "--log-level", "warning"], {})  # one process, as mlflow's -w 1
         results = {}
         for name, (argv_t, env) in services.items():  # back to back, same model, same cases
             port = free_port()
             before = log_rows(tmp)
             proc, started = start([str(x).replace("{port}", str(port)) for x in argv_t], port, tmp, env)
-            try: cases = load_cases(f"http://127.0.0.1:{port}/invocations", rows, columns, seconds, tmp)
+            try:
+                cases = load_cases(f"http://127.0.0.1:{port}/invocations", rows, columns, seconds, tmp)
+                profiled = (load_cases(f"http://127.0.0.1:{port}/invocations", rows, columns, seconds, tmp, profile_pid=proc.pid)
+                            if a.profile and name == "ours" else None)
             finally: stop(proc)
-            scored = sum(c["requests"] * c["rows_per_request"] for c in cases)
-            results[name] = {"start_to_ping_seconds": started, "cases": cases,
-                             **({"inference_log_rows": log_rows(tmp) - before, "rows_answered_by_wrk": scored} if name == "ours" else {})}
+            passes = [cases] + ([profiled] if profiled else [])
+            scored = sum((c["requests"] + 1) * c["rows_per_request"] for p_ in passes for c in p_)  # + the warm-up request
+            in_flight = sum(c["concurrency"] * c["rows_per_request"] for p_ in passes for c in p_)  # sent, not counted by wrk at its end
+            results[name] = {"start_to_ping_seconds": started, "cases": cases, **({"profiled_cases": profiled} if profiled else {}),
+                             **({"inference_log_rows": log_rows(tmp) - before, "rows_answered_by_wrk": scored, "rows_possibly_in_flight": in_flight,
+                                 "inference_log_complete": scored <= log_rows(tmp) - before <= scored + in_flight} if name == "ours" else {})}
     path = write_result("serving", {"smoke": a.smoke, "targets": TARGETS, "duration_seconds": seconds, "workers": a.workers,
                                     "ours_skipped": skipped, "in_process_predict": model["predict_ms"], "model": model["uri"],
                                     "services": results}, a.out)

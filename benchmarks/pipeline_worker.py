@@ -93,6 +93,8 @@ def mlflow_costs(folder: str) -> dict:
                                                                                            pip_requirements=pip_requirements()))
         out["log_model_inferred_requirements"], _ = _timed(lambda: mlflow.sklearn.log_model(model, name="m2", input_example=X.head(5)))
         out["log_model_no_input_example"], _ = _timed(lambda: mlflow.sklearn.log_model(model, name="m3", pip_requirements=pip_requirements()))
+        out["log_model_input_example_validate_serving_input_false"], _ = _timed(lambda: mlflow.sklearn.log_model(
+            model, name="m4", input_example=X.head(5), pip_requirements=pip_requirements(), validate_serving_input=False))
     return {"seconds": out}
 
 

@@ -158,7 +158,9 @@ def serving_section(d: dict) -> str:
                          _s(c["p99_ms"], 1), c["errors"], _s(r["start_to_ping_seconds"])])
     out += [table(["service", "case", "requests/s", "rows/s", "p50 ms", "p90 ms", "p99 ms", "errors", "start to /ping 200 s"], rows), ""]
     ours = d["services"].get("ours")
-    if ours: out += [f"Inference log: {ours['inference_log_rows']:,} rows logged for {ours['rows_answered_by_wrk']:,} rows answered to wrk.", ""]
+    if ours: out += [f"Inference log: {ours['inference_log_rows']:,} rows logged; {ours['rows_answered_by_wrk']:,} rows answered to wrk (warm-ups "
+                     f"included), up to {ours['rows_possibly_in_flight']:,} more sent but not counted when wrk stopped: "
+                     f"{'complete' if ours['inference_log_complete'] else '**incomplete**'}.", ""]
     return "\n".join(out)
 
 
