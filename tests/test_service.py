@@ -1,0 +1,367 @@
+"""The scoring service on a real uvicorn server (127.0.0.1, a free port) and a real MLflow registry in tmp_path: the four
+input formats against pyfunc and scikit-learn, every bad input as a 4xx JSON error (never a 5xx, never a trace), the
+inference log after a concurrent burst and after shutdown, micro-batching, canary and shadow rollout, reloads, the CLI."""
+import contextlib, dataclasses, json, signal, socket, subprocess, time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
+
+from conftest import CLI
+from mlops_nb.cli import app
+from mlops_nb.deploy import (BackgroundServer, ScoringService, create_app, example_payloads, promote_version, rollback_champion,
+                             service_settings)
+from mlops_nb.evaluation import decisions, load_model_version, positive_scores
+from mlops_nb.monitoring import read_inference_log
+from test_deploy import build_registry, copy_registry
+
+LIMIT = 300_000  # the test server's body limit (bytes)
+ONE_ROW = {"colour": "White", "year": 2000, "age": 21, "sex": "Male", "employed": "Yes", "citizen": "Yes", "checks": 1}  # valid
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    return build_registry(tmp_path_factory.mktemp("service"))
+
+
+@contextlib.contextmanager
+def serving(cfg, **options):
+    "A real server for a scoring service of `cfg` (no alias polling unless asked); stopped (and drained) at the end."
+    service = ScoringService(service_settings(cfg, **{"poll_seconds": 0, "inference_log": None, **options}))
+    with BackgroundServer(create_app(service)) as server:
+        server.service = service
+        yield server
+
+
+@pytest.fixture(scope="module")
+def server(registry):
+    with serving(registry.cfg, max_body_bytes=LIMIT) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def models(registry):
+    "The champion (v1, logistic regression) and challenger (v2, random forest), as scikit-learn and pyfunc models."
+    get = lambda v, flavor="sklearn": load_model_version(registry.client, registry.name, v, flavor=flavor).model
+    return {"sklearn": get("1"), "pyfunc": get("1", "pyfunc"), "forest": get("2")}
+
+
+def post(server, payload=None, path="/invocations", **kw):
+    return requests.post(server.url + path, json=payload, timeout=30, **kw) if payload is not None else \
+        requests.post(server.url + path, timeout=30, **kw)
+
+
+def rows_of(registry, n=20, start=0):
+    return registry.test[registry.columns].iloc[start:start + n].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- correct answers
+
+@pytest.mark.parametrize("fmt", ["dataframe_split", "dataframe_records", "instances", "inputs"])
+def test_each_format_answers_like_pyfunc_and_sklearn(server, registry, models, fmt):
+    rows = rows_of(registry, 40)
+    r = post(server, example_payloads(rows)[fmt], params={"probabilities": "true"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["predictions"] == models["pyfunc"].predict(rows).tolist() == models["sklearn"].predict(rows).tolist()
+    assert body["probabilities"] == positive_scores(models["sklearn"], rows).tolist()  # one request = one batch: bit for bit
+    assert (body["model_version"], body["alias"], body["role"], r.headers["X-Model-Version"]) == ("1", "champion", "champion", "1")
+
+
+def test_mlflow_scoring_client_works_unchanged(server, registry, models):
+    from mlflow.pyfunc.scoring_server.client import ScoringServerClient
+    rows = rows_of(registry, 15)
+    client = ScoringServerClient("127.0.0.1", server.port)
+    client.wait_server_ready(timeout=10)
+    got = client.invoke(rows).get_predictions()
+    assert got.iloc[:, 0].tolist() == models["pyfunc"].predict(rows).tolist()
+
+
+def test_probabilities_by_params_and_a_large_request(server, registry, models):
+    rows = registry.test[registry.columns].sample(4000, replace=True, random_state=1).reset_index(drop=True)
+    payload = {**example_payloads(rows)["dataframe_split"], "params": {"probabilities": True}}
+    assert len(json.dumps(payload)) > 100_000  # parsed and checked in a worker thread
+    body = post(server, payload).json()
+    assert body["probabilities"] == positive_scores(models["sklearn"], rows).tolist()
+    assert "probabilities" not in post(server, example_payloads(rows.head(2))["inputs"]).json()
+
+
+def test_an_unseen_category_is_scored_and_counted(server, registry, models):
+    rows = rows_of(registry, 2).assign(colour=["Purple", "White"])
+    body = post(server, example_payloads(rows)["dataframe_records"], params={"probabilities": "1"}).json()
+    assert body["probabilities"] == positive_scores(models["sklearn"], rows).tolist()
+    assert metric(server, "mlops_nb_unseen_categories_total", column="colour") >= 1
+
+
+# ---------------------------------------------------------------- refusals
+
+def _cases(one):
+    j = lambda obj: dict(data=json.dumps(obj), headers={"Content-Type": "application/json"})
+    row = lambda **change: {**one, **change}
+    cols = list(one)
+    return {  # name: (request kwargs, status, error code, text the message must contain)
+        "no content type": (dict(data=json.dumps({"inputs": [one]})), 415, "UNSUPPORTED_MEDIA_TYPE", "Content-Type header missing"),
+        "csv content type": (dict(data="a,b\n1,2", headers={"Content-Type": "text/csv"}), 415, "UNSUPPORTED_MEDIA_TYPE", "text/csv"),
+        "latin-1 charset": (dict(data=b"{}", headers={"Content-Type": "application/json; charset=latin-1"}), 415, "UNSUPPORTED_MEDIA_TYPE", "latin-1"),
+        "malformed JSON": (dict(data='{"inputs": [', headers={"Content-Type": "application/json"}), 400, "MALFORMED_REQUEST", "malformed JSON"),
+        "NaN literal": (dict(data=json.dumps({"inputs": [row(age=float("nan"))]}), headers={"Content-Type": "application/json"}),
+                        400, "MALFORMED_REQUEST", "NaN is not a JSON number"),
+        "not UTF-8": (dict(data=b'{"inputs": "\xff\xfe"}', headers={"Content-Type": "application/json"}), 400, "MALFORMED_REQUEST", "not UTF-8"),
+        "nested too deeply": (dict(data="[" * 5000 + "]" * 5000, headers={"Content-Type": "application/json"}), 400, "MALFORMED_REQUEST", "malformed JSON"),
+        "empty body": (dict(data=b"", headers={"Content-Type": "application/json"}), 400, "BAD_REQUEST", "empty body"),
+        "top level array": (j([one]), 400, "INVALID_PARAMETER_VALUE", "must be a JSON object"),
+        "no format": (j({}), 400, "INVALID_PARAMETER_VALUE", "exactly one of"),
+        "two formats": (j({"inputs": [one], "instances": [one]}), 400, "INVALID_PARAMETER_VALUE", "exactly one of"),
+        "a model named in the body": (j({"inputs": [one], "model_uri": "file:///tmp/evil"}), 400, "INVALID_PARAMETER_VALUE", "unknown field(s) ['model_uri']"),
+        "zero rows split": (j({"dataframe_split": {"columns": cols, "data": []}}), 400, "BAD_REQUEST", "dataframe_split: no rows"),
+        "zero rows records": (j({"dataframe_records": []}), 400, "BAD_REQUEST", "dataframe_records: no rows"),
+        "zero rows instances": (j({"instances": []}), 400, "BAD_REQUEST", "instances: no rows"),
+        "zero rows inputs": (j({"inputs": {c: [] for c in cols}}), 400, "BAD_REQUEST", "inputs: no rows"),
+        "missing column": (j({"inputs": [{k: v for k, v in one.items() if k != "age"}]}), 400, "INVALID_PARAMETER_VALUE", "missing column(s) ['age']"),
+        "unknown column": (j({"inputs": [row(shoe_size=44)]}), 400, "INVALID_PARAMETER_VALUE", "unknown column(s) ['shoe_size']"),
+        "text into an integer": (j({"inputs": [row(age="forty")]}), 400, "INVALID_PARAMETER_VALUE", "age: expected an integer, got text 'forty' in row 0"),
+        "30.5 into an integer": (j({"instances": [row(), row(age=30.5)]}), 400, "INVALID_PARAMETER_VALUE", "age: expected an integer, got 30.5 in row 1"),
+        "2**63": (j({"inputs": [row(age=2**63)]}), 400, "INVALID_PARAMETER_VALUE", "age: 9223372036854775808 is out of range for long"),
+        "-2**63 - 1": (j({"inputs": [row(age=-2**63 - 1)]}), 400, "INVALID_PARAMETER_VALUE", "age: -9223372036854775809 is out of range"),
+        "1e400": (dict(data=json.dumps({"inputs": [one]}).replace(f'"age": {one["age"]}', '"age": 1e400'), headers={"Content-Type": "application/json"}),
+                  400, "INVALID_PARAMETER_VALUE", "age: expected a finite number, got inf"),
+        "boolean into an integer": (j({"inputs": [row(checks=True)]}), 400, "INVALID_PARAMETER_VALUE", "checks: expected an integer, got a boolean (true)"),
+        "null where training had none": (j({"inputs": [row(sex=None)]}), 400, "INVALID_PARAMETER_VALUE", "sex: missing value (null)"),
+        "number into text": (j({"inputs": [row(colour=1)]}), 400, "INVALID_PARAMETER_VALUE", "colour: expected text, got the number 1"),
+        "list into an integer": (j({"inputs": [row(age=[1])]}), 400, "INVALID_PARAMETER_VALUE", "age: expected an integer, got a list"),
+        "split row too short": (j({"dataframe_split": {"columns": cols, "data": [[1, 2]]}}), 400, "INVALID_PARAMETER_VALUE", f"not a list of {len(cols)} values"),
+        "records not objects": (j({"dataframe_records": [[1, 2]]}), 400, "INVALID_PARAMETER_VALUE", "row 0 not an object"),
+        "inputs of uneven lengths": (j({"inputs": {c: [one[c]] * (1 + (c == "age")) for c in cols}}), 400, "INVALID_PARAMETER_VALUE", "different lengths"),
+        "unknown param": (j({"inputs": [one], "params": {"threshold": 0.3}}), 400, "INVALID_PARAMETER_VALUE", "params: unknown parameter(s) ['threshold']"),
+        "bad probabilities flag": (dict(j({"inputs": [one]}), params={"probabilities": "maybe"}), 400, "INVALID_PARAMETER_VALUE", "probabilities: expected true or false"),
+        "declared body over the limit": (dict(data=b" " * (LIMIT + 1), headers={"Content-Type": "application/json"}), 413, "REQUEST_TOO_LARGE",
+                                         f"over the limit of {LIMIT:,} bytes"),
+        "streamed body over the limit": (dict(data=(b" " * 50_000 for _ in range(8)), headers={"Content-Type": "application/json"}), 413,
+                                         "REQUEST_TOO_LARGE", f"body over the limit of {LIMIT:,} bytes"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_cases(ONE_ROW)))
+def test_bad_input_is_a_4xx_json_error_naming_the_problem(server, case):
+    kwargs, status, code, text = _cases(ONE_ROW)[case]
+    r = requests.post(server.url + "/invocations", timeout=30, **kwargs)
+    assert r.status_code == status, (case, r.status_code, r.text)
+    body = r.json()
+    assert set(body) == {"error_code", "message"} and body["error_code"] == code and text in body["message"], body
+    assert "Traceback" not in r.text and len(r.content) < 1500
+    assert not [s for s in counts(server, "mlops_nb_requests_total", "status") if s.startswith("5")]  # client mistakes are never 5xx
+
+
+def test_a_large_bad_body_is_not_echoed(server, registry):
+    rows = example_payloads(rows_of(registry, 1))["dataframe_records"]["dataframe_records"] * 1000
+    rows[-1] = {**rows[-1], "sex": "x" * 100_000, "age": "y" * 50_000}
+    r = post(server, {"dataframe_records": rows})
+    assert r.status_code == 400 and len(r.content) < 1000 and "Traceback" not in r.text
+    assert "age: expected an integer, got text 'yyyy" in r.json()["message"]
+
+
+def test_routes_and_methods_answer_json_errors(server):
+    assert requests.get(server.url + "/invocations", timeout=30).json()["error_code"] == "METHOD_NOT_ALLOWED"
+    nope = requests.get(server.url + "/nope", timeout=30)
+    assert (nope.status_code, nope.json()["error_code"]) == (404, "NOT_FOUND")
+    reload = requests.post(server.url + "/reload", data=json.dumps({"model_uri": "file:///tmp/evil"}), timeout=30)
+    assert reload.status_code == 400 and "takes no body" in reload.json()["message"]
+    assert requests.get(server.url + "/docs", timeout=30).status_code == 404  # no docs page loading scripts from a CDN
+
+
+# ---------------------------------------------------------------- health, version, metrics
+
+def metric_samples(server):
+    text = requests.get(server.url + "/metrics", timeout=30).text
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def metric(server, name, **labels):
+    return sum(s.value for s in metric_samples(server) if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def counts(server, name, label):
+    return {s.labels[label]: s.value for s in metric_samples(server) if s.name == name}
+
+
+def test_health_version_ping_and_metrics(server):
+    assert requests.get(server.url + "/ping", timeout=30).status_code == 200
+    health = requests.get(server.url + "/health", timeout=30).json()
+    assert {k: health[k] for k in ("status", "model_name", "model_version", "alias", "uri")} == \
+        {"status": "ok", "model_name": "arrests", "model_version": 1, "alias": "champion", "uri": "models:/arrests/1"}
+    assert pd.Timestamp(health["loaded_at"]).tzinfo is not None and health["challenger"] is None
+    version = requests.get(server.url + "/version", timeout=30).json()
+    assert version["model_version"] == 1 and version["mlflow"].startswith("3.") and version["mlops_nb"]
+    before = metric(server, "mlops_nb_requests_total", status="200")
+    rows_before = metric(server, "mlops_nb_rows_scored_total", model_version="1", role="champion")
+    post(server, {"inputs": [ONE_ROW] * 3})
+    assert metric(server, "mlops_nb_requests_total", status="200") == before + 1
+    assert metric(server, "mlops_nb_rows_scored_total", model_version="1", role="champion") == rows_before + 3
+    assert metric(server, "mlops_nb_model_version", role="champion") == 1
+    assert metric(server, "mlops_nb_request_latency_seconds_count") >= before + 1
+
+
+
+# ---------------------------------------------------------------- inference log, micro-batching
+
+def burst(url, payloads, threads=16):
+    "Send the payloads from `threads` threads at once; the responses in payload order."
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda p: requests.post(url + "/invocations", json=p, params={"probabilities": "true"}, timeout=60), payloads))
+
+
+def test_inference_log_has_one_record_per_scored_row_after_a_burst_and_shutdown(registry, tmp_path):
+    rng = np.random.default_rng(0)
+    starts = rng.integers(0, len(registry.test) - 3, 200)
+    payloads = [example_payloads(rows_of(registry, int(1 + i % 3), int(s)))["dataframe_split"] for i, s in enumerate(starts)]
+    payloads[::50] = [{"inputs": [{**ONE_ROW, "age": 30.5}]}] * 4  # four refusals among them
+    with serving(registry.cfg, inference_log=str(tmp_path / "log")) as server:
+        answers = burst(server.url, payloads)
+    log = read_inference_log(tmp_path / "log")  # read after shutdown: everything queued was written
+    ok = [a.json() for a in answers if a.status_code == 200]
+    assert len(ok) == 196 and sum(a.status_code == 400 for a in answers) == 4
+    scored = log[log.status == 200]
+    assert len(scored) == sum(len(a["predictions"]) for a in ok)
+    assert not scored.duplicated(["request_id", "row"]).any()
+    by_request = scored.groupby("request_id").probability.apply(list).to_dict()
+    assert all(by_request[a["request_id"]] == a["probabilities"] for a in ok)
+    assert (log.status == 400).sum() == 4 and set(log.model_version) == {"1"}
+
+
+def test_micro_batching_gives_the_answers_of_one_by_one_scoring(registry):
+    rows = rows_of(registry, 64, start=100)
+    payloads = [example_payloads(rows.iloc[[i]])["inputs"] for i in range(len(rows))] * 3
+    with serving(registry.cfg) as server:
+        one_by_one = [post(server, p, params={"probabilities": "true"}).json() for p in payloads[:64]]
+        batches_before = metric(server, "mlops_nb_batch_rows_count")
+        together = burst(server.url, payloads, threads=16)
+        calls = metric(server, "mlops_nb_batch_rows_count") - batches_before
+    assert all(a.status_code == 200 for a in together)
+    together = [a.json() for a in together]
+    assert [a["predictions"] for a in together] == [a["predictions"] for a in one_by_one] * 3
+    np.testing.assert_allclose([a["probabilities"][0] for a in together], [a["probabilities"][0] for a in one_by_one] * 3, rtol=0, atol=1e-12)
+    assert calls < len(payloads), f"{len(payloads)} concurrent requests took {calls} predict calls: nothing was coalesced"
+
+
+# ---------------------------------------------------------------- rollout
+
+def test_canary_share_over_1000_requests(registry, tmp_path):
+    reg = copy_registry(registry, tmp_path)
+    with serving(reg.cfg, canary=0.1, seed=7) as server, requests.Session() as s:
+        answers = [s.post(server.url + "/invocations", json={"inputs": [ONE_ROW]}, timeout=30).json() for _ in range(1000)]
+        health = requests.get(server.url + "/health", timeout=30).json()
+    roles = pd.Series([a["role"] for a in answers])
+    assert 0.07 <= (roles == "challenger").mean() <= 0.13, roles.value_counts()
+    assert {(a["role"], a["model_version"]) for a in answers} == {("champion", "1"), ("challenger", "2")}
+    assert health["challenger"]["model_version"] == 2 and health["rollout"] == {"canary": 0.1, "shadow": False}
+
+
+def test_shadow_never_changes_answers_but_logs_the_challenger(registry, models, tmp_path):
+    rows = rows_of(registry, 30, start=200)
+    payloads = [example_payloads(rows.iloc[i:i + 3])["dataframe_records"] for i in range(0, 30, 3)]
+    with serving(registry.cfg, shadow=True, inference_log=str(tmp_path / "log")) as server:
+        answers = [post(server, p, params={"probabilities": "true"}).json() for p in payloads]
+    assert {(a["role"], a["model_version"]) for a in answers} == {("champion", "1")}
+    assert sum((a["probabilities"] for a in answers), []) == sum((positive_scores(models["sklearn"], rows.iloc[i:i + 3]).tolist() for i in range(0, 30, 3)), [])
+    served, shadow = read_inference_log(tmp_path / "log"), read_inference_log(tmp_path / "log" / "shadow")
+    assert len(served) == len(shadow) == 30 and set(served.model_version) == {"1"} and set(shadow.model_version) == {"2"}
+    shadow = shadow.set_index(["request_id", "row"]).loc[served.set_index(["request_id", "row"]).index]
+    np.testing.assert_allclose(shadow.probability.to_numpy(), positive_scores(models["forest"], rows), rtol=0, atol=1e-12)
+
+
+def test_canary_and_shadow_need_a_challenger(registry, tmp_path):
+    reg = copy_registry(registry, tmp_path)
+    reg.client.delete_registered_model_alias(reg.name, "challenger")
+    r = CliRunner().invoke(app, ["serve", "--config", str(reg.config), "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlruns.db'}", "--shadow"])
+    assert r.exit_code == 2 and "--shadow needs a challenger: models:/arrests@challenger" in r.stderr
+
+
+# ---------------------------------------------------------------- reloads
+
+def wait_for(predicate, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline: return False
+        time.sleep(0.1)
+    return True
+
+
+def test_a_new_champion_is_picked_up_without_a_restart(registry, tmp_path):
+    reg = copy_registry(registry, tmp_path)
+    with serving(reg.cfg) as server, serving(reg.cfg, poll_seconds=0.3) as polling:
+        promote_version(reg.cfg, 2, "Grace", "better")
+        reloaded = requests.post(server.url + "/reload", timeout=60).json()
+        assert reloaded["champion"] == {"model_version": 2, "previous_version": 1, "changed": True}
+        assert post(server, {"inputs": [ONE_ROW]}).json()["model_version"] == "2"
+        assert wait_for(lambda: post(polling, {"inputs": [ONE_ROW]}).json()["model_version"] == "2")
+        rollback_champion(reg.cfg, "Grace", "back")
+        assert wait_for(lambda: requests.get(polling.url + "/health", timeout=30).json()["model_version"] == 1)
+        assert metric(polling, "mlops_nb_reloads_total", outcome="changed") == 2
+
+
+def test_a_tampered_model_is_refused_on_reload_and_the_old_one_keeps_serving(registry, tmp_path):
+    reg = copy_registry(registry, tmp_path)
+    with serving(reg.cfg) as server:
+        path = next(Path(reg.client.get_model_version_download_uri(reg.name, "1").removeprefix("file://")).rglob("model.skops"))
+        original = path.read_bytes()
+        try:
+            path.write_bytes(original + b"\0")
+            r = requests.post(server.url + "/reload", timeout=60)
+        finally:
+            path.write_bytes(original)
+        assert r.status_code == 409 and r.json()["error_code"] == "RELOAD_REFUSED"
+        assert "model.skops changed" in r.json()["message"] and "keep serving" in r.json()["message"]
+        assert post(server, {"inputs": [ONE_ROW]}).json()["model_version"] == "1"
+
+
+def test_a_server_bug_is_a_json_500_without_a_trace(registry):
+    class Broken:
+        classes_ = [0, 1]
+        def predict_proba(self, X): raise RuntimeError("a genuine bug in the service")
+    with serving(registry.cfg) as server:
+        served = server.service.champion.served
+        server.service.champion.served = dataclasses.replace(served, loaded=dataclasses.replace(served.loaded, model=Broken()))
+        r = post(server, {"inputs": [ONE_ROW]})
+        assert r.status_code == 500 and r.json() == {"error_code": "INTERNAL_ERROR", "message": "internal server error; the details are in the service's log"}
+        assert "Traceback" not in r.text and "genuine bug" not in r.text
+        assert metric(server, "mlops_nb_requests_total", status="500") == 1
+
+
+# ---------------------------------------------------------------- the command line
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+
+def test_serve_command_scores_and_drains_the_log_on_sigterm(registry, tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([str(CLI), "serve", "--config", str(registry.config), "--port", str(port), "--poll-seconds", "0",
+                             "--inference-log", str(tmp_path / "log")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert wait_for(lambda: _up(url), timeout=90), proc.stderr.read() if proc.poll() is not None else "no answer on /ping"
+        answers = [requests.post(url + "/invocations", json={"inputs": [ONE_ROW] * 2}, timeout=30) for _ in range(5)]
+        assert [a.json()["model_version"] for a in answers] == ["1"] * 5
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (0, -signal.SIGTERM), err  # uvicorn shuts down gracefully, then re-raises the signal it caught
+    assert f"serving models:/arrests/1 (champion) on http://127.0.0.1:{port}" in err and "Application shutdown complete" in err
+    assert len(read_inference_log(tmp_path / "log")) == 10
+
+
+def _up(url) -> bool:
+    try: return requests.get(url + "/ping", timeout=2).status_code == 200
+    except requests.ConnectionError: return False
+
+
+def test_serve_without_a_champion_is_one_line_and_exit_1(registry):
+    r = CliRunner().invoke(app, ["serve", "--config", str(registry.config), "--set", "tracking.registered_model=unknown_model"])
+    assert r.exit_code == 1 and r.stderr.strip().startswith("error: models:/unknown_model@champion: no such registered model version")
+    assert len(r.stderr.strip().splitlines()) == 1
