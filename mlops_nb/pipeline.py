@@ -23,7 +23,7 @@ __all__ = ['STAGES', 'STAGE_PARAMETERS', 'StageFailed', 'notebooks_dir', 'select
 
 # %% ../nbs/07_pipeline.ipynb #6
 STAGES = {"eda": "01_eda.ipynb", "rai": "02_rai.ipynb", "baseline": "03_baseline.ipynb",
-          "evaluation": "04_evaluation.ipynb", "monitoring": "05_monitoring.ipynb"}
+          "evaluation": "04_evaluation.ipynb", "monitoring": "05_monitoring.ipynb", "deploy": "06_deploy.ipynb"}
 STAGE_PARAMETERS = ("CONFIG", "RUN_DIR")
 
 class StageFailed(MlopsError):
