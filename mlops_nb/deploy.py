@@ -29,14 +29,14 @@ logger = logging.getLogger("mlops_nb.serve")
 
 # %% auto #0
 __all__ = ['logger', 'GATES_PASSED_TAG', 'PREVIOUS', 'REGISTRY_COLUMNS', 'LEASE_TAG', 'INTEGER_RANGES', 'PROBLEM_COLUMNS',
-           'FORMATS', 'registry_table', 'quick_version', 'PromotionRefused', 'promotion_lock', 'evidence_links',
-           'promote_version', 'rollback_champion', 'promotion_history', 'ColumnSpec', 'input_schema', 'value_problem',
-           'column_problems', 'check_frame', 'describe_problems', 'ServingError', 'columns_from_payload',
-           'want_probabilities', 'match_columns', 'model_frame', 'unseen_categories', 'prepare_request',
-           'ServiceSettings', 'service_settings', 'Served', 'ModelSlot', 'MicroBatcher', 'refusal_record',
-           'InferenceLogWriter', 'ServiceMetrics', 'ScoringService', 'start_service', 'stop_service', 'reload_models',
-           'read_body', 'parse_json', 'invoke', 'service_health', 'create_app', 'run_service', 'BackgroundServer',
-           'example_payloads', 'chunk_problems', 'score_file']
+           'FORMATS', 'OUTPUT_COLUMNS', 'registry_table', 'quick_version', 'PromotionRefused', 'promotion_lock',
+           'evidence_links', 'promote_version', 'rollback_champion', 'promotion_history', 'ColumnSpec', 'input_schema',
+           'value_problem', 'column_problems', 'check_frame', 'describe_problems', 'ServingError',
+           'columns_from_payload', 'want_probabilities', 'match_columns', 'model_frame', 'unseen_categories',
+           'prepare_request', 'ServiceSettings', 'service_settings', 'Served', 'ModelSlot', 'MicroBatcher',
+           'refusal_record', 'InferenceLogWriter', 'ServiceMetrics', 'ScoringService', 'start_service', 'stop_service',
+           'reload_models', 'read_body', 'parse_json', 'invoke', 'service_health', 'create_app', 'run_service',
+           'BackgroundServer', 'example_payloads', 'chunk_problems', 'score_file']
 
 # %% ../nbs/06_deploy.ipynb #7
 GATES_PASSED_TAG = "mlops_nb.gates_passed"
@@ -550,7 +550,7 @@ class ModelSlot:
 
     def describe(self) -> dict:
         s = self.served
-        return {"model_name": self.name, "model_version": s.loaded.version, "alias": None if self.reference.isdigit() else self.reference,
+        return {"model_name": self.name, "model_version": str(s.loaded.version), "alias": None if self.reference.isdigit() else self.reference,
                 "uri": s.loaded.uri, "loaded_at": s.loaded_at}
 
 # %% ../nbs/06_deploy.ipynb #57
@@ -727,10 +727,10 @@ def _reload(service: ScoringService, only_if_moved: bool) -> dict:
     for slot in service.slots():
         before = slot.served.loaded.version
         if only_if_moved and slot.registry_version(service.client) in (None, str(before)):
-            out[slot.role] = {"model_version": before, "changed": False}; continue
+            out[slot.role] = {"model_version": str(before), "changed": False}; continue
         changed = slot.load(service.client)
         service.metrics.reloads.labels("changed" if changed else "unchanged").inc()
-        out[slot.role] = {"model_version": slot.served.loaded.version, "previous_version": before, "changed": changed}
+        out[slot.role] = {"model_version": str(slot.served.loaded.version), "previous_version": str(before), "changed": changed}
     service.set_version_metrics()
     return out
 
@@ -922,7 +922,7 @@ def run_service(settings: ServiceSettings, host: str = "127.0.0.1", port: int = 
 class BackgroundServer:
     "A real uvicorn server for an app on 127.0.0.1 and a free port, in a thread (for notebooks and tests)."
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, timeout: float = 30):
-        self.app, self.host, self.port, self.timeout, self.server, self.thread = app, host, port, timeout, None, None
+        self.app, self.host, self.port, self.timeout, self.server, self.thread, self._socket = app, host, port, timeout, None, None, None
 
     url = property(lambda self: f"http://{self.host}:{self.port}")
 
@@ -944,7 +944,7 @@ class BackgroundServer:
         "Shut down like Ctrl-C: finish requests, run the application's shutdown (queued work, log drain), close the socket."
         if self.server: self.server.should_exit = True
         if self.thread: self.thread.join(self.timeout)
-        self._socket.close()
+        if self._socket: self._socket.close()
 
     def __enter__(self): return self.start()
     def __exit__(self, *exc): self.stop()
@@ -1028,9 +1028,13 @@ class _Output:
         self.tmp.unlink(missing_ok=True)
 
 # %% ../nbs/06_deploy.ipynb #98
+OUTPUT_COLUMNS = ("probability", "prediction", "model_version")
+
 def _score_chunk(loaded: LoadedModel, schema: list[ColumnSpec], raw, frame: pd.DataFrame, from_text: bool, allow_nulls: bool):
     "One chunk: its problems (rows within the chunk), the raw table of its valid rows with the three output columns, unseen categories."
     import pyarrow as pa
+    clash = [c for c in OUTPUT_COLUMNS if c in frame.columns]
+    if clash: raise DataValidationError(f"the input already has the output column(s) {clash}: rename or drop them")
     converted, problems = chunk_problems(frame, schema, from_text, allow_nulls)
     keep = ~np.isin(np.arange(len(frame)), problems["row"].to_numpy(dtype=int))
     valid = converted[keep].reset_index(drop=True)

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 from conftest import REPO, write_config
 from mlops_nb.baseline import model_columns
 from mlops_nb.cli import app
-from mlops_nb.core import DataValidationError, load_config, mlflow_client, run_context
+from mlops_nb.core import load_config, mlflow_client, run_context
 from mlops_nb.deploy import PREVIOUS, PromotionRefused, promote_version, promotion_history, quick_version, score_file
 from mlops_nb.eda import load_schema, load_splits
-from mlops_nb.evaluation import CHALLENGER, CHAMPION, alias_version, decisions, load_model_version, positive_scores
+from mlops_nb.evaluation import CHALLENGER, CHAMPION, decisions, load_model_version, positive_scores
 
 
 def build_registry(folder: Path, sample_rows: int = 1500) -> SimpleNamespace:
@@ -186,6 +186,9 @@ def test_batch_refuses_a_missing_column_an_empty_file_and_a_missing_model(regist
     registry.test.head(0).to_csv(tmp_path / "header.csv", index=False)
     code, _, err = cli("score", tmp_path / "header.csv", tmp_path / "o.csv", "--config", registry.config)
     assert code == 4 and "no rows to score" in err
+    registry.test.head(5).assign(prediction=1).to_csv(tmp_path / "clash.csv", index=False)
+    code, _, err = cli("score", tmp_path / "clash.csv", tmp_path / "o.csv", "--config", registry.config)
+    assert code == 4 and "already has the output column(s) ['prediction']" in err
     code, _, err = cli("score", tmp_path / "no_age.csv", tmp_path / "o.csv", "--config", registry.config, "--model", "arrests@nope")
     assert code == 1 and "models:/arrests@nope" in err
     assert not (tmp_path / "o.csv").exists()

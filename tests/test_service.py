@@ -16,7 +16,7 @@ from conftest import CLI
 from mlops_nb.cli import app
 from mlops_nb.deploy import (BackgroundServer, ScoringService, create_app, example_payloads, promote_version, rollback_champion,
                              service_settings)
-from mlops_nb.evaluation import decisions, load_model_version, positive_scores
+from mlops_nb.evaluation import load_model_version, positive_scores
 from mlops_nb.monitoring import read_inference_log
 from test_deploy import build_registry, copy_registry
 
@@ -193,10 +193,10 @@ def test_health_version_ping_and_metrics(server):
     assert requests.get(server.url + "/ping", timeout=30).status_code == 200
     health = requests.get(server.url + "/health", timeout=30).json()
     assert {k: health[k] for k in ("status", "model_name", "model_version", "alias", "uri")} == \
-        {"status": "ok", "model_name": "arrests", "model_version": 1, "alias": "champion", "uri": "models:/arrests/1"}
+        {"status": "ok", "model_name": "arrests", "model_version": "1", "alias": "champion", "uri": "models:/arrests/1"}
     assert pd.Timestamp(health["loaded_at"]).tzinfo is not None and health["challenger"] is None
     version = requests.get(server.url + "/version", timeout=30).json()
-    assert version["model_version"] == 1 and version["mlflow"].startswith("3.") and version["mlops_nb"]
+    assert version["model_version"] == "1" and version["mlflow"].startswith("3.") and version["mlops_nb"]
     before = metric(server, "mlops_nb_requests_total", status="200")
     rows_before = metric(server, "mlops_nb_rows_scored_total", model_version="1", role="champion")
     post(server, {"inputs": [ONE_ROW] * 3})
@@ -258,7 +258,7 @@ def test_canary_share_over_1000_requests(registry, tmp_path):
     roles = pd.Series([a["role"] for a in answers])
     assert 0.07 <= (roles == "challenger").mean() <= 0.13, roles.value_counts()
     assert {(a["role"], a["model_version"]) for a in answers} == {("champion", "1"), ("challenger", "2")}
-    assert health["challenger"]["model_version"] == 2 and health["rollout"] == {"canary": 0.1, "shadow": False}
+    assert health["challenger"]["model_version"] == "2" and health["rollout"] == {"canary": 0.1, "shadow": False}
 
 
 def test_shadow_never_changes_answers_but_logs_the_challenger(registry, models, tmp_path):
@@ -296,11 +296,11 @@ def test_a_new_champion_is_picked_up_without_a_restart(registry, tmp_path):
     with serving(reg.cfg) as server, serving(reg.cfg, poll_seconds=0.3) as polling:
         promote_version(reg.cfg, 2, "Grace", "better")
         reloaded = requests.post(server.url + "/reload", timeout=60).json()
-        assert reloaded["champion"] == {"model_version": 2, "previous_version": 1, "changed": True}
+        assert reloaded["champion"] == {"model_version": "2", "previous_version": "1", "changed": True}
         assert post(server, {"inputs": [ONE_ROW]}).json()["model_version"] == "2"
         assert wait_for(lambda: post(polling, {"inputs": [ONE_ROW]}).json()["model_version"] == "2")
         rollback_champion(reg.cfg, "Grace", "back")
-        assert wait_for(lambda: requests.get(polling.url + "/health", timeout=30).json()["model_version"] == 1)
+        assert wait_for(lambda: requests.get(polling.url + "/health", timeout=30).json()["model_version"] == "1")
         assert metric(polling, "mlops_nb_reloads_total", outcome="changed") == 2
 
 
