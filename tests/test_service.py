@@ -98,6 +98,18 @@ def test_an_unseen_category_is_scored_and_counted(server, registry, models):
     assert metric(server, "mlops_nb_unseen_categories_total", column="colour") >= 1
 
 
+def test_lenient_policies_and_unseen_categories_in_the_log(registry, models, tmp_path):
+    "Started with --extra-columns ignore and --allow-nulls: both are scored; an unseen category is named in the log."
+    rows = [{**ONE_ROW, "shoe_size": 44}, {**ONE_ROW, "sex": None, "shoe_size": 40}, {**ONE_ROW, "colour": "Purple", "shoe_size": 38}]
+    with serving(registry.cfg, extra_columns="ignore", allow_nulls=True, inference_log=str(tmp_path / "log")) as server:
+        body = post(server, {"dataframe_records": rows}, params={"probabilities": "true"}).json()
+    expected = pd.DataFrame([{k: r[k] for k in registry.columns} for r in rows]).astype({"sex": object})
+    assert body["probabilities"] == positive_scores(models["sklearn"], expected).tolist()
+    log = read_inference_log(tmp_path / "log")
+    assert log.unseen_categories.tolist() == [[], [], ["colour"]] and "shoe_size" not in log.columns
+    assert log.sex.isna().tolist() == [False, True, False]
+
+
 # ---------------------------------------------------------------- refusals
 
 def _cases(one):
