@@ -93,14 +93,21 @@ def monitor(data: Optional[Path] = typer.Argument(None, help="Batch file (CSV/Pa
             until: Optional[str] = typer.Option(None, "--until", help="Inference-log window end (ISO time)."),
             batch_id: Optional[str] = typer.Option(None, "--batch-id", help="Name of the batch (default: time-based)."),
             out: Path = typer.Option(Path("reports"), "--out", help="Reports folder."),
-            exit_zero: bool = typer.Option(False, "--exit-zero", help="Exit 0 whatever the decision.")):
+            exit_zero: bool = typer.Option(False, "--exit-zero", help="Exit 0 whatever the decision."),
+            engine: str = typer.Option("pandas", "--engine", help="pandas, or spark (a large Parquet batch; drift only, no performance)."),
+            master: str = typer.Option("local[2]", "--master", help="Spark master for --engine spark.")):
     "Drift, anomalies, performance and the retraining decision for a batch; exit 0 ok, 5 investigate, 6 retrain."
-    from mlops_nb.core import load_config
+    from mlops_nb.core import ConfigError, load_config
     from mlops_nb.monitoring import monitor_batch
     from mlops_nb.pipeline import write_dashboard
     def body():
         cfg = load_config(config, set_)
-        d = monitor_batch(cfg, data, inference_log, labels, model, out, batch_id, since=since, until=until)
+        if engine not in ("pandas", "spark"): raise ConfigError(f"--engine: 'pandas' or 'spark', got {engine!r}")
+        if engine == "spark":
+            if inference_log or labels: raise ConfigError("--engine spark monitors a Parquet batch: no --inference-log or --labels")
+            from mlops_nb.spark import monitor_batch_spark
+            d = monitor_batch_spark(cfg, data, model, out, batch_id, master=master)
+        else: d = monitor_batch(cfg, data, inference_log, labels, model, out, batch_id, since=since, until=until)
         write_dashboard(out)
         folder = Path(out).resolve() / "monitoring" / d["batch_id"]
         typer.echo(f"decision: {d['decision']} ({'; '.join(d['reasons'][:3]) or 'no reasons'})", err=True)
@@ -189,11 +196,18 @@ def score(input: Path = typer.Argument(..., help="CSV or Parquet file to score."
           model: Optional[str] = typer.Option(None, "--model", help="NAME@ALIAS or NAME/VERSION (default: the config's model @champion)."),
           on_invalid: str = typer.Option("fail", "--on-invalid", help="fail: exit 4 naming the invalid rows, write nothing; skip: score the rest."),
           chunk_rows: int = typer.Option(50_000, "--chunk-rows", help="Rows read, checked and scored at a time."),
-          allow_nulls: bool = typer.Option(False, "--allow-nulls", help="Accept nulls in columns that had none in training.")):
+          allow_nulls: bool = typer.Option(False, "--allow-nulls", help="Accept nulls in columns that had none in training."),
+          engine: str = typer.Option("pandas", "--engine", help="pandas, or spark (a Parquet dataset, with mlflow.pyfunc.spark_udf)."),
+          master: str = typer.Option("local[2]", "--master", help="Spark master for --engine spark.")):
     "Score a CSV or Parquet file with the champion, in chunks; invalid rows are reported by number (exit 4), never dropped silently."
-    from mlops_nb.core import load_config
+    from mlops_nb.core import ConfigError, load_config
     from mlops_nb.deploy import score_file
     def body():
+        if engine not in ("pandas", "spark"): raise ConfigError(f"--engine: 'pandas' or 'spark', got {engine!r}")
+        if engine == "spark":
+            from mlops_nb.spark import score_parquet_spark
+            s = score_parquet_spark(load_config(config, set_), input, output, model, master)
+            typer.echo(f"scored {s['rows']:,} rows with {s['model']['uri']} (spark) -> {s['output']}"); return
         s = score_file(load_config(config, set_), input, output, model, on_invalid, chunk_rows, allow_nulls, progress=True)
         if s["invalid_rows"]: typer.echo(f"skipped {s['invalid_rows']:,} invalid row(s), listed in {s['rejected']}: {'; '.join(s['problems'][:3])}", err=True)
         typer.echo(f"scored {s['scored']:,} of {s['rows']:,} rows with {s['model']} -> {s['output'] or '(nothing written)'}")

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #2
 from __future__ import annotations
-import datetime as dt, hashlib, json, os, re, subprocess, tempfile, time, uuid
+import datetime as dt, hashlib, json, os, re, subprocess, tempfile, time, uuid, warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +15,7 @@ from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's INFO lines would fill every report
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto (via shap) in a kernel without ipywidgets
 
 # %% auto #0
 __all__ = ['Metric', 'Candidate', 'MlopsError', 'ConfigError', 'DataValidationError', 'GateFailure', 'DataConfig', 'SplitConfig',

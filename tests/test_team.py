@@ -297,13 +297,7 @@ def _assert_consistent(state: dict, before: str, outcomes: list[dict]):
         assert mine["replaced"] == other, f"both promotions say they replaced version {before}; champion {champion}, previous {state['aliases'].get('previous')}: {outcomes}"
 
 
-PROMOTE_RACE_ON_A_SERVER = (
-    "known race in deploy.promote_version on a server store (no lock there): two promotions that both read the same champion "
-    "can both succeed, each recording that it replaced that champion, while `previous` skips the first winner")
-
-
-def test_racing_promotions_leave_one_consistent_champion(backend, tmp_path, request):
-    if backend.startswith("http"): request.applymarker(pytest.mark.xfail(reason=PROMOTE_RACE_ON_A_SERVER, strict=False))
+def test_racing_promotions_leave_one_consistent_champion(backend, tmp_path):
     name = f"race_{'pg' if backend.startswith('http') else 'sqlite'}_{os.getpid()}_{int(time.time())}"
     config, cfg, (v1, v2, v3) = _registry_with_versions(tmp_path, backend, name)
     champion = str(v1)
