@@ -14,7 +14,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import HERE, REPO, TreeMemory, parser, python, run_worker, write_result  # noqa: E402
 
-STAGES = ("eda", "rai", "baseline", "evaluation", "monitoring")
+
+def _stages() -> dict[str, str]:
+    "The pipeline's stages and their modules (notebook name without its number: 06_deploy.ipynb -> deploy)."
+    from mlops_nb.pipeline import STAGES as notebooks
+    return {s: re.sub(r"^\d+[a-z]?_", "", Path(nb).stem) for s, nb in notebooks.items()}
+
+
+STAGE_MODULES = _stages()
+STAGES = tuple(STAGE_MODULES)
 CLI = Path(sys.executable).parent / "mlops-nb"
 PY_SPY = HERE / ".venv-tools" / "bin" / "py-spy"
 TARGETS = {"run_seconds": 90, "overhead_share": 0.30}
@@ -129,8 +137,7 @@ def _sample_key(frames: list[str]) -> str:
 def _stage_names() -> dict[str, set]:
     "The names each stage notebook defines (its module's attributes): they tell which kernel ran which stage."
     import importlib
-    mods = {"eda": "eda", "rai": "rai", "baseline": "baseline", "evaluation": "evaluation", "monitoring": "monitoring"}
-    names = {s: set(vars(importlib.import_module(f"mlops_nb.{m}"))) for s, m in mods.items()}
+    names = {s: set(vars(importlib.import_module(f"mlops_nb.{m}"))) for s, m in STAGE_MODULES.items()}
     return {s: n - set().union(*(v for k, v in names.items() if k != s)) for s, n in names.items()}  # names unique to a stage
 
 
@@ -174,8 +181,7 @@ def pipeline_run(folder: Path, config: Path | None = None, profile: Path | None 
             "overhead_share_checks_as_compute": 1 - (compute + sum(b["checks"] for b in breakdown.values())) / m["wall_seconds"]}
 
 
-def import_costs(modules=("mlops_nb.core", "mlops_nb.eda", "mlops_nb.rai", "mlops_nb.baseline", "mlops_nb.evaluation",
-                           "mlops_nb.monitoring", "mlops_nb.pipeline", "mlflow", "shap")) -> dict:
+def import_costs(modules=("mlops_nb.core", *(f"mlops_nb.{m}" for m in STAGE_MODULES.values()), "mlops_nb.pipeline", "mlflow", "shap")) -> dict:
     "Seconds to import each module in a fresh interpreter, and the heaviest packages under the stage modules (-X importtime)."
     out, heavy = {}, Counter()
     for m in modules:
@@ -199,7 +205,7 @@ def main(argv=None) -> Path:
         tmp = Path(tmp)
         (tmp / "run").mkdir()
         run = pipeline_run(tmp / "run", stages="eda" if a.smoke else None, extra_config="data:\n  sample_rows: 600\n" if a.smoke else "")
-        kernel = run_worker([python(), HERE / "pipeline_worker.py", "kernel", 2 if a.smoke else 5])
+        kernel = run_worker([python(), HERE / "pipeline_worker.py", "kernel", 1 if a.smoke else 5])
         nb = tmp / "empty.ipynb"
         subprocess.run([python(), "-c", f"import sys; sys.path.insert(0, {str(HERE)!r}); from pipeline_worker import empty_notebook; "
                         f"from pathlib import Path; empty_notebook(Path({str(nb)!r}))"], check=True)
@@ -208,7 +214,7 @@ def main(argv=None) -> Path:
                        check=True, capture_output=True)
         papermill_cli = time.perf_counter() - t
         (tmp / "mlflow").mkdir()
-        mlflow = run_worker([python(), HERE / "pipeline_worker.py", "mlflow", tmp / "mlflow"])
+        mlflow = run_worker([python(), HERE / "pipeline_worker.py", "mlflow", tmp / "mlflow", *(["smoke"] if a.smoke else [])])
         imports = import_costs(("mlops_nb.eda",) if a.smoke else None) if a.smoke else import_costs()
         profile = None
         if not a.smoke and not a.no_profile and PY_SPY.exists():

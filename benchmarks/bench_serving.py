@@ -95,8 +95,9 @@ def profile_summary(raw: Path) -> dict:
         if not n.isdigit(): continue
         n, frames = int(n), stack.split(";")
         total += n
-        m = re.search(r"site-packages/([A-Za-z0-9_]+)|/(mlops_nb)/|\(<?(\w+)", frames[-1])
-        packages[next((g for g in (m.groups() if m else ()) if g), "?")] += n
+        m = re.search(r"site-packages/([A-Za-z0-9_]+)|/(mlops_nb)/|/lib/python3\.\d+/([A-Za-z0-9_]+)", frames[-1])
+        name = next((x for x in (m.groups() if m else ()) if x), "?")
+        packages[f"stdlib {name}" if m and m.group(3) else name] += n
         mine = [f for f in frames if "/mlops_nb/" in f]
         if mine: ours[mine[-1].split(" (")[0]] += n
     share = lambda c: {k: round(v / max(total, 1), 3) for k, v in c.most_common(12)}
@@ -134,7 +135,7 @@ def main(argv=None) -> Path:
     p.add_argument("--workers", type=int, default=1, help="mlflow's workers (ours serves from one process)")
     p.add_argument("--profile", action="store_true", help="sample our server with py-spy during each case (a separate pass after the measured one)")
     a = p.parse_args(argv)
-    seconds = 2 if a.smoke else a.duration
+    seconds = 1 if a.smoke else a.duration
     if shutil.which("wrk") is None: raise SystemExit("wrk is not installed (apt-get install -y wrk; `make bench` does it)")
     skipped = serve_available()
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:

@@ -110,14 +110,18 @@ def pipeline_section(d: dict) -> str:
            "Per stage, from papermill's own cell timings (cells classified by what they call: `mlflow` = cells calling "
            "finish_stage / log_model / register_version / log_batch / monitor_batch(es), which also do some compute; "
            "`checks` = `#| hide` test cells, which run in every pipeline run):", "",
-           table(["stage", "papermill s", "kernel start", "imports", "run_context", "compute", "MLflow", "hidden checks", "papermill bookkeeping", "render_html"], rows), "",
+           table(["stage", "papermill s", "kernel start", "imports", "context cell", "compute", "MLflow", "hidden checks", "papermill bookkeeping", "render_html"], rows), "",
            "The pieces measured alone (fresh processes):", "",
            table(["what", "seconds"], [
                ["papermill CLI on an empty notebook (new interpreter, as the issue's 2.4 s)", _s(d["papermill_cli_empty_notebook_seconds"])],
                ["papermill Python API, empty notebook, from one process: first / median of the rest",
                 f"{_s(d['kernel_api']['per_notebook_seconds'][0])} / {_s(sorted(d['kernel_api']['per_notebook_seconds'][1:])[len(d['kernel_api']['per_notebook_seconds'][1:]) // 2]) if len(d['kernel_api']['per_notebook_seconds']) > 1 else ''}"],
-               ["render_html: importing nbconvert", _s(r["render"]["import_seconds"])],
+               ["importing mlops_nb.pipeline for render_html (nbconvert itself is imported by the first render)", _s(r["render"]["import_seconds"])],
+               *[[f"import {k} (fresh interpreter)", _s(v)] for k, v in d.get("imports", {}).get("seconds", {}).items()],
                *[[f"MLflow: {k.replace('_', ' ')}", _s(v, 3)] for k, v in m.items()]]), ""]
+    if d.get("imports", {}).get("top_level_packages"):
+        out += ["Heaviest packages imported by the stage modules (cumulative seconds, `python -X importtime`): "
+                + ", ".join(f"{k} {v:.2f}" for k, v in list(d["imports"]["top_level_packages"].items())[:8]) + ".", ""]
     if d.get("profile"):
         p = d["profile"]
         out += [f"py-spy profile of a second run (all processes, {p['samples']:,} samples of running code; wall {_s(p['wall_seconds_under_profiler'], 1)} s under the profiler):", "",
@@ -158,14 +162,67 @@ def serving_section(d: dict) -> str:
                          _s(c["p99_ms"], 1), c["errors"], _s(r["start_to_ping_seconds"])])
     out += [table(["service", "case", "requests/s", "rows/s", "p50 ms", "p90 ms", "p99 ms", "errors", "start to /ping 200 s"], rows), ""]
     ours = d["services"].get("ours")
+    for c in (ours or {}).get("profiled_cases", []):
+        p = c.get("profile")
+        if p: out += [f"py-spy on our server, {c['case']} (a second pass, {c['requests_per_second']:,.0f} requests/s under the profiler): innermost "
+                      f"package {', '.join(f'{k} {v:.0%}' for k, v in list(p['innermost_package'].items())[:6])}; innermost mlops_nb function "
+                      f"{', '.join(f'{k} {v:.0%}' for k, v in list(p['innermost_mlops_nb_function'].items())[:6])}.", ""]
     if ours: out += [f"Inference log: {ours['inference_log_rows']:,} rows logged; {ours['rows_answered_by_wrk']:,} rows answered to wrk (warm-ups "
                      f"included), up to {ours['rows_possibly_in_flight']:,} more sent but not counted when wrk stopped: "
                      f"{'complete' if ours['inference_log_complete'] else '**incomplete**'}.", ""]
     return "\n".join(out)
 
 
+def _case(d: dict, service: str, concurrency: int) -> dict | None:
+    return next((c for c in d["services"].get(service, {}).get("cases", []) if c["concurrency"] == concurrency), None)
+
+
+def targets_section(res: dict) -> str:
+    "Every target of the issue with the measured figure and whether it is met (from the results present)."
+    rows = []
+    if "drift" in res and res["drift"]["sizes"][-1]["evidently"]:
+        r = res["drift"]["sizes"][-1]; n = f"{r['rows_per_side']:,} rows"
+        sp, mem = r["speedup_vs_evidently"], r["memory_share_of_evidently"]
+        rows += [[f"drift, {n}: ≥ 50× faster than Evidently", f"{sp['ours']:.0f}× (batch read whole), {sp['ours_chunked']:.0f}× (chunked)", _ok(sp["ours"] >= 50)],
+                 [f"drift, {n}: ≤ 1/3 of Evidently's peak memory", f"{mem['ours']:.2f} (read whole), {mem['ours_chunked']:.2f} (chunked)",
+                  _ok(mem["ours"] <= 1 / 3) + ("; chunked path: met" if mem["ours_chunked"] <= 1 / 3 and mem["ours"] > 1 / 3 else "")],
+                 [f"drift, {n}: identical decisions on every column", ", ".join(r["ours_vs_evidently"]["decisions_differ"]) or "20/20 identical",
+                  _ok(not r["ours_vs_evidently"]["decisions_differ"])],
+                 [f"drift, {n}: numeric scores within 0.005 of the exact ones", f"max {r['ours_vs_exact']['max_score_difference']:.4f} "
+                  f"(proposed tail levels: {r['proposed_tail_levels_vs_exact']['max_score_difference']:.4f})", _ok(r["ours_vs_exact"]["max_score_difference"] <= 0.005)],
+                 [f"drift, {n}: Parquet batch read in chunks under 500 MiB peak", f"{_mib(r['ours_chunked']['peak_rss_bytes'])} MiB",
+                  _ok(r["ours_chunked"]["peak_rss_bytes"] <= 500 * MIB)]]
+        for f in res["drift"]["false_drift"]:
+            rows.append([f"false drift near 5% with a {f['reference_rows']:,}-row reference ({f['current_rows']:,}-row batches)",
+                         f"ours {f['ours']['rate_numeric']:.1%} numeric, {f['ours']['rate_categorical']:.1%} categorical; Evidently "
+                         f"{f['evidently']['rate_categorical']:.1%} categorical" if "evidently" in f else "", _ok(max(f["ours"]["rate_numeric"], f["ours"]["rate_categorical"]) <= 0.075)])
+    if "pipeline" in res:
+        r = res["pipeline"]["run"]
+        rows += [["pipeline: whole run ≤ 90 s", f"{r['wall_seconds']:.0f} s", _ok(r["wall_seconds"] <= 90)],
+                 ["pipeline: orchestration ≤ 30% of the run", f"{r['overhead_share']:.0%}", _ok(r["overhead_share"] <= 0.3)]]
+    if "scaling" in res:
+        d = res["scaling"]; big = d["sizes"][-1]
+        worst = max((v["wall"] for v in d["growth"].values()), default=None)
+        rows += [["scaling: cost at most linear in rows", "run exponent " + ", ".join(f"{k}: {v['wall']:.2f}" for k, v in d["growth"].items()), _ok(worst is not None and worst <= 1.05)],
+                 [f"scaling: {big['rows']:,} rows within 20 min", f"{big['wall_seconds'] / 60:.1f} min ({big['status']})", _ok(big["wall_seconds"] <= 1200 and big["status"] == "succeeded")],
+                 [f"scaling: {big['rows']:,} rows within 6 GiB", f"{max(big['stage_peak_rss_bytes'].values()) / GIB:.1f} GiB (largest stage kernel); "
+                  f"{big['peak_tree_rss_bytes'] / GIB:.1f} GiB all processes", _ok(big["peak_tree_rss_bytes"] <= 6 * GIB)]]
+    if "serving" in res and "ours" in res["serving"]["services"]:
+        d = res["serving"]; o16, m16, o1, o4, m4 = _case(d, "ours", 16), _case(d, "mlflow", 16), _case(d, "ours", 1), _case(d, "ours", 4), _case(d, "mlflow", 4)
+        o = d["services"]["ours"]; inproc = d["in_process_predict"]["rows_1"]["median_ms"]
+        errors = sum(c["errors"] for c in o["cases"])
+        rows += [["serving: 1 row at concurrency 16 ≥ 5× mlflow's throughput", f"{o16['requests_per_second'] / m16['requests_per_second']:.1f}×", _ok(o16["requests_per_second"] >= 5 * m16["requests_per_second"])],
+                 ["serving: p99 ≤ 50 ms at concurrency 16", f"{o16['p99_ms']:.0f} ms (mlflow {m16['p99_ms']:.0f} ms)", _ok(o16["p99_ms"] <= 50)],
+                 ["serving: p50 at concurrency 1 ≤ 1.3× in-process predict", f"{o1['p50_ms']:.1f} ms vs {inproc:.1f} ms ({o1['p50_ms'] / inproc:.2f}×)", _ok(o1["p50_ms"] <= 1.3 * inproc)],
+                 ["serving: 1,000-row rows/s ≥ 2× mlflow's", f"{o4['rows_per_second'] / m4['rows_per_second']:.2f}×", _ok(o4["rows_per_second"] >= 2 * m4["rows_per_second"])],
+                 ["serving: start to first /ping 200 ≤ 3 s", f"{o['start_to_ping_seconds']:.1f} s (mlflow {d['services']['mlflow']['start_to_ping_seconds']:.1f} s)", _ok(o["start_to_ping_seconds"] <= 3)],
+                 ["serving: zero errors, complete inference log", f"{errors} errors; log {'complete' if o['inference_log_complete'] else 'incomplete'}", _ok(errors == 0 and o["inference_log_complete"])]]
+    return "## Targets\n\nFrom the committed results (noisy: see each section's load average).\n\n" + table(["target", "measured", "status"], rows) + "\n" if rows else ""
+
+
 def write_readme(results: Path = RESULTS, readme: Path = HERE / "README.md", extra: str = "") -> Path:
-    parts = [INTRO]
+    res = {n: json.loads((results / f"{n}.json").read_text()) for n in ("drift", "pipeline", "scaling", "serving") if (results / f"{n}.json").exists()}
+    parts = [INTRO, targets_section(res)]
     for name, fn in (("drift", drift_section), ("pipeline", pipeline_section), ("scaling", scaling_section), ("serving", serving_section)):
         p = results / f"{name}.json"
         parts.append(fn(json.loads(p.read_text())) if p.exists() else f"## {name.title()}\n\nNot run yet (`python benchmarks/bench_{name}.py`).\n")
