@@ -34,9 +34,10 @@ endef
 SPARK_STAMP  := $(VENV)/.installed-spark
 SERVER_STAMP := $(VENV)/.installed-server
 
-## Java and PostgreSQL at once (one apt-get update): what `make test` needs beyond Python.
+## Java, PostgreSQL and Chromium at once (one apt-get update): what `make test` needs beyond Python (Chromium: the reports
+## are opened in a real headless browser, tests/test_reports_browser.py).
 system-packages:
-	@$(call apt_install,default-jre-headless:java postgresql:initdb)
+	@$(call apt_install,default-jre-headless:java postgresql:initdb chromium:chromium)
 
 $(SPARK_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev,spark]"

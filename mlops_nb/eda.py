@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_eda.ipynb #2
 from __future__ import annotations
-import hashlib, json, warnings
+import functools, hashlib, json, re, warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -17,9 +17,10 @@ from .core import (Config, ConfigError, DataValidationError, RunContext, code, e
 
 # %% auto #0
 __all__ = ['QUANTILE_LEVELS', 'load_dataset', 'prepare_data', 'is_positive', 'check_target', 'check_columns', 'check_data',
-           'validate_data', 'infer_schema', 'data_dictionary', 'class_balance', 'binned', 'target_rate_by_value',
-           'plot_profile', 'cramers_v', 'association_matrix', 'split_data', 'load_data', 'load_splits', 'load_schema',
-           'numeric_statistics', 'categorical_statistics', 'reference_statistics']
+           'validate_data', 'infer_schema', 'data_dictionary', 'class_balance', 'binned', 'plot_text',
+           'profile_columns', 'target_rate_by_value', 'plot_profile', 'cramers_v', 'association_matrix', 'split_data',
+           'load_data', 'load_splits', 'load_schema', 'numeric_statistics', 'categorical_statistics',
+           'reference_statistics']
 
 # %% ../nbs/01_eda.ipynb #7
 def _read_source(cfg: Config) -> pd.DataFrame:
@@ -33,27 +34,75 @@ def _read_source(cfg: Config) -> pd.DataFrame:
     if not path.is_file(): raise ConfigError(f"data.source: file not found: {path}")
     if path.stat().st_size == 0: raise DataValidationError(f"{path}: the file is empty")
     try:
-        if path.suffix.lower() in (".parquet", ".pq"): return pd.read_parquet(path)
+        if path.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+            _check_header(pq.read_schema(path).names, path)
+            return pd.read_parquet(path)
         if path.suffix.lower() in (".csv", ".txt", ".gz"):
+            _check_header(pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0].tolist(), path)
             return pd.read_csv(path, na_values=cfg.data.missing_values, keep_default_na=True, low_memory=False)
+    except pd.errors.EmptyDataError:
+        raise DataValidationError(f"{path}: the file has no header and no rows") from None
     except (ValueError, OSError, pd.errors.ParserError) as e:
         raise DataValidationError(f"{path}: cannot be read ({str(e).splitlines()[0]})") from None
     raise ConfigError(f"data.source: unsupported file type {path.suffix!r} (use .csv or .parquet)")
 
+def _check_header(names: list, path: Path) -> None:
+    "Refuse a header with empty or repeated column names (pandas would rename them silently, pyarrow fails obscurely)."
+    empty = [i + 1 for i, n in enumerate(names) if not str(n).strip()]
+    if empty: raise DataValidationError(f"{path}: column(s) {empty} (counting from 1) have no name in the header; name or remove them")
+    dup = sorted({str(n) for n in names if names.count(n) > 1})
+    if dup: raise DataValidationError(f"duplicate column names: {dup}")
+
 # %% ../nbs/01_eda.ipynb #8
 def load_dataset(cfg: Config) -> pd.DataFrame:
-    "The configured data as loaded: missing-value markers applied, nothing dropped or sampled."
+    "The configured data as loaded: missing-value markers applied, types normalised, nothing dropped or sampled."
     df = _read_source(cfg)
     if df.columns.duplicated().any():
         dup = sorted(set(df.columns[df.columns.duplicated()].map(str)))
         raise DataValidationError(f"duplicate column names: {dup}")
     df.columns = [str(c) for c in df.columns]
+    _flatten_nested(df, cfg)
     if cfg.data.missing_values:
         obj = df.select_dtypes(include=["object", "string"]).columns
         df[obj] = df[obj].replace({m: np.nan for m in cfg.data.missing_values})
+    for c in df.columns:
+        if pd.api.types.is_object_dtype(df[c]) or pd.api.types.is_string_dtype(df[c]): df[c] = _normalise_text_column(df[c])
     return df
 
-# %% ../nbs/01_eda.ipynb #10
+# %% ../nbs/01_eda.ipynb #9
+_NESTED = (list, tuple, dict, set, np.ndarray)
+_ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$")
+
+def _rows(mask: pd.Series, limit: int = 5) -> str:
+    "A short description of the rows where `mask` holds (0-based row numbers)."
+    idx = np.flatnonzero(np.asarray(mask))
+    shown = ", ".join(map(str, idx[:limit])) + (", ..." if len(idx) > limit else "")
+    return f"{len(idx)} row{'s' if len(idx) != 1 else ''} (rows {shown})"
+
+def _flatten_nested(df: pd.DataFrame, cfg: Config) -> None:
+    "Refuse columns of nested values (lists, maps, structs) unless dropped; dropped ones become JSON text."
+    mixed = [c for c in df.columns if df[c].dtype == object and pd.api.types.infer_dtype(df[c], skipna=True).startswith("mixed")]
+    nested = [c for c in mixed if df[c].map(lambda v: isinstance(v, _NESTED)).any()]
+    kept = [c for c in nested if c not in cfg.data.drop_columns]
+    if kept: raise DataValidationError([f"{c}: nested values (lists, maps or structs) cannot be model inputs; "
+                                        "flatten the column or list it in data.drop_columns" for c in kept])
+    for c in nested: df[c] = df[c].map(lambda v: json.dumps(v.tolist() if isinstance(v, np.ndarray) else v, default=str), na_action="ignore")
+
+def _normalise_text_column(s: pd.Series) -> pd.Series:
+    "ISO dates and times as datetimes; booleans with missing values as text categories; anything else as it is."
+    kind = pd.api.types.infer_dtype(s, skipna=True)
+    if kind == "boolean": return s.map(str, na_action="ignore").astype(object)
+    if kind != "string": return s
+    distinct = pd.Series(s.dropna().unique(), dtype=object)
+    if not distinct.str.match(_ISO_TIME).all(): return s
+    zoned = distinct.str.contains(r"(?:Z|[+-]\d{2}:?\d{2})$").any()
+    out = pd.to_datetime(s, format="ISO8601", errors="coerce", utc=bool(zoned))
+    bad = s.notna() & out.isna()
+    if bad.any(): raise DataValidationError(f"{s.name}: not a valid date or time in {_rows(bad)}: {s[bad].iloc[0]!r}")
+    return out
+
+# %% ../nbs/01_eda.ipynb #11
 def prepare_data(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     "Drop configured columns and take the configured seeded sample."
     missing = [c for c in cfg.data.drop_columns if c not in df.columns]
@@ -63,18 +112,12 @@ def prepare_data(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
         df = df.sample(n=cfg.data.sample_rows, random_state=cfg.split.seed)
     return df.reset_index(drop=True)
 
-# %% ../nbs/01_eda.ipynb #13
-def _rows(mask: pd.Series, limit: int = 5) -> str:
-    "A short description of the rows where `mask` holds (0-based row numbers)."
-    idx = np.flatnonzero(np.asarray(mask))
-    shown = ", ".join(map(str, idx[:limit])) + (", ..." if len(idx) > limit else "")
-    return f"{len(idx)} row{'s' if len(idx) != 1 else ''} (rows {shown})"
-
+# %% ../nbs/01_eda.ipynb #15
 def is_positive(y: pd.Series, label) -> pd.Series:
     "Which target values equal the positive label (compared as text, so 1 == '1')."
     return y.astype(str) == str(label)
 
-# %% ../nbs/01_eda.ipynb #14
+# %% ../nbs/01_eda.ipynb #16
 def check_target(df: pd.DataFrame, cfg: Config) -> list[dict]:
     "Problems with the target column: absent, missing values, not binary, positive label absent."
     t, label = cfg.data.target, cfg.data.positive_label
@@ -91,14 +134,20 @@ def check_target(df: pd.DataFrame, cfg: Config) -> list[dict]:
 def _issue(level: str, column: str, message: str) -> dict:
     return {"level": level, "column": column, "message": message}
 
-# %% ../nbs/01_eda.ipynb #15
+# %% ../nbs/01_eda.ipynb #17
 def check_columns(df: pd.DataFrame, cfg: Config) -> list[dict]:
-    "Per-column problems: missing sensitive features, too many missing values, infinities, constants."
+    "Per-column problems: sensitive features absent or single-group, missing values, infinities, mixed types, constants."
     out = [_issue("error", s, f"sensitive feature {s!r} (data.sensitive_features) is not in the data")
            for s in cfg.data.sensitive_features if s not in df.columns]
+    out += [_issue("error", s, f"sensitive feature {s!r} has a single group ({str(df[s].iloc[0])!r}): fairness between "
+                               "groups cannot be measured; remove it from data.sensitive_features")
+            for s in cfg.data.sensitive_features if s in df.columns and df[s].nunique(dropna=False) < 2]
     if cfg.data.time_column and cfg.data.time_column not in df.columns:
         out.append(_issue("error", cfg.data.time_column, f"time column {cfg.data.time_column!r} (data.time_column) is not in the data"))
+    if cfg.data.target in df.columns and df.shape[1] < 2:
+        out.append(_issue("error", cfg.data.target, "the data holds only the target column: there is no feature to learn from"))
     for c in df.columns:
+        if c != cfg.data.target: out += _text_number_issues(df[c])
         share = df[c].isna().mean()
         if share > cfg.gates.max_missing_share:
             out.append(_issue("error", c, f"{share:.0%} missing, above gates.max_missing_share={cfg.gates.max_missing_share}"))
@@ -109,7 +158,23 @@ def check_columns(df: pd.DataFrame, cfg: Config) -> list[dict]:
             out.append(_issue("warning", c, "constant column (one value): it carries no information"))
     return out
 
-# %% ../nbs/01_eda.ipynb #16
+# %% ../nbs/01_eda.ipynb #18
+def _text_number_issues(s: pd.Series, mostly: float = 0.9) -> list[dict]:
+    "A text column of numbers (warning), mostly numbers with a few words (error, naming them), or a mix (warning)."
+    if not (pd.api.types.is_object_dtype(s) or pd.api.types.is_string_dtype(s)): return []
+    counts = s.value_counts()
+    is_number = pd.to_numeric(pd.Series(counts.index.astype(str), index=counts.index), errors="coerce").notna().to_numpy()
+    numbers, words = int(counts[is_number].sum()), int(counts[~is_number].sum())
+    if numbers == 0: return []
+    if words == 0: return [_issue("warning", s.name, f"numbers stored as text ({len(counts)} distinct values): treated as "
+                                                      "categories; store the column as numbers if it is a quantity")]
+    if numbers < mostly * (numbers + words):
+        return [_issue("warning", s.name, f"mixed types: {numbers} numbers and {words} words, treated as categories")]
+    examples = ", ".join(repr(v) for v in counts.index[~is_number][:3])
+    return [_issue("error", s.name, f"mixed types: {numbers} numbers but {words} text value(s) ({examples}) in "
+                                    f"{_rows(s.isin(counts.index[~is_number]))}; list missing-value markers in "
+                                    "data.missing_values or correct the values")]
+
 def check_data(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     "All integrity checks as a table: level, column, message."
     if len(df) == 0 or df.shape[1] == 0:
@@ -127,7 +192,7 @@ def validate_data(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     if len(errors): raise DataValidationError([f"{r.column}: {r.message}" for r in errors.itertuples()])
     return checks
 
-# %% ../nbs/01_eda.ipynb #20
+# %% ../nbs/01_eda.ipynb #22
 def _kind(s: pd.Series) -> str:
     if pd.api.types.is_bool_dtype(s): return "boolean"
     if pd.api.types.is_numeric_dtype(s): return "numeric"
@@ -148,7 +213,7 @@ def infer_schema(df: pd.DataFrame, cfg: Config) -> dict:
     return {"target": cfg.data.target, "positive_label": str(cfg.data.positive_label), "features": features,
             "sensitive_features": list(cfg.data.sensitive_features), "rows": int(len(df)), "columns": cols}
 
-# %% ../nbs/01_eda.ipynb #23
+# %% ../nbs/01_eda.ipynb #25
 def data_dictionary(df: pd.DataFrame, schema: dict, cfg: Config) -> pd.DataFrame:
     "A stakeholder table: column, role, kind, missing share, distinct values, examples."
     def role(c):
@@ -160,7 +225,7 @@ def data_dictionary(df: pd.DataFrame, schema: dict, cfg: Config) -> pd.DataFrame
              "examples": ", ".join(map(str, df[c].dropna().unique()[:4]))} for c in df.columns]
     return pd.DataFrame(rows).set_index("column")
 
-# %% ../nbs/01_eda.ipynb #26
+# %% ../nbs/01_eda.ipynb #28
 def class_balance(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     "Counts and shares of each target class, the positive one marked."
     counts = df[cfg.data.target].astype(str).value_counts()
@@ -168,14 +233,51 @@ def class_balance(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     out["positive"] = out.index == str(cfg.data.positive_label)
     return out
 
-# %% ../nbs/01_eda.ipynb #29
+# %% ../nbs/01_eda.ipynb #31
 def binned(s: pd.Series, bins: int = 10) -> pd.Series:
-    "Numeric values in at most `bins` quantile bins; categories as text, top 12 plus 'other'."
-    if pd.api.types.is_numeric_dtype(s) and s.nunique() > bins:
-        return pd.qcut(s, q=bins, duplicates="drop").astype(str)
-    s = s.astype(str).where(s.notna(), "(missing)")
-    top = s.value_counts().index[:12]
-    return s.where(s.isin(top), "(other)")
+    "Ordered bins: at most `bins` quantile ranges of numbers or dates, else the 12 most frequent values and '(other)'; '(missing)'."
+    kind = _kind(s)
+    if kind in ("numeric", "datetime") and s.nunique() > bins:
+        q = pd.qcut(s, q=bins, duplicates="drop")
+        labels = list(q.cat.categories.astype(str)) if kind == "numeric" else _date_labels(q.cat.categories)
+        codes = q.cat.codes.to_numpy()
+        values = pd.Categorical.from_codes(np.where(codes < 0, len(labels), codes), [*labels, "(missing)"])
+        return pd.Series(values, index=s.index, name=s.name).cat.remove_unused_categories()
+    text = s.astype(str).where(s.notna(), "(missing)")
+    present = pd.DataFrame({"value": s, "text": text})[s.notna().to_numpy()].drop_duplicates("text")
+    order = list(present.sort_values("value" if kind != "categorical" else "text")["text"])  # numbers and dates in value order
+    top = set(text[s.notna().to_numpy()].value_counts().index[:12])
+    kept = [v for v in order if v in top]
+    text = text.where(text.isin(kept) | s.isna(), "(other)")
+    values = pd.Categorical(text, categories=list(dict.fromkeys(kept + ["(other)"] * (len(order) > len(kept)) + ["(missing)"])))
+    return pd.Series(values, index=s.index, name=s.name).cat.remove_unused_categories()
+
+def _date_labels(intervals: pd.IntervalIndex) -> list[str]:
+    "Date ranges named by their ends ('to 2020-02-10'), as coarse as keeps them distinct."
+    ends = pd.DatetimeIndex(intervals.right)
+    for fmt in ("%Y-%m-%d", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S.%f"):
+        labels = list("to " + ends.strftime(fmt))
+        if len(set(labels)) == len(labels): break
+    return labels
+
+def plot_text(value, limit: int = 40) -> str:
+    "A user string safe for a matplotlib label: `$` escaped (math mode), glyphs the font lacks as `\\uXXXX`, at most `limit` characters."
+    text = str(value)
+    text = text if len(text) <= limit else text[:limit - 1] + "…"
+    return "".join(ch if _has_glyph(ch) else f"\\u{ord(ch):04x}" for ch in text).replace("$", r"\$")
+
+@functools.cache
+def _has_glyph(ch: str) -> bool:
+    "Whether matplotlib's default font can draw the character (else it draws a box and warns)."
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+    return ord(ch) < 128 or FT2Font(font_manager.findfont(font_manager.FontProperties())).get_char_index(ord(ch)) != 0
+
+def profile_columns(df: pd.DataFrame, cfg: Config, max_columns: int = 30) -> list[str]:
+    "The features to profile: sensitive features and the time column first, then the others in order, at most `max_columns`."
+    first = [c for c in [*cfg.data.sensitive_features, cfg.data.time_column] if c in df.columns]
+    cols = list(dict.fromkeys(first + [c for c in df.columns if c != cfg.data.target]))
+    return cols[:max_columns]
 
 def target_rate_by_value(df: pd.DataFrame, column: str, cfg: Config) -> pd.DataFrame:
     "Rows and positive-outcome rate for each value (or value range) of a column."
@@ -183,38 +285,47 @@ def target_rate_by_value(df: pd.DataFrame, column: str, cfg: Config) -> pd.DataF
     g = pd.DataFrame({"value": binned(df[column]), "y": y}).groupby("value", observed=True)["y"]
     return pd.DataFrame({"rows": g.size(), "positive_rate": g.mean().round(4)})
 
-# %% ../nbs/01_eda.ipynb #30
+# %% ../nbs/01_eda.ipynb #32
 def plot_profile(df: pd.DataFrame, cfg: Config, max_columns: int = 30):
     "A grid: each column's distribution and its positive-outcome rate by value."
-    cols = [c for c in df.columns if c != cfg.data.target][:max_columns]
+    cols = profile_columns(df, cfg, max_columns)
     fig, axes = plt.subplots(len(cols), 2, figsize=(10, 2.6 * len(cols)), squeeze=False)
     base = is_positive(df[cfg.data.target], cfg.data.positive_label).mean()
     for (ax_d, ax_r), c in zip(axes, cols):
         rate = target_rate_by_value(df, c, cfg)
-        ax_d.bar(rate.index.astype(str), rate["rows"], color="#4C72B0"); ax_d.set_title(f"{c}: rows", fontsize=9)
-        ax_r.bar(rate.index.astype(str), rate["positive_rate"], color="#DD8452"); ax_r.axhline(base, color="k", ls="--", lw=1)
-        ax_r.set_title(f"{c}: positive rate (dashed: overall {base:.2f})", fontsize=9); ax_r.set_ylim(0, 1)
-        for ax in (ax_d, ax_r): ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+        x = np.arange(len(rate))  # positions, not labels: two long values cut to the same label stay two bars
+        ax_d.bar(x, rate["rows"], color="#4C72B0"); ax_d.set_title(f"{plot_text(c)}: rows", fontsize=9)
+        ax_r.bar(x, rate["positive_rate"], color="#DD8452"); ax_r.axhline(base, color="k", ls="--", lw=1)
+        ax_r.set_title(f"{plot_text(c)}: positive rate (dashed: overall {base:.2f})", fontsize=9); ax_r.set_ylim(0, 1)
+        for ax in (ax_d, ax_r): ax.set_xticks(x, [plot_text(v) for v in rate.index], rotation=45, ha="right", fontsize=7)
     fig.tight_layout()
     return fig
 
-# %% ../nbs/01_eda.ipynb #33
-def cramers_v(a: pd.Series, b: pd.Series) -> float:
-    "Cramér's V between two columns (numeric ones binned first)."
-    from scipy.stats.contingency import association, crosstab
-    table = crosstab(binned(a).to_numpy(), binned(b).to_numpy()).count
-    if min(table.shape) < 2: return 0.0
+# %% ../nbs/01_eda.ipynb #35
+def _codes(s: pd.Series) -> np.ndarray:
+    "Integer codes of a column's bins (see `binned`)."
+    return pd.factorize(binned(s))[0]
+
+def _cramers_v_codes(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats.contingency import association
+    na, nb = a.max() + 1, b.max() + 1
+    if min(na, nb) < 2: return 0.0
+    table = np.bincount(a * nb + b, minlength=na * nb).reshape(na, nb)  # every code occurs: no empty row or column
     return float(association(table, method="cramer"))
 
-def association_matrix(df: pd.DataFrame, columns: list[str] | None = None) -> pd.DataFrame:
-    "Cramér's V for every pair of columns."
-    cols = list(columns or df.columns)
-    m = pd.DataFrame(1.0, index=cols, columns=cols)
-    for i, a in enumerate(cols):
-        for b in cols[i + 1:]: m.loc[a, b] = m.loc[b, a] = round(cramers_v(df[a], df[b]), 4)
-    return m
+def cramers_v(a: pd.Series, b: pd.Series) -> float:
+    "Cramér's V between two columns (numeric ones binned first)."
+    return _cramers_v_codes(_codes(a), _codes(b))
 
-# %% ../nbs/01_eda.ipynb #37
+def association_matrix(df: pd.DataFrame, columns: list[str] | None = None) -> pd.DataFrame:
+    "Cramér's V for every pair of columns (each column binned once)."
+    cols = list(columns or df.columns)
+    codes, m = {c: _codes(df[c]) for c in cols}, np.eye(len(cols))
+    for i, a in enumerate(cols):
+        for j in range(i + 1, len(cols)): m[i, j] = m[j, i] = round(_cramers_v_codes(codes[a], codes[cols[j]]), 4)
+    return pd.DataFrame(m, index=cols, columns=cols)
+
+# %% ../nbs/01_eda.ipynb #39
 def split_data(df: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
     "Train and test frames: stratified random, or by time (latest periods to test)."
     if cfg.split.strategy == "time":
@@ -229,7 +340,7 @@ def split_data(df: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, pd.DataFram
                                    stratify=y if y.value_counts().min() >= 2 else None)
     return train.reset_index(drop=True), test.reset_index(drop=True)
 
-# %% ../nbs/01_eda.ipynb #40
+# %% ../nbs/01_eda.ipynb #42
 def _cache_dir(ctx: RunContext) -> Path:
     return ctx.path("cache")
 
@@ -250,7 +361,7 @@ def load_data(ctx: RunContext) -> tuple[pd.DataFrame, dict]:
     write_json(cache / "schema.json", schema); ctx.save()
     return df, schema
 
-# %% ../nbs/01_eda.ipynb #41
+# %% ../nbs/01_eda.ipynb #43
 def load_splits(ctx: RunContext) -> tuple[pd.DataFrame, pd.DataFrame]:
     "The train and test frames of this run, built once and cached in the run folder."
     cache = _cache_dir(ctx)
@@ -265,7 +376,7 @@ def load_schema(ctx: RunContext) -> dict:
     "The stored schema of this run's data."
     return load_data(ctx)[1]
 
-# %% ../nbs/01_eda.ipynb #45
+# %% ../nbs/01_eda.ipynb #47
 QUANTILE_LEVELS = np.linspace(0, 1, 1001)
 
 def numeric_statistics(values, sample_size: int = 1000, seed: int = 0) -> dict:
@@ -286,14 +397,14 @@ def categorical_statistics(values) -> dict:
     return {"kind": "categorical", "count": int(counts.sum()), "missing_share": float(s.isna().mean()) if len(s) else 0.0,
             "counts": {str(k): int(v) for k, v in counts.items()}}
 
-# %% ../nbs/01_eda.ipynb #46
+# %% ../nbs/01_eda.ipynb #48
 def reference_statistics(df: pd.DataFrame,  # the training split
                          schema: dict,  # from `infer_schema` / `load_schema`
                          scores=None,  # the model's positive-class probabilities on `df`, if any
                          sample_size: int = 1000, seed: int = 0) -> dict:
     "Per-column statistics of the training data (and scores) that monitoring compares batches with."
     cols = {}
-    for c in schema["features"]:
+    for c in (c for c in schema["features"] if schema["columns"][c]["kind"] != "datetime"):
         kind = schema["columns"][c]["kind"]
         cols[c] = numeric_statistics(df[c], sample_size, seed) if kind == "numeric" else categorical_statistics(df[c])
     out = {"rows": int(len(df)), "seed": seed, "sample_size": sample_size, "quantile_levels": len(QUANTILE_LEVELS),

@@ -20,8 +20,8 @@ from sklearn.pipeline import Pipeline
 
 from .core import (Config, MlopsError, RunContext, _retry, code, esc, finish_stage, html_table, lineage_tags, log_batch, md,
                            mlflow_client, read_json, run_context, stage_run_id, write_json)
-from .eda import binned, load_data, load_schema, load_splits, reference_statistics
-from .rai import (plot_text, explain_model, fairness_frame, group_metrics, plot_beeswarm, plot_group_metrics,
+from .eda import binned, load_data, load_schema, load_splits, plot_text, reference_statistics
+from .rai import (explain_model, fairness_frame, group_metrics, plot_beeswarm, plot_group_metrics,
                           plot_importance, plot_local)
 from .baseline import (METRICS, baseline_table, best_model, build_pipeline, compare_models, cv_display,
                                fitting_threads, higher_is_better, load_baseline, model_columns, plot_cv_scores,

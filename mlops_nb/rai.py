@@ -27,12 +27,12 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
 from .core import Config, DataValidationError, esc, finish_stage, md, run_context
-from .eda import is_positive, class_balance, cramers_v, load_schema, load_splits
+from .eda import is_positive, class_balance, cramers_v, load_schema, load_splits, plot_text
 
 # %% auto #0
 __all__ = ['ASSESSMENT_ITEMS', 'MISSING_GROUP', 'PROXY_THRESHOLD', 'MIN_MINORITY_ROWS', 'MIN_ROWS_PER_FEATURE', 'MIN_SIGNAL_LIFT',
-           'assessment_table', 'assessment_markdown', 'group_labels', 'check_sensitive', 'group_summary',
-           'small_groups', 'base_rate_gaps', 'plot_text', 'plot_groups', 'correlation_ratio', 'proxy_table',
+           'FAIRNESS_METRICS', 'assessment_table', 'assessment_markdown', 'group_labels', 'check_sensitive',
+           'group_summary', 'small_groups', 'base_rate_gaps', 'plot_groups', 'correlation_ratio', 'proxy_table',
            'plot_proxies', 'quick_pipeline', 'model_inputs', 'feasibility_study', 'feasibility_verdict',
            'learning_curve_table', 'plot_learning_curve', 'group_metrics', 'fairness_frame', 'group_metrics_table',
            'plot_group_metrics', 'Explanation', 'source_columns', 'explain_model', 'plot_importance', 'plot_beeswarm',
@@ -112,10 +112,6 @@ def base_rate_gaps(groups: pd.DataFrame) -> dict[str, float | None]:
                 if (big.feature == f).sum() >= 2 else None) for f in groups.feature.unique()}
 
 # %% ../nbs/02_rai.ipynb #18
-def plot_text(value) -> str:
-    "A user string safe for a matplotlib label (a '$' would start math mode)."
-    return str(value).replace("$", r"\$")
-
 def plot_groups(groups: pd.DataFrame, overall_rate: float):
     "One panel per sensitive feature (and pair): each group's base rate, small groups hatched."
     features = list(groups.feature.unique())
@@ -312,12 +308,17 @@ def _bootstrap(y_true, y_pred, sensitive: pd.Series, n_bootstrap: int, seed: int
     return list(groups), _rates(counts)
 
 # %% ../nbs/02_rai.ipynb #43
+FAIRNESS_METRICS = ("demographic_parity_difference", "demographic_parity_ratio", "equalized_odds_difference")
+
 def fairness_frame(y_true, y_pred, sensitive: pd.DataFrame, n_bootstrap: int = 200, seed: int = 0, ci: float = 0.95) -> pd.DataFrame:
     "Per sensitive feature: demographic parity difference/ratio and equalized odds difference with bootstrap intervals."
     y_true, y_pred, rows = _binary(y_true, "y_true"), _binary(y_pred, "y_pred"), {}
     q = [100 * (1 - ci) / 2, 100 * (1 + ci) / 2]
     for name in sensitive.columns:
         labels = group_labels(sensitive[name]).to_numpy()
+        if len(np.unique(labels)) < 2:  # one group: fairlearn would report a perfect 0
+            rows[name] = {f"{m}{s}": np.nan for m in FAIRNESS_METRICS for s in ("", "_low", "_high")}
+            continue
         point = {"demographic_parity_difference": demographic_parity_difference(y_true, y_pred, sensitive_features=labels),
                  "demographic_parity_ratio": demographic_parity_ratio(y_true, y_pred, sensitive_features=labels),
                  "equalized_odds_difference": equalized_odds_difference(y_true, y_pred, sensitive_features=labels)}
