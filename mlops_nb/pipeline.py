@@ -12,7 +12,7 @@ import pandas as pd
 from jupyter_core.utils import run_sync
 import yaml
 
-from .core import (ConfigError, DataValidationError, Html, MlopsError, RunContext, esc, html_table, load_config, log_batch,
+from .core import (ConfigError, DataValidationError, Html, MlopsError, RunContext, _flat_metrics, esc, html_table, load_config, log_batch,
                            mlflow_client, new_run_id, read_json, resolved_config, run_context, stage_run_id, write_json)
 
 # %% auto #0
@@ -397,12 +397,12 @@ def run_pipeline(config: str | Path | None = None,  # YAML config; None for the 
 
 # %% ../nbs/07_pipeline.ipynb #43
 def _comparable_metrics(run_dir: Path, summary: dict) -> dict:
-    "The summary metrics and every stage's metrics (as `stage.metric`)."
+    "The summary metrics and every stage's metrics, nested ones flattened (`stage.model.metric`)."
     out = dict(summary.get("metrics", {}))
     for stage in summary.get("stages", {}):
         p = run_dir / f"{stage}.json"
         if p.exists():
-            out.update({f"{stage}.{k}": v for k, v in read_json(p).get("metrics", {}).items() if isinstance(v, (int, float))})
+            out.update(_flat_metrics(read_json(p).get("metrics", {}), f"{stage}."))
     return out
 
 # %% ../nbs/07_pipeline.ipynb #44
