@@ -5,7 +5,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUN_ARGS ?=
-PYTEST_ARGS ?=
+# Two workers, one test file each (files share session fixtures: the e2e run, the PostgreSQL server).
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
 
 .PHONY: install install-spark install-server system-packages run test check-clean check-export test-nbs test-py lab lock clean \
         server server-stop
