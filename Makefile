@@ -8,7 +8,7 @@ RUN_ARGS ?=
 # Two workers, one test file each (files share session fixtures: the e2e run, the PostgreSQL server).
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
 
-.PHONY: install install-spark install-server system-packages run test check-clean check-export test-nbs test-py lab lock clean \
+.PHONY: install install-spark install-server system-packages run test test-slow check-clean check-export test-nbs test-py lab lock clean \
         server server-stop
 
 $(STAMP): settings.ini setup.py requirements.lock
@@ -79,6 +79,10 @@ test-nbs: install
 # pytest exits 5 when it collects no test: that is not a failure of the suite.
 test-py: install
 	$(BIN)/pytest $(PYTEST_ARGS) tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+
+## The heavy variants (1M rows, 1,000 columns, 30 s load, long fuzzing): not part of `make test`.
+test-slow: install system-packages install-spark install-server
+	MLOPS_NB_SLOW=1 $(BIN)/pytest -m slow --durations=15 tests
 
 ## JupyterLab on the notebooks (127.0.0.1 only).
 lab: install

@@ -10,6 +10,10 @@ NBS = REPO / "nbs"
 CLI = Path(sys.executable).parent / "mlops-nb"
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: heavy variants, run by `make test-slow` (MLOPS_NB_SLOW=1)")
+
+
 def run_cli(*args, cwd: Path, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
     "Run the installed `mlops-nb` command; return the finished process (text output)."
     full_env = {**os.environ, **(env or {})}
