@@ -342,7 +342,7 @@ def stage_run_id(ctx: RunContext, stage: str) -> str:
     return runs[stage]
 
 # %% ../nbs/00_core.ipynb #36
-_METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-. /]")
+_METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-. ]")  # no "/" either: MLflow refuses names that resolve like paths
 
 def _flat_metrics(d: dict, prefix: str = "") -> dict:
     "Nested numbers as flat `a.b.c` metric names, characters MLflow refuses replaced by `_`."

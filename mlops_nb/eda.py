@@ -408,6 +408,7 @@ def reference_statistics(df: pd.DataFrame,  # the training split
         kind = schema["columns"][c]["kind"]
         cols[c] = numeric_statistics(df[c], sample_size, seed) if kind == "numeric" else categorical_statistics(df[c])
     out = {"rows": int(len(df)), "seed": seed, "sample_size": sample_size, "quantile_levels": len(QUANTILE_LEVELS),
-           "columns": cols, "target": categorical_statistics(df[schema["target"]]) if schema["target"] in df else None}
+           "columns": cols, "target": categorical_statistics(df[schema["target"]]) if schema["target"] in df else None,
+           "unused_columns": [c for c in schema["features"] if c not in cols]}  # in the training data, not compared (datetimes)
     if scores is not None: out["prediction"] = numeric_statistics(scores, sample_size, seed)
     return out

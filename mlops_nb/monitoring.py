@@ -241,7 +241,8 @@ def validate_batch(batch: pd.DataFrame, reference: dict, cfg: Config,
     if batch.shape[1] == 0 or len(batch) == 0: raise DataValidationError("the batch has no rows" if batch.shape[1] else "the batch has no columns")
     if batch.columns.duplicated().any(): raise DataValidationError(f"duplicate column names: {sorted(set(batch.columns[batch.columns.duplicated()]))}")
     t, time_col = cfg.data.target, cfg.data.time_column
-    anomalies = schema_anomalies(batch, reference, ignore=[t, *cfg.data.drop_columns, *ignore], no_range=[time_col] if time_col else [])
+    known = [t, *cfg.data.drop_columns, *reference.get("unused_columns", []), *ignore]  # present in training, not model inputs
+    anomalies = schema_anomalies(batch, reference, ignore=known, no_range=[time_col] if time_col else [])
     problems = [_problem(c, a, f) for c, found in anomalies.items() for a, f in found.items() if a in BLOCKING_ANOMALIES]
     if labels: problems += _label_problems(batch, reference, cfg)
     if problems: raise DataValidationError(problems)

@@ -177,8 +177,6 @@ def test_kitchen_sink_monitoring(kitchen):
     assert not decision["dataset_drift"] and not any("unseen categories" in r for r in decision["reasons"]), decision["reasons"]
 
 
-@pytest.mark.xfail(strict=True, reason="05_monitoring counts a training column that is not a model input (the datetime `when`) as an "
-                                       "extra column of the batch and decides 'investigate'; it should ignore such columns")
 def test_a_batch_like_the_training_data_is_ok(kitchen):
     decision = read_json(kitchen["reports"] / "monitoring" / "hostile-batch" / "decision.json")
     assert decision["decision"] == "ok", decision["reasons"]
@@ -224,8 +222,6 @@ def test_a_thousand_columns_through_eda(tmp_path):
     assert "975 of 1,005 features are not profiled" in html
 
 
-@pytest.mark.xfail(strict=True, reason="core._flat_metrics keeps '/' sequences MLflow refuses as metric names "
-                                       "(`mlops-nb monitor` then fails with an MlflowException traceback); fix in 00_core")
 def test_metric_names_from_path_like_column_names(tmp_path):
     "Monitoring logs one drift metric per column: columns named like a URL or a path must not break it."
     from mlops_nb.core import log_batch, run_context
