@@ -174,7 +174,7 @@ def _fuzz_raw(service, examples: int) -> None:
            path=st.one_of(st.just("/invocations"), st.sampled_from(["/reload", "/ping", "/health", "/version", "/metrics", "/",
                                                                     "/invocations/../reload", "/docs", "/openapi.json"]),
                           st.text(max_size=30).map(lambda t: "/" + requests.utils.quote(t))),
-           request_id=st.one_of(st.none(), st.text(min_size=1, max_size=80).filter(lambda t: t.isprintable() and t.isascii())))
+           request_id=st.one_of(st.none(), st.text(min_size=1, max_size=80).filter(lambda t: t.isprintable() and t.isascii() and t == t.strip())))
     def one(body, content_type, method, path, request_id):
         headers = {"Content-Type": content_type} if content_type else {}
         if request_id: headers["X-Request-Id"] = request_id
@@ -255,6 +255,8 @@ def _check_load(service: Service, result: dict, seconds: float) -> None:
     rss = result["rss"]
     warm, late = rss[len(rss) // 4: len(rss) // 2], rss[-len(rss) // 4:]
     growth = sum(late) / len(late) - sum(warm) / len(warm)
+    print(f"load: {len(result['ok_ids'])} scored and {len(result['refused_ids'])} refused requests in {seconds} s, {len(log)} log records, "
+          f"RSS {min(rss):.0f}-{max(rss):.0f} MB, growth {growth:+.1f} MB")
     assert growth < 40, f"RSS grew {growth:.1f} MB under constant load: {rss[::max(1, len(rss) // 20)]}"
 
 
