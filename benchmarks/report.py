@@ -143,7 +143,7 @@ def scaling_section(d: dict) -> str:
            table(["sizes", "run", *stages], g), ""]
     big = d["sizes"][-1]
     if big.get("profile_by_stage"):
-        out += [f"Where the time goes at {big['rows']:,} rows (py-spy, innermost mlops_nb function of each sample in the stage's kernel):", ""]
+        out += [f"Where the time goes at {big['rows']:,} rows (py-spy on the stage's kernel: the innermost function of ours in each sample, from the package or defined by the stage notebook; samples of worker threads and imports named by the library function they run):", ""]
         rows = [[s, "; ".join(f"{t['function']} {t['share']:.0%}" for t in v["top"][:5])] for s, v in big["profile_by_stage"].items()]
         out += [table(["stage", "top functions (share of the stage's samples)"], rows), ""]
     return "\n".join(out)
