@@ -95,9 +95,11 @@ def profile_summary(raw: Path) -> dict:
         if not n.isdigit(): continue
         n, frames = int(n), stack.split(";")
         total += n
-        m = re.search(r"site-packages/([A-Za-z0-9_]+)|/(mlops_nb)/|/lib/python3\.\d+/([A-Za-z0-9_]+)", frames[-1])
-        name = next((x for x in (m.groups() if m else ()) if x), "?")
-        packages[f"stdlib {name}" if m and m.group(3) else name] += n
+        last = frames[-1]
+        m = (re.search(r"site-packages/([A-Za-z0-9_]+)", last) or re.search(r"/(mlops_nb)/", last)
+             or re.search(r"/lib/python3\.\d+/([A-Za-z0-9_]+)", last))
+        name = m.group(1) if m else "?"
+        packages[name if "site-packages/" in last or name == "mlops_nb" or not m else f"stdlib {name}"] += n
         mine = [f for f in frames if "/mlops_nb/" in f]
         if mine: ours[mine[-1].split(" (")[0]] += n
     share = lambda c: {k: round(v / max(total, 1), 3) for k, v in c.most_common(12)}

@@ -13,8 +13,8 @@ from _common import GIB, HERE, MIB, RESULTS  # noqa: E402
 INTRO = """# Benchmarks
 
 Side-by-side performance of mlops_nb against the tools it replaces, on seeded synthetic data. `make bench` runs every
-script below and regenerates this file; `make bench-smoke` (tests/test_bench_smoke.py) runs each at a tiny size in
-seconds. Each measurement runs in its own process (peak memory = the process's VmHWM); ours and the peer run back to
+script below and regenerates this file (about 1.5 hours here, most of it the 1M-row pipeline run); `make bench-smoke`
+(tests/test_bench_smoke.py, also collected by `make test`) runs each at a tiny size in 2–3 minutes. Each measurement runs in its own process (peak memory = the process's VmHWM); ours and the peer run back to
 back in the same invocation. **The figures are noisy**: the machine (2 cores) was shared with other engineers' test
 runs while they were taken (see the load average beside each table); ratios taken in the same run are more reliable
 than absolute times.
