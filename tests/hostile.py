@@ -18,6 +18,7 @@ XSS = "<script>document.title='pwned';window.__pwned=1</script>"
 XSS_VALUES = ['<img src=x onerror="window.__pwned=2;document.title=\'pwned\'">', "Noir 日本 ☃",
               "$5-$10 & <b>bold</b>", "a|b*c_`x`"]
 EXTERNAL_URL = "http://198.51.100.7/leak.png"  # TEST-NET-2: never routable; a request to it is the failure we look for
+PATH_LIKE = "http://example.org/a//b/../c"
 
 
 def slow(test):
@@ -46,6 +47,7 @@ def kitchen_sink(n: int = 400, seed: int = 0) -> pd.DataFrame:
     df[XSS] = rng.choice(XSS_VALUES, n)
     df["客户 类型"] = rng.choice(["零售", "批发 ✓"], n)
     df["link"] = rng.choice([f'<img src="{EXTERNAL_URL}">', "plain"], n)
+    df[PATH_LIKE] = rng.integers(0, 3, n)  # a name MLflow would read as a path (metric names are derived from column names)
     df["constant"] = 7
     df["flag"] = pd.Series(rng.choice([True, False], n), dtype=object).where(rng.random(n) > 0.1)
     df["when"] = pd.date_range("2020-01-01", periods=n, freq="D").strftime("%Y-%m-%d")

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import read_json, run_cli, write_config
-from hostile import XSS, XSS_VALUES, kitchen_sink_run, signal_frame, slow
+from hostile import PATH_LIKE, XSS, XSS_VALUES, kitchen_sink_run, signal_frame, slow
 
 NO_FAIRNESS = {"sensitive_features": [], "time_column": None}
 NO_FAIRNESS_GATES = {"max_demographic_parity_difference": None, "max_equalized_odds_difference": None}
@@ -149,7 +149,7 @@ def test_kitchen_sink_runs_every_stage_correctly(kitchen):
     assert [(k, v["status"]) for k, v in s["stages"].items()] == [(k, "succeeded") for k in ("eda", "rai", "baseline", "evaluation")]
     eda = read_json(run_dir / "eda.json")
     cols = eda["schema"]["columns"]
-    assert eda["metrics"]["rows"] == 400 and eda["metrics"]["columns"] == 13
+    assert eda["metrics"]["rows"] == 400 and eda["metrics"]["columns"] == 14
     assert cols["when"]["kind"] == "datetime" and cols["flag"] == {**cols["flag"], "kind": "categorical", "categories": ["False", "True"]}
     assert cols["âge (années)"]["kind"] == "numeric" and 0.05 < cols["âge (années)"]["missing_share"] < 0.15
     assert cols[" spaced  name "]["kind"] == "numeric" and cols["grade"]["kind"] == "categorical"
@@ -158,7 +158,8 @@ def test_kitchen_sink_runs_every_stage_correctly(kitchen):
     assert ("constant", "constant column (one value)") in warned and ("grade", "mixed types") in warned
     baseline = read_json(run_dir / "baseline.json")
     inputs = [c for group in ("numeric", "categorical", "boolean") for c in baseline["features"][group]]
-    assert "when" in baseline["features"]["excluded"] and XSS in inputs and "客户 类型" in inputs and "released" not in inputs
+    assert "when" in baseline["features"]["excluded"] and XSS in inputs and "客户 类型" in inputs and PATH_LIKE in inputs
+    assert "released" not in inputs
     rai = read_json(run_dir / "rai.json")
     assert {g["group"] for g in rai["groups"] if g["feature"] == XSS} == set(XSS_VALUES)
     assert set(s["fairness"]) == {XSS, "sex"} and all(v is not None for f in s["fairness"].values() for v in f.values())
@@ -173,7 +174,7 @@ def test_kitchen_sink_monitoring(kitchen):
     proc = kitchen["monitor"]
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     decision = read_json(kitchen["reports"] / "monitoring" / "hostile-batch" / "decision.json")
-    assert XSS in decision["columns"] and "âge (années)" in decision["columns"] and "when" not in decision["columns"]
+    assert {XSS, "âge (années)", PATH_LIKE} <= set(decision["columns"]) and "when" not in decision["columns"]
     assert not decision["dataset_drift"] and not any("unseen categories" in r for r in decision["reasons"]), decision["reasons"]
 
 
