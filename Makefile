@@ -6,6 +6,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUN_ARGS ?=
 # Two workers, one test file each (files share session fixtures: the e2e run, the PostgreSQL server).
+# JupyterLab refuses to start as root without --allow-root (CI and these machines run as root).
+LAB_ROOT := $(shell [ "$$(id -u)" -eq 0 ] && echo --allow-root)
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
 
 .PHONY: install install-spark install-server system-packages run test test-slow check-clean check-export test-nbs test-py lab lock clean \
@@ -86,7 +88,7 @@ test-slow: install system-packages install-spark install-server
 
 ## JupyterLab on the notebooks (127.0.0.1 only).
 lab: install
-	$(BIN)/jupyter lab --ip 127.0.0.1 --notebook-dir nbs
+	$(BIN)/jupyter lab --ip 127.0.0.1 --notebook-dir nbs $(LAB_ROOT)
 
 ## Re-pin requirements.lock from a fresh resolve of settings.ini.
 lock:

@@ -16,7 +16,7 @@ def _lab_command() -> list[str]:
     text = (REPO / "Makefile").read_text()
     recipe = re.search(r"^lab:.*\n\t(.+)$", text, flags=re.M).group(1)
     assert "--ip 127.0.0.1" in recipe, f"make lab must listen on 127.0.0.1 only: {recipe}"
-    return recipe.replace("$(BIN)", str(Path(sys.executable).parent)).split()
+    return recipe.replace("$(BIN)", str(Path(sys.executable).parent)).replace("$(LAB_ROOT)", "").split()
 
 
 def _free_port() -> int:
