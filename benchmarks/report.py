@@ -93,11 +93,11 @@ def pipeline_section(d: dict) -> str:
     r = d["run"]
     rows = []
     for s, b in r["breakdown"].items():
-        rows.append([s, _s(r["stage_seconds"][s]), _s(b["kernel_start"]), _s(b["imports"]), _s(b["context"]), _s(b["compute"] + b["definitions"]),
+        rows.append([s, _s(r["stage_seconds"][s]), _s(b["kernel_start"]), _s(b["imports"]), _s(b["context"]), _s(b["compute"]),
                      _s(b["mlflow"]), _s(b["checks"]), _s(b["papermill_bookkeeping"]), _s(r["render"]["stages"].get(s, {}).get("seconds"))])
     tot = lambda k: sum(b[k] for b in r["breakdown"].values())
     rows.append(["**all stages**", _s(sum(r["stage_seconds"].values())), _s(tot("kernel_start")), _s(tot("imports")), _s(tot("context")),
-                 _s(tot("compute") + tot("definitions")), _s(tot("mlflow")), _s(tot("checks")), _s(tot("papermill_bookkeeping")),
+                 _s(tot("compute")), _s(tot("mlflow")), _s(tot("checks")), _s(tot("papermill_bookkeeping")),
                  _s(sum(v["seconds"] for v in r["render"]["stages"].values()))])
     m = d["mlflow"]["seconds"]
     out = ["## Pipeline (`mlops-nb run`, built-in data)", "", machine_line(d), "",
