@@ -202,8 +202,9 @@ def targets_section(res: dict) -> str:
                  ["pipeline: orchestration ≤ 30% of the run", f"{r['overhead_share']:.0%}", _ok(r["overhead_share"] <= 0.3)]]
     if "scaling" in res:
         d = res["scaling"]; big = d["sizes"][-1]
-        worst = max((v["wall"] for v in d["growth"].values()), default=None)
-        rows += [["scaling: cost at most linear in rows", "run exponent " + ", ".join(f"{k}: {v['wall']:.2f}" for k, v in d["growth"].items()), _ok(worst is not None and worst <= 1.05)],
+        worst = max(((k, s_, x) for k, v in d["growth"].items() for s_, x in v.items()), key=lambda t: t[2], default=None)
+        rows += [["scaling: cost at most linear in rows", "whole run " + ", ".join(f"{k}: {v['wall']:.2f}" for k, v in d["growth"].items())
+                  + (f"; steepest: {worst[1]} {worst[0]}: {worst[2]:.2f}" if worst else ""), _ok(worst is not None and worst[2] <= 1.0)],
                  [f"scaling: {big['rows']:,} rows within 20 min", f"{big['wall_seconds'] / 60:.1f} min ({big['status']})", _ok(big["wall_seconds"] <= 1200 and big["status"] == "succeeded")],
                  [f"scaling: {big['rows']:,} rows within 6 GiB", f"{max(big['stage_peak_rss_bytes'].values()) / GIB:.1f} GiB (largest stage kernel); "
                   f"{big['peak_tree_rss_bytes'] / GIB:.1f} GiB all processes", _ok(big["peak_tree_rss_bytes"] <= 6 * GIB)]]
