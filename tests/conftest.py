@@ -1,5 +1,5 @@
 """Shared fixtures: the real `mlops-nb` console script, small configs and one end-to-end run."""
-import json, os, subprocess, sys
+import json, os, socket, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +12,13 @@ CLI = Path(sys.executable).parent / "mlops-nb"
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: heavy variants, run by `make test-slow` (MLOPS_NB_SLOW=1)")
+
+
+def free_port() -> int:
+    "A free TCP port on 127.0.0.1 (tests talk to loopback only)."
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_cli(*args, cwd: Path, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -7,7 +7,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import NBS, REPO
+
+from conftest import free_port, NBS, REPO
 from mlops_nb.pipeline import STAGES
 
 
@@ -19,17 +20,13 @@ def _lab_command() -> list[str]:
     return recipe.replace("$(BIN)", str(Path(sys.executable).parent)).replace("$(LAB_ROOT)", "").split()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Lab:
     "A JupyterLab server of our own (own process group, runtime and config folders), spoken to over HTTP and websockets."
 
     def __init__(self, tmp: Path, timeout: float = 90):
-        self.port, self.token = _free_port(), secrets.token_hex(16)
+        self.port, self.token = free_port(), secrets.token_hex(16)
         env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"), "JUPYTER_CONFIG_DIR": str(tmp / "config"),
                "JUPYTER_DATA_DIR": str(tmp / "data"), "MLOPS_NB_NOTEBOOKS": str(NBS)}
         args = [f"--port={self.port}", "--no-browser", f"--IdentityProvider.token={self.token}", "--ServerApp.port_retries=0",

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from conftest import CLI
+from conftest import CLI, free_port
 from mlops_nb.cli import app
 from mlops_nb.deploy import (BackgroundServer, ScoringService, create_app, example_payloads, promote_version, rollback_champion,
                              service_settings)
@@ -346,9 +347,6 @@ def test_a_server_bug_is_a_json_500_without_a_trace(registry):
 
 # ---------------------------------------------------------------- the command line
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
 
 
 def test_serve_command_scores_and_drains_the_log_on_sigterm(registry, tmp_path):

@@ -17,27 +17,24 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
 import requests
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import CLI, read_json, run_cli, write_config
+from conftest import CLI, free_port, read_json, run_cli, write_config
 from hostile import XSS, kitchen_sink_run, slow
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 TRACE_MARKS = ("Traceback (most recent call last)", '.py", line ', "site-packages")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Service:
     "`mlops-nb serve` in a process of its own on 127.0.0.1 and a free port; stopped like Ctrl-C (the inference log drained)."
 
     def __init__(self, folder: Path, config: Path, *args: str, timeout: float = 120):
-        self.port, self.log_dir, self.out = _free_port(), folder / "inference-log", open(folder / f"serve-{uuid.uuid4().hex[:6]}.log", "w")
+        self.port, self.log_dir, self.out = free_port(), folder / "inference-log", open(folder / f"serve-{uuid.uuid4().hex[:6]}.log", "w")
         self.proc = subprocess.Popen([str(CLI), "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(self.port),
                                       "--poll-seconds", "0", "--inference-log", str(self.log_dir), *args],
                                      cwd=folder, stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -331,7 +328,7 @@ def test_the_service_refuses_a_model_outside_the_registry(kitchen, trap, spec):
 
 def test_serve_command_refuses_a_path_in_one_line(kitchen, trap, tmp_path):
     model, sentinel = trap
-    proc = run_cli("serve", "--config", kitchen["config"], "--model", f"{model}/1", "--port", str(_free_port()), "--no-inference-log",
+    proc = run_cli("serve", "--config", kitchen["config"], "--model", f"{model}/1", "--port", str(free_port()), "--no-inference-log",
                    cwd=tmp_path, timeout=90)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert proc.returncode in (1, 2) and len(errors) == 1 and str(model) in errors[0] and "Traceback" not in proc.stderr, proc.stderr
@@ -370,7 +367,7 @@ def test_a_damaged_model_file_is_refused_at_start(small_registry, how, tmp_path)
         with pytest.raises(ModelIntegrityError) as refused:
             ScoringService(service_settings(small_registry["cfg"], poll_seconds=0, inference_log=None))
         if how == "truncated":  # the command line: one line, exit 1, nothing listening
-            proc = run_cli("serve", "--config", small_registry["config"], "--port", str(_free_port()), "--no-inference-log", cwd=tmp_path, timeout=90)
+            proc = run_cli("serve", "--config", small_registry["config"], "--port", str(free_port()), "--no-inference-log", cwd=tmp_path, timeout=90)
             errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
             assert proc.returncode == 1 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
             assert errors[0] == f"error: {refused.value}"

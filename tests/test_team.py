@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import read_json, run_cli
+from conftest import free_port, read_json, run_cli
 from mlops_nb.pipeline import STAGES
 
 BIN = Path(sys.executable).parent
@@ -29,10 +30,6 @@ def _pg_bindir() -> Path | None:
     return versions[-1].parent if versions else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _as_db_user(cmd: list) -> list:
@@ -55,7 +52,7 @@ def postgres():
                     "`make test` installs Debian's postgresql package")
     root = Path(tempfile.mkdtemp(prefix="mlops_nb-pg-"))  # short path: the unix socket lives here
     if os.geteuid() == 0: shutil.chown(root, PG_USER, PG_USER)
-    data, port = root / "data", _free_port()
+    data, port = root / "data", free_port()
     _check(_as_db_user([bindir / "initdb", "-D", data, "-U", "mlflow", "--auth=trust", "-E", "UTF8", "--no-sync"]), "initdb")
     options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
     _check(_as_db_user([bindir / "pg_ctl", "-D", data, "-o", options, "-l", root / "postgres.log", "-w", "-t", "60", "start"]), "pg_ctl start")
@@ -83,7 +80,7 @@ def _wait_for_server(url: str, proc: subprocess.Popen, log: Path):
 def mlflow_server(postgres, tmp_path_factory):
     "`mlflow server` on 127.0.0.1:<free port>, backend store PostgreSQL, artifacts proxied (--serve-artifacts) to a folder."
     folder = tmp_path_factory.mktemp("mlflow-server")
-    artifacts, port, log = folder / "artifacts", _free_port(), folder / "server.log"
+    artifacts, port, log = folder / "artifacts", free_port(), folder / "server.log"
     cmd = [BIN / "mlflow", "server", "--backend-store-uri", postgres["uri"], "--artifacts-destination", artifacts,
            "--serve-artifacts", "--host", "127.0.0.1", "--port", port, "--workers", "2"]
     with open(log, "w") as out:
