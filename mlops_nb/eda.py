@@ -377,10 +377,10 @@ def load_schema(ctx: RunContext) -> dict:
     return load_data(ctx)[1]
 
 # %% ../nbs/01_eda.ipynb #47
-QUANTILE_LEVELS = np.linspace(0, 1, 1001)
+QUANTILE_LEVELS = np.union1d(np.linspace(0, 1, 1001), [1e-6, 1e-5, 1e-4, 2e-4, 5e-4, 1 - 5e-4, 1 - 2e-4, 1 - 1e-4, 1 - 1e-5, 1 - 1e-6])  # 1,011: even, plus the far tails
 
 def numeric_statistics(values, sample_size: int = 1000, seed: int = 0) -> dict:
-    "Count, moments, range, 1,001 quantiles and a seeded sample of a numeric column."
+    "Count, moments, range, the quantiles at `QUANTILE_LEVELS` and a seeded sample of a numeric column."
     x = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float)
     missing, x = float(np.isnan(x).mean()) if len(x) else 0.0, x[~np.isnan(x)]
     if len(x) == 0: return {"kind": "numeric", "count": 0, "missing_share": missing}
@@ -408,6 +408,7 @@ def reference_statistics(df: pd.DataFrame,  # the training split
         kind = schema["columns"][c]["kind"]
         cols[c] = numeric_statistics(df[c], sample_size, seed) if kind == "numeric" else categorical_statistics(df[c])
     out = {"rows": int(len(df)), "seed": seed, "sample_size": sample_size, "quantile_levels": len(QUANTILE_LEVELS),
+           "quantile_level_values": QUANTILE_LEVELS.tolist(),  # the levels of every numeric column's quantiles
            "columns": cols, "target": categorical_statistics(df[schema["target"]]) if schema["target"] in df else None,
            "unused_columns": [c for c in schema["features"] if c not in cols]}  # in the training data, not compared (datetimes)
     if scores is not None: out["prediction"] = numeric_statistics(scores, sample_size, seed)

@@ -17,19 +17,20 @@ from sklearn import metrics as skm
 from .core import (Config, ConfigError, DataValidationError, MlopsError, RunContext, _jsonable, code, config_hash, esc, experiment_id,
                            finish_stage, git_commit, html_table, log_batch, md, mlflow_client, package_version, read_json, run_context,
                            tracking_uri, write_json)
-from .eda import is_positive, _rows, load_data, load_dataset, reference_statistics
+from .eda import QUANTILE_LEVELS, is_positive, _rows, load_data, load_dataset, reference_statistics
 from .baseline import higher_is_better
 from .evaluation import CHALLENGER, CHAMPION, alias_version, decisions, load_model_version, positive_scores
 
 # %% auto #0
 __all__ = ['SMALL_REFERENCE_ROWS', 'DRIFT_TESTS', 'BLOCKING_ANOMALIES', 'ESTIMATION_ASSUMPTION', 'LOG_FIELDS', 'LOG_REQUIRED',
-           'LEVELS', 'batches_over_time', 'ks_drift', 'chisquare_drift', 'wasserstein_drift', 'jensenshannon_drift',
-           'psi_drift', 'default_test', 'column_drift', 'drift_report', 'dataset_drift', 'schema_anomalies',
-           'validate_batch', 'anomaly_table', 'weighted_metrics', 'measured_performance', 'estimated_performance',
-           'inference_log_record', 'append_inference_log', 'read_inference_log', 'join_labels', 'decision_findings',
-           'retraining_decision', 'parse_model_spec', 'resolve_model', 'read_batch', 'score_batch', 'assess_batch',
-           'new_batch_id', 'monitoring_history', 'last_retrain', 'log_monitoring_run', 'record_decision',
-           'monitor_batch', 'render_monitoring_report', 'monitor_periods', 'plot_history']
+           'LEVELS', 'batches_over_time', 'ks_drift', 'chisquare_drift', 'quantile_levels', 'wasserstein_drift',
+           'level_weights', 'jensenshannon_drift', 'psi_drift', 'default_test', 'column_drift', 'drift_report',
+           'dataset_drift', 'schema_anomalies', 'validate_batch', 'anomaly_table', 'weighted_metrics',
+           'measured_performance', 'estimated_performance', 'inference_log_record', 'append_inference_log',
+           'read_inference_log', 'join_labels', 'decision_findings', 'retraining_decision', 'parse_model_spec',
+           'resolve_model', 'read_batch', 'score_batch', 'assess_batch', 'new_batch_id', 'monitoring_history',
+           'last_retrain', 'log_monitoring_run', 'record_decision', 'monitor_batch', 'render_monitoring_report',
+           'monitor_periods', 'plot_history']
 
 # %% ../nbs/05_monitoring.ipynb #7
 def batches_over_time(df: pd.DataFrame, cfg: Config,
@@ -89,14 +90,30 @@ def _wasserstein_from_quantiles(levels: np.ndarray, quantiles: np.ndarray, x: np
     area = np.where(crossing, (ra ** 2 + rb ** 2) / (2 * gap), np.abs(ra + rb) / 2)
     return float(np.sum((b - a) * area))
 
+def quantile_levels(reference: dict,  # one numeric column's reference statistics (or the whole reference)
+                    count: int | None = None,  # how many quantiles (default: the column's)
+                   ) -> np.ndarray:
+    "The levels of the stored quantiles: those stored with them, else `QUANTILE_LEVELS` or (older references) evenly spaced."
+    n = len(reference["quantiles"]) if count is None else count
+    stored = reference.get("quantile_level_values")
+    levels = (np.asarray(stored, dtype=float) if stored is not None
+              else QUANTILE_LEVELS if n == len(QUANTILE_LEVELS) else np.linspace(0, 1, n))  # before the tail levels: 1,001 even ones
+    if len(levels) != n: raise DataValidationError(f"reference statistics: {len(levels)} quantile levels for {n} quantiles")
+    return levels
+
 def wasserstein_drift(reference: dict, values) -> float:
     "Normed Wasserstein distance: W1 of batch vs reference quantiles over the reference std (population, floor 0.001)."
     q = np.asarray(reference["quantiles"], dtype=float)
     n = reference["count"]
     std = reference["std"] * np.sqrt((n - 1) / n) if n > 1 else 0.0  # stored with ddof=1; Evidently uses np.std
-    return _wasserstein_from_quantiles(np.linspace(0, 1, len(q)), q, _numbers(values)) / max(std, 0.001)
+    return _wasserstein_from_quantiles(quantile_levels(reference), q, _numbers(values)) / max(std, 0.001)
 
 # %% ../nbs/05_monitoring.ipynb #16
+def level_weights(levels: np.ndarray) -> np.ndarray:
+    "The probability each quantile stands for: half of each adjacent level interval (sums to 1 over levels 0 to 1)."
+    gaps = np.diff(np.asarray(levels, dtype=float))
+    return np.r_[gaps, 0.0] / 2 + np.r_[0.0, gaps] / 2
+
 def _proportions(reference: dict, values, bins: int = 10) -> tuple[np.ndarray, np.ndarray]:
     "Aligned reference and batch proportions: per category, or per equal-width bin over both ranges (numeric)."
     if reference["kind"] != "numeric":
@@ -104,7 +121,7 @@ def _proportions(reference: dict, values, bins: int = 10) -> tuple[np.ndarray, n
         return ref / ref.sum(), cur / cur.sum()
     x, q = _numbers(values), np.asarray(reference["quantiles"], dtype=float)
     edges = np.histogram_bin_edges([reference["min"], reference["max"], x.min(), x.max()], bins=bins)
-    weight = np.ones(len(q)); weight[[0, -1]] = 0.5  # quantiles as an evenly weighted picture of the reference
+    weight = level_weights(quantile_levels(reference))  # the quantiles as a picture of the reference, each weighted by its share
     return np.histogram(q, edges, weights=weight)[0] / weight.sum(), np.histogram(x, edges)[0] / len(x)
 
 def jensenshannon_drift(reference: dict, values) -> float:
@@ -158,13 +175,19 @@ def column_drift(reference: dict,  # one column's reference statistics
     return {"test": test, "score": score, "threshold": threshold, "drifted": bool(drifted)}
 
 # %% ../nbs/05_monitoring.ipynb #21
+def _column_reference(column: dict,  # one column's reference statistics
+                      reference: dict) -> dict:
+    "A numeric column's statistics with the reference's quantile levels attached (what its tests read)."
+    levels = reference.get("quantile_level_values")
+    return {**column, "quantile_level_values": levels} if levels is not None and "quantiles" in column else column
+
 def drift_report(batch: pd.DataFrame,  # the batch (validated: every reference column present)
                  reference: dict,  # the stored reference statistics
                  methods: dict | None = None,  # per-column overrides of test and threshold
                  exclude: tuple | list = (),  # columns not tested (the time column)
                 ) -> pd.DataFrame:
     "Per-column drift of a batch against the reference statistics: test, score, threshold, drifted."
-    rows = {c: column_drift(ref, batch[c], reference["rows"], *_override(c, methods), column=c)
+    rows = {c: column_drift(_column_reference(ref, reference), batch[c], reference["rows"], *_override(c, methods), column=c)
             for c, ref in reference["columns"].items() if c not in exclude and c in batch}
     return pd.DataFrame.from_dict(rows, orient="index", columns=["test", "score", "threshold", "drifted"]).rename_axis("column")
 
@@ -531,7 +554,7 @@ def assess_batch(batch: pd.DataFrame,  # validated batch (target column present 
     out = {"rows": int(len(batch)), "reference_rows": reference["rows"], "dataset_drift": drifted, "drift_share": share,
            "drift_share_threshold": cfg.monitoring.drift_share, "columns": columns.to_dict("index"),
            "excluded_columns": [cfg.data.time_column] if cfg.data.time_column in reference["columns"] else [],
-           "prediction_drift": column_drift(pred_ref, scores, reference["rows"], *_override("prediction", methods), column="prediction") if pred_ref else None,
+           "prediction_drift": column_drift(_column_reference(pred_ref, reference), scores, reference["rows"], *_override("prediction", methods), column="prediction") if pred_ref else None,
            "label_drift": None, "anomalies": anomalies or {}, "performance": {}, "labelled_rows": 0,
            "estimated_performance": estimated_performance(scores, predictions), "assumptions": [ESTIMATION_ASSUMPTION]}
     if labels:

@@ -15,7 +15,8 @@ from scipy.stats import chi2_contingency, kstwo
 
 from .core import Config, ConfigError, DataValidationError, MlopsError, finish_stage, md, mlflow_client, run_context, tracking_uri
 from .evaluation import CHAMPION, _environment, decisions, load_model_version, pip_requirements, positive_scores
-from .monitoring import DRIFT_TESTS, _override, dataset_drift, default_test, ks_drift, parse_model_spec, resolve_model
+from .monitoring import (DRIFT_TESTS, _column_reference, _override, dataset_drift, default_test, ks_drift, level_weights, parse_model_spec,
+                                 quantile_levels, resolve_model)
 
 # %% auto #0
 __all__ = ['SPARK_QUANTILE_ERROR', 'SPARK_SCORES', 'SparkUnavailable', 'java_available', 'spark_session', 'ScoringModel',
@@ -229,7 +230,9 @@ def _wasserstein_score(reference: dict, batch: dict) -> float:
     "Normed Wasserstein distance from the batch's quantiles (the reference std as in monitoring: population, floor 0.001)."
     q, n = np.asarray(reference["quantiles"], dtype=float), reference["count"]
     std = reference["std"] * np.sqrt((n - 1) / n) if n > 1 else 0.0
-    return _wasserstein_between(np.linspace(0, 1, len(q)), q, np.asarray(batch["quantiles"], dtype=float)) / max(std, 0.001)
+    levels = np.asarray(batch["quantile_levels"], dtype=float)  # the reference's levels, at which Spark took the batch's quantiles
+    if len(levels) != len(q): raise DataValidationError(f"batch statistics: {len(levels)} quantile levels for {len(q)} reference quantiles")
+    return _wasserstein_between(levels, q, np.asarray(batch["quantiles"], dtype=float)) / max(std, 0.001)
 
 # %% ../nbs/06a_spark.ipynb #23
 def _aligned(reference: dict, counts: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -244,7 +247,7 @@ def _proportions_from(reference: dict, batch: dict) -> tuple[np.ndarray, np.ndar
         ref, cur = _aligned(reference, batch["counts"])
         return ref / ref.sum(), cur / cur.sum()
     q = np.asarray(reference["quantiles"], dtype=float)
-    weight = np.ones(len(q)); weight[[0, -1]] = 0.5
+    weight = level_weights(batch["quantile_levels"])  # each reference quantile weighted by the share it stands for, as monitoring does
     return np.histogram(q, batch["edges"], weights=weight)[0] / weight.sum(), batch["bins"] / batch["bins"].sum()
 
 def _psi_score(reference: dict, batch: dict) -> float:
@@ -280,8 +283,10 @@ def batch_statistics_spark(frame,  # the batch as a Spark frame (every reference
     _column_types(frame, reference, columns)
     stats = _basic_statistics(frame, reference, columns, no_range)
     numeric = [c for c in columns if reference["columns"][c]["kind"] == "numeric" and stats["columns"][c]["present"]]
-    quantiles = frame.approxQuantile(numeric, np.linspace(0, 1, 1001).tolist(), SPARK_QUANTILE_ERROR) if numeric else []
-    for c, q in zip(numeric, quantiles): stats["columns"][c]["quantiles"] = q
+    levels = {c: quantile_levels(_column_reference(reference["columns"][c], reference)) for c in numeric if "quantiles" in reference["columns"][c]}
+    for group in {tuple(v) for v in levels.values()}:  # the batch's quantiles at the reference's own levels (one group in practice)
+        same = [c for c in levels if tuple(levels[c]) == group]
+        for c, q in zip(same, frame.approxQuantile(same, list(group), SPARK_QUANTILE_ERROR)): stats["columns"][c].update(quantiles=q, quantile_levels=levels[c].tolist())
     for c, (test, _) in tests.items():
         st, ref = stats["columns"][c], reference["columns"][c]
         if ref["kind"] != "numeric": st["counts"] = _category_counts(frame, c)

@@ -13,10 +13,10 @@ from scipy.stats import chi2_contingency, ks_2samp, wasserstein_distance
 from conftest import read_json, write_config
 from mlops_nb.baseline import build_pipeline, model_columns, target_vector
 from mlops_nb.core import ConfigError, DataValidationError, MlopsError, load_config, run_context
-from mlops_nb.eda import load_data, reference_statistics
+from mlops_nb.eda import QUANTILE_LEVELS, load_data, reference_statistics
 from mlops_nb.evaluation import decisions, log_model, positive_scores, register_version
 from mlops_nb.monitoring import (append_inference_log, dataset_drift, drift_report, join_labels, monitor_batch,
-                                 read_inference_log, retraining_decision)
+                                 read_inference_log, retraining_decision, wasserstein_drift)
 
 NUMERIC, CATEGORICAL = ["x1", "x2", "x3"], ["c1", "c2"]
 
@@ -224,3 +224,42 @@ def test_decision_rules_without_mlflow():
     assert retraining_decision({**quiet, "rows": 10, "performance": {"roc_auc": 0.5}}, cfg)[0] == "investigate"
     assert dataset_drift(pd.DataFrame({"drifted": [True, False]}), 0.5) == (True, 0.5)  # at the threshold is drift
     assert dataset_drift(pd.DataFrame({"drifted": [True, False, False]}), 0.5)[0] is False
+
+
+def _lognormal_pair(n: int = 100_000):
+    rng = np.random.default_rng(7)
+    return pd.DataFrame({"x": rng.lognormal(0, 1, n), "y": "yes"}), pd.DataFrame({"x": rng.lognormal(0.3, 1, n)})
+
+
+SKEWED = {"features": ["x"], "target": "y", "columns": {"x": {"kind": "numeric"}}}
+
+
+def test_tail_quantile_levels_make_the_wasserstein_score_exact_on_a_skewed_column():
+    ref, batch = _lognormal_pair()
+    stats = reference_statistics(ref, SKEWED)
+    assert stats["quantile_level_values"] == QUANTILE_LEVELS.tolist() and len(stats["columns"]["x"]["quantiles"]) == 1011
+    exact = wasserstein_distance(ref.x, batch.x) / np.std(ref.x)
+    even = np.linspace(0, 1, 1001)
+    assert abs(wasserstein_drift({**stats["columns"]["x"], "quantiles": np.quantile(ref.x, even).tolist(), "quantile_level_values": even},
+                                 batch.x) - exact) > 0.001  # the 1,001 even levels alone: the tail is overstated
+    assert abs(drift_report(batch, stats).loc["x", "score"] - exact) < 0.001
+
+
+def test_a_reference_stored_before_the_tail_levels_is_read_with_even_levels():
+    ref, batch = _lognormal_pair(20_000)
+    stats = reference_statistics(ref, SKEWED)
+    even = np.linspace(0, 1, 1001)
+    old = {**{k: v for k, v in stats.items() if k not in ("quantile_level_values", "quantile_levels")}, "quantile_levels": 1001,
+           "columns": {"x": {**stats["columns"]["x"], "quantiles": np.quantile(ref.x, even).tolist()}}}
+    assert "quantile_level_values" not in old and "quantile_level_values" not in old["columns"]["x"]
+    from mlops_nb.monitoring import _wasserstein_from_quantiles
+    expected = _wasserstein_from_quantiles(even, np.quantile(ref.x, even), batch.x.to_numpy()) / (ref.x.std() * np.sqrt((len(ref) - 1) / len(ref)))
+    report = drift_report(batch, old, methods={"x": "wasserstein"})
+    assert report.loc["x", "score"] == pytest.approx(expected, rel=1e-12)
+    for test in ("jensenshannon", "psi"):  # the old evenly weighted picture of the reference: same scores as before the change
+        q = np.asarray(old["columns"]["x"]["quantiles"])
+        w = np.ones(1001); w[[0, -1]] = 0.5
+        edges = np.histogram_bin_edges([ref.x.min(), ref.x.max(), batch.x.min(), batch.x.max()], bins=10)
+        p, r = np.histogram(q, edges, weights=w)[0] / w.sum(), np.histogram(batch.x, edges)[0] / len(batch)
+        want = jensenshannon(p, r) if test == "jensenshannon" else float(np.sum((np.where(r == 0, 1e-4, r) - np.where(p == 0, 1e-4, p)) * np.log(np.where(r == 0, 1e-4, r) / np.where(p == 0, 1e-4, p))))
+        assert drift_report(batch, old, methods={"x": test}).loc["x", "score"] == pytest.approx(want, rel=1e-9), test
