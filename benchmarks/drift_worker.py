@@ -2,7 +2,7 @@
 
     drift_worker.py reference REF.parquet STATS.json      build and store the reference statistics (training time)
     drift_worker.py ours STATS.json BATCH.parquet         monitoring: stored statistics + the batch read whole (pandas)
-    drift_worker.py chunked STATS.json BATCH.parquet      monitoring: stored statistics + the batch read in chunks
+    drift_worker.py chunked STATS.json BATCH.parquet      monitoring: stored statistics + the batch read in chunks (chunked_drift_report)
     drift_worker.py exact REF.parquet BATCH.parquet       plain scipy on both full samples (the exact scores)
     drift_worker.py fpr PAIRS_DIR N                       ours on N small unshifted pairs (false drift rate)
 """
@@ -50,7 +50,7 @@ def ours(stats_path: str, batch_path: str) -> dict:
 
 
 def chunked(stats_path: str, batch_path: str) -> dict:
-    from chunked_drift import chunked_drift_report
+    from mlops_nb.monitoring import chunked_drift_report
     imported = peak_rss()
     t0 = time.perf_counter()
     stats = json.loads(Path(stats_path).read_text())
@@ -60,18 +60,8 @@ def chunked(stats_path: str, batch_path: str) -> dict:
             "rss_after_imports_bytes": imported}
 
 
-TAILS = (1e-6, 1e-5, 1e-4, 2e-4, 5e-4)
-
-
-def tail_levels():
-    "Proposed quantile levels: the 1,001 even levels plus 5 in each tail (where the max of a skewed column pulls)."
-    import numpy as np
-    return np.union1d(np.linspace(0, 1, 1001), np.r_[TAILS, 1 - np.array(TAILS)])
-
-
 def exact(ref_path: str, batch_path: str) -> dict:
-    """Evidently's default large-reference tests computed directly with scipy on the full samples; beside them, the
-    normed Wasserstein that ours would give with the proposed tail quantile levels (not timed)."""
+    "Evidently's default large-reference tests computed directly with scipy on the full samples."
     import numpy as np
     import pandas as pd
     from scipy.spatial.distance import jensenshannon
@@ -93,14 +83,8 @@ def exact(ref_path: str, batch_path: str) -> dict:
             score = float(jensenshannon(p / p.sum(), q / q.sum()))
             cols[c] = {"test": "jensenshannon", "score": score, "threshold": 0.1, "drifted": score >= 0.1}
     t2 = time.perf_counter()
-    from mlops_nb.monitoring import _wasserstein_from_quantiles
-    levels, proposed = tail_levels(), {}
-    for c in ref.columns:
-        if pd.api.types.is_numeric_dtype(ref[c]):
-            a = ref[c].dropna().to_numpy(float)
-            proposed[c] = _wasserstein_from_quantiles(levels, np.quantile(a, levels), cur[c].dropna().to_numpy(float)) / max(float(np.std(a)), 0.001)
     return {"read_seconds": t1 - t0, "compute_seconds": t2 - t1, "total_seconds": t2 - t0, "columns": cols,
-            "rss_after_imports_bytes": imported, "proposed_tail_levels_scores": proposed}
+            "rss_after_imports_bytes": imported}
 
 
 def fpr(pairs_dir: str, n: str) -> dict:

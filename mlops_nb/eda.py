@@ -16,8 +16,8 @@ from .core import (Config, ConfigError, DataValidationError, RunContext, code, e
                            fingerprint_data, md, read_json, resolve_path, run_context, write_json)
 
 # %% auto #0
-__all__ = ['QUANTILE_LEVELS', 'load_dataset', 'prepare_data', 'is_positive', 'check_target', 'check_columns', 'check_data',
-           'validate_data', 'infer_schema', 'data_dictionary', 'class_balance', 'binned', 'plot_text',
+__all__ = ['QUANTILE_LEVELS', 'load_dataset', 'normalise_frame', 'prepare_data', 'is_positive', 'check_target', 'check_columns',
+           'check_data', 'validate_data', 'infer_schema', 'data_dictionary', 'class_balance', 'binned', 'plot_text',
            'profile_columns', 'target_rate_by_value', 'plot_profile', 'cramers_v', 'association_matrix', 'split_data',
            'load_data', 'load_splits', 'load_schema', 'numeric_statistics', 'categorical_statistics',
            'reference_statistics']
@@ -57,7 +57,11 @@ def _check_header(names: list, path: Path) -> None:
 # %% ../nbs/01_eda.ipynb #8
 def load_dataset(cfg: Config) -> pd.DataFrame:
     "The configured data as loaded: missing-value markers applied, types normalised, nothing dropped or sampled."
-    df = _read_source(cfg)
+    return normalise_frame(_read_source(cfg), cfg)
+
+def normalise_frame(df: pd.DataFrame,  # rows as read from a file (or one chunk of it)
+                    cfg: Config) -> pd.DataFrame:
+    "Column names as text, nested values refused, missing-value markers as missing, ISO dates as datetimes (as `load_dataset` reads)."
     if df.columns.duplicated().any():
         dup = sorted(set(df.columns[df.columns.duplicated()].map(str)))
         raise DataValidationError(f"duplicate column names: {dup}")

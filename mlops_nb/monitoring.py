@@ -5,11 +5,13 @@
 # %% ../nbs/05_monitoring.ipynb #2
 from __future__ import annotations
 import datetime as dt, json, re
+from collections import Counter
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import chi2_contingency, ks_2samp
 from sklearn import metrics as skm
@@ -17,7 +19,7 @@ from sklearn import metrics as skm
 from .core import (Config, ConfigError, DataValidationError, MlopsError, RunContext, _jsonable, code, config_hash, esc, experiment_id,
                            finish_stage, git_commit, html_table, log_batch, md, mlflow_client, package_version, read_json, run_context,
                            tracking_uri, write_json)
-from .eda import QUANTILE_LEVELS, is_positive, _rows, load_data, load_dataset, reference_statistics
+from .eda import QUANTILE_LEVELS, _check_header, is_positive, _rows, load_data, load_dataset, normalise_frame, reference_statistics
 from .baseline import higher_is_better
 from .evaluation import CHALLENGER, CHAMPION, alias_version, decisions, load_model_version, positive_scores
 
@@ -28,9 +30,9 @@ __all__ = ['SMALL_REFERENCE_ROWS', 'DRIFT_TESTS', 'BLOCKING_ANOMALIES', 'ESTIMAT
            'dataset_drift', 'schema_anomalies', 'validate_batch', 'anomaly_table', 'weighted_metrics',
            'measured_performance', 'estimated_performance', 'inference_log_record', 'append_inference_log',
            'read_inference_log', 'join_labels', 'decision_findings', 'retraining_decision', 'parse_model_spec',
-           'resolve_model', 'read_batch', 'score_batch', 'assess_batch', 'new_batch_id', 'monitoring_history',
-           'last_retrain', 'log_monitoring_run', 'record_decision', 'monitor_batch', 'render_monitoring_report',
-           'monitor_periods', 'plot_history']
+           'resolve_model', 'read_batch', 'numeric_column', 'category_counts', 'chunked_drift_report', 'assess_parquet',
+           'score_batch', 'assess_batch', 'new_batch_id', 'monitoring_history', 'last_retrain', 'log_monitoring_run',
+           'record_decision', 'monitor_batch', 'render_monitoring_report', 'monitor_periods', 'plot_history']
 
 # %% ../nbs/05_monitoring.ipynb #7
 def batches_over_time(df: pd.DataFrame, cfg: Config,
@@ -59,10 +61,12 @@ def _numbers(values) -> np.ndarray:
     x = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float)
     return x[~np.isnan(x)]
 
-def _aligned_counts(reference: dict, values) -> tuple[np.ndarray, np.ndarray]:
+def _aligned_counts(reference: dict,  # one categorical column's reference statistics
+                    values,  # the batch's values, or their counts per category (a `Counter`, from a file read in chunks)
+                   ) -> tuple[np.ndarray, np.ndarray]:
     "Reference and batch counts per category over the union of their categories (compared as text)."
     ref = pd.Series(reference.get("counts", {}), dtype=float)
-    cur = pd.Series(values).dropna().astype(str).value_counts().astype(float)
+    cur = (pd.Series(values, dtype=float) if isinstance(values, Counter) else pd.Series(values).dropna().astype(str).value_counts().astype(float))
     keys = sorted(set(ref.index) | set(cur.index))
     return ref.reindex(keys, fill_value=0).to_numpy(), cur.reindex(keys, fill_value=0).to_numpy()
 
@@ -158,7 +162,7 @@ def _override(column: str, methods: dict | None) -> tuple[str | None, float | No
     raise ConfigError(f"methods[{column!r}]: expected a test name or {{'test': ..., 'threshold': ...}}, got {spec!r}")
 
 def column_drift(reference: dict,  # one column's reference statistics
-                 values,  # the batch's values of that column
+                 values,  # the batch's values of that column (categorical: or their counts, a `Counter`)
                  reference_rows: int,  # rows of the whole reference (chooses the default test)
                  test: str | None = None, threshold: float | None = None, column: str = "") -> dict:
     "One column's drift: {'test', 'score', 'threshold', 'drifted'}."
@@ -167,7 +171,7 @@ def column_drift(reference: dict,  # one column's reference statistics
     function, kinds, default, score_kind = DRIFT_TESTS[test]
     if reference["kind"] not in kinds: raise ConfigError(f"drift test for {column!r}: {test} does not apply to a {reference['kind']} column")
     threshold = default if threshold is None else float(threshold)
-    present = int(pd.Series(values).notna().sum())
+    present = int(sum(values.values())) if isinstance(values, Counter) else int(pd.Series(values).notna().sum())
     if reference.get("count", 0) == 0 or present == 0:  # nothing to compare; an emptied column has drifted
         return {"test": test, "score": None, "threshold": threshold, "drifted": bool(present == 0 and reference.get("count", 0) > 0)}
     score = function(reference, values)
@@ -249,12 +253,15 @@ def schema_anomalies(batch: pd.DataFrame,  # the batch as received
     return out
 
 # %% ../nbs/05_monitoring.ipynb #27
+def _where(finding: dict) -> str:
+    "The rows of a finding: their count and the first row numbers."
+    return f"{finding['rows']} row{'s' if finding['rows'] != 1 else ''} (rows {', '.join(map(str, finding['first_rows']))}{', ...' if finding['rows'] > 5 else ''})"
+
 def _problem(column: str, anomaly: str, finding: dict) -> str:
     "One line naming a blocking problem, its rows and examples."
-    where = f"{finding['rows']} row{'s' if finding['rows'] != 1 else ''} (rows {', '.join(map(str, finding['first_rows']))}{', ...' if finding['rows'] > 5 else ''})"
     if anomaly == "missing_column": return f"{column}: column is missing from the batch (the model needs it)"
-    if anomaly == "type_mismatch": return f"{column}: expected numbers, found {finding['examples'][:3]} in {where}"
-    return f"{column}: infinite values in {where}"
+    if anomaly == "type_mismatch": return f"{column}: expected numbers, found {finding['examples'][:3]} in {_where(finding)}"
+    return f"{column}: infinite values in {_where(finding)}"
 
 def validate_batch(batch: pd.DataFrame, reference: dict, cfg: Config,
                    labels: bool = False,  # the batch must carry the target column
@@ -263,21 +270,37 @@ def validate_batch(batch: pd.DataFrame, reference: dict, cfg: Config,
     if not isinstance(batch, pd.DataFrame): raise DataValidationError(f"the batch must be a table, got {type(batch).__name__}")
     if batch.shape[1] == 0 or len(batch) == 0: raise DataValidationError("the batch has no rows" if batch.shape[1] else "the batch has no columns")
     if batch.columns.duplicated().any(): raise DataValidationError(f"duplicate column names: {sorted(set(batch.columns[batch.columns.duplicated()]))}")
-    t, time_col = cfg.data.target, cfg.data.time_column
-    known = [t, *cfg.data.drop_columns, *reference.get("unused_columns", []), *ignore]  # present in training, not model inputs
-    anomalies = schema_anomalies(batch, reference, ignore=known, no_range=[time_col] if time_col else [])
-    problems = [_problem(c, a, f) for c, found in anomalies.items() for a, f in found.items() if a in BLOCKING_ANOMALIES]
-    if labels: problems += _label_problems(batch, reference, cfg)
+    anomalies, label_findings = _batch_findings(batch, reference, cfg, labels, ignore)
+    problems = _problems(anomalies, label_findings, reference, cfg)
     if problems: raise DataValidationError(problems)
     return anomalies
 
-def _label_problems(batch: pd.DataFrame, reference: dict, cfg: Config) -> list[str]:
-    "Labels requested: the target column must be there with known classes."
+def _batch_findings(batch: pd.DataFrame, reference: dict, cfg: Config, labels: bool = False, ignore: tuple | list = ()) -> tuple[dict, dict]:
+    "The batch's schema anomalies and, when labels are requested, the problems of its target column; nothing refused yet."
+    t, time_col = cfg.data.target, cfg.data.time_column
+    known = [t, *cfg.data.drop_columns, *reference.get("unused_columns", []), *ignore]  # present in training, not model inputs
+    return (schema_anomalies(batch, reference, ignore=known, no_range=[time_col] if time_col else []),
+            _label_findings(batch, reference, cfg) if labels else {})
+
+def _known_classes(reference: dict, cfg: Config) -> set[str]:
+    return set((reference.get("target") or {}).get("counts", {})) or {str(cfg.data.positive_label)}
+
+def _label_findings(batch: pd.DataFrame, reference: dict, cfg: Config) -> dict:
+    "Labels requested: the target column absent, or the rows whose class the model was not trained with."
     t = cfg.data.target
-    if t not in batch: return [f"{t}: labels were requested but the target column {t!r} (data.target) is not in the batch"]
-    known = set((reference.get("target") or {}).get("counts", {})) or {str(cfg.data.positive_label)}
-    bad = batch[t].notna() & ~batch[t].astype(str).isin(known)
-    return [f"{t}: unknown classes {sorted(set(batch.loc[bad, t].astype(str)))[:5]} in {_rows(bad)}; expected {sorted(known)}"] if bad.any() else []
+    if t not in batch: return {"missing_target": {"rows": len(batch), "first_rows": [], "examples": []}}
+    found = _finding(batch[t].notna() & ~batch[t].astype(str).isin(_known_classes(reference, cfg)), batch[t].astype(str))
+    return {"unknown_classes": found} if found else {}
+
+def _problems(anomalies: dict, label_findings: dict, reference: dict, cfg: Config) -> list[str]:
+    "The blocking problems of a batch, one line each."
+    t = cfg.data.target
+    out = [_problem(c, a, f) for c, found in anomalies.items() for a, f in found.items() if a in BLOCKING_ANOMALIES]
+    if "missing_target" in label_findings: out.append(f"{t}: labels were requested but the target column {t!r} (data.target) is not in the batch")
+    if "unknown_classes" in label_findings:
+        f = label_findings["unknown_classes"]
+        out.append(f"{t}: unknown classes {sorted(map(str, f['examples']))} in {_where(f)}; expected {sorted(_known_classes(reference, cfg))}")
+    return out
 
 # %% ../nbs/05_monitoring.ipynb #28
 def anomaly_table(anomalies: dict) -> pd.DataFrame:
@@ -500,7 +523,100 @@ def _numeric_columns(batch: pd.DataFrame, reference: dict) -> pd.DataFrame:
     numeric = [c for c, r in reference["columns"].items() if r["kind"] == "numeric" and c in batch]
     return batch.assign(**{c: pd.to_numeric(batch[c]) for c in numeric})
 
-# %% ../nbs/05_monitoring.ipynb #52
+# %% ../nbs/05_monitoring.ipynb #53
+def _parquet_file(path: str | Path | pq.ParquetFile) -> pq.ParquetFile:
+    "The Parquet batch opened (its metadata only), refused with a clear message when it cannot be read or its header is bad."
+    if isinstance(path, pq.ParquetFile): return path
+    path = Path(path)
+    if not path.is_file(): raise ConfigError(f"batch file not found: {path}")
+    try: pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e: raise DataValidationError(f"{path}: cannot be read ({str(e).splitlines()[0]})") from None
+    _check_header(pf.schema_arrow.names, path)
+    return pf
+
+def numeric_column(pf: pq.ParquetFile, column: str, batch_rows: int = 131_072,
+                   missing_values: tuple | list = ()) -> np.ndarray:
+    "One numeric column of the file as floats without missing values, read a record batch at a time."
+    out, at = np.empty(pf.metadata.num_rows, dtype=float), 0
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=[column]):
+        arr = batch.column(0)
+        if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type): x = arr.to_numpy(zero_copy_only=False).astype(float, copy=False)
+        else: x = pd.to_numeric(arr.to_pandas().replace({m: np.nan for m in missing_values}), errors="coerce").to_numpy(dtype=float)  # validated: numbers
+        out[at:at + len(x)] = x
+        at += len(x)
+    return out[:at][~np.isnan(out[:at])]
+
+def category_counts(pf: pq.ParquetFile, columns: list[str], batch_rows: int = 131_072,
+                    missing_values: tuple | list = ()) -> dict[str, Counter]:
+    "The count of each category (as text) of the given columns, accumulated over record batches; missing-value markers left out."
+    counts = {c: Counter() for c in columns}
+    for batch in (pf.iter_batches(batch_size=batch_rows, columns=columns) if columns else []):
+        for c in columns:
+            arr = batch.column(c)
+            if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):  # pyarrow counts, no Python string per row
+                found = {v["values"]: v["counts"] for v in pc.value_counts(arr).to_pylist() if v["values"] is not None}
+            else: found = arr.to_pandas().dropna().astype(str).value_counts().to_dict()  # as `drift_report` reads them
+            counts[c].update({k: n for k, n in found.items() if k not in missing_values})
+    return counts
+
+def chunked_drift_report(path: str | Path | pq.ParquetFile,  # a Parquet batch (validated: every reference column present)
+                         reference: dict,  # the stored reference statistics
+                         batch_rows: int = 131_072,  # rows read at a time
+                         methods: dict | None = None,  # per-column overrides of test and threshold
+                         exclude: tuple | list = (),  # columns not tested (the time column)
+                         missing_values: tuple | list = (),  # the config's missing-value markers
+                        ) -> pd.DataFrame:
+    "`drift_report` of a Parquet batch that is never read whole: numeric columns one at a time, categorical ones as counts."
+    pf = _parquet_file(path)
+    present = set(pf.schema_arrow.names)
+    cols = {c: r for c, r in reference["columns"].items() if c not in exclude and c in present}
+    test = lambda c, values: column_drift(_column_reference(cols[c], reference), values, reference["rows"], *_override(c, methods), column=c)
+    rows = {c: test(c, numeric_column(pf, c, batch_rows, missing_values)) for c, r in cols.items() if r["kind"] == "numeric"}
+    categorical = [c for c, r in cols.items() if r["kind"] != "numeric"]
+    rows |= {c: test(c, counts) for c, counts in category_counts(pf, categorical, batch_rows, missing_values).items()}
+    return pd.DataFrame.from_dict({c: rows[c] for c in cols}, orient="index", columns=["test", "score", "threshold", "drifted"]).rename_axis("column")
+
+# %% ../nbs/05_monitoring.ipynb #54
+def _merge_findings(total: dict, found: dict, offset: int) -> dict:
+    "Add one chunk's findings ({column: {anomaly: finding}}) to the batch's, its row numbers shifted by the chunk's first row."
+    for c, kinds in found.items():
+        for a, f in kinds.items():
+            rows = [r + offset for r in f["first_rows"]]
+            t = total.setdefault(c, {}).get(a)
+            total[c][a] = ({**f, "first_rows": rows} if t is None else
+                           {"rows": t["rows"] + f["rows"], "first_rows": (t["first_rows"] + rows)[:5], "examples": list(dict.fromkeys(t["examples"] + f["examples"]))[:5]})
+    return total
+
+def assess_parquet(path: str | Path,  # a Parquet batch
+                   loaded, reference: dict, cfg: Config,
+                   labels: bool = False, methods: dict | None = None,
+                   batch_rows: int = 131_072,  # rows validated, scored and tested at a time
+                  ) -> dict:
+    "`validate_batch`, `score_batch` and `assess_batch` of a Parquet batch read a record batch at a time, never whole."
+    pf, t = _parquet_file(path), cfg.data.target
+    if not pf.schema_arrow.names or pf.metadata.num_rows == 0: raise DataValidationError("the batch has no rows" if pf.schema_arrow.names else "the batch has no columns")
+    _check_methods(methods, reference, cfg)
+    anomalies, label_findings, scores, predictions, y, label_counts, at = {}, {}, [], [], [], Counter(), 0
+    for record_batch in pf.iter_batches(batch_size=batch_rows):
+        chunk = normalise_frame(record_batch.to_pandas(), cfg)
+        found, label_found = _batch_findings(chunk, reference, cfg, labels)
+        _merge_findings(anomalies, found, at); _merge_findings(label_findings, {t: label_found}, at)
+        at += len(chunk)
+        if _problems(anomalies, label_findings.get(t, {}), reference, cfg): continue  # refused below, naming every problem
+        chunk = _numeric_columns(chunk, reference)
+        s, d, _ = score_batch(loaded, chunk, from_log=False)
+        scores.append(s); predictions.append(d)
+        if labels:
+            known = chunk[t].notna()
+            y.append(np.where(known, is_positive(chunk[t], cfg.data.positive_label).to_numpy(dtype=float), np.nan))
+            label_counts.update(chunk.loc[known, t].astype(str).value_counts().to_dict())
+    problems = _problems(anomalies, label_findings.get(t, {}), reference, cfg)
+    if problems: raise DataValidationError(problems)
+    columns = chunked_drift_report(pf, reference, batch_rows, methods, _excluded(cfg), cfg.data.missing_values)
+    return _assessment(columns, at, reference, cfg, np.concatenate(scores), np.concatenate(predictions),
+                       np.concatenate(y) if labels else None, label_counts, methods, {c: f for c, f in anomalies.items() if f})
+
+# %% ../nbs/05_monitoring.ipynb #57
 def _log_batch(cfg: Config, labels_data, inference_log, labels: bool, loaded, since, until) -> tuple[pd.DataFrame, dict]:
     "The inference log's scored rows of the monitored model version (labels joined when requested) and where they came from."
     log = read_inference_log(inference_log, since, until)
@@ -519,7 +635,7 @@ def _log_batch(cfg: Config, labels_data, inference_log, labels: bool, loaded, si
     return log, {"kind": "inference_log", "path": str(inference_log), "rows_read": read, "failed_requests": failed,
                  "other_models": read - failed - len(log), "since": None if since is None else str(since), "until": None if until is None else str(until)}
 
-# %% ../nbs/05_monitoring.ipynb #53
+# %% ../nbs/05_monitoring.ipynb #58
 def _serving_skew(model, batch: pd.DataFrame, columns: list[str], tolerance: float = 1e-6) -> dict:
     "Rescore the logged inputs with the registered model and compare with the logged probabilities."
     ok = batch["probability"].notna()
@@ -538,7 +654,7 @@ def score_batch(loaded, batch: pd.DataFrame, from_log: bool) -> tuple[np.ndarray
     return (batch["probability"].astype(float).to_numpy(), batch["prediction"].astype(int).to_numpy(),
             _serving_skew(loaded.model, batch, columns))
 
-# %% ../nbs/05_monitoring.ipynb #54
+# %% ../nbs/05_monitoring.ipynb #59
 def assess_batch(batch: pd.DataFrame,  # validated batch (target column present when labels are)
                  reference: dict, cfg: Config, scores, predictions,
                  labels: bool = False,  # measure performance on the labelled rows
@@ -546,26 +662,42 @@ def assess_batch(batch: pd.DataFrame,  # validated batch (target column present 
                  anomalies: dict | None = None) -> dict:
     "Drift per column and of the dataset, prediction and label drift, measured and estimated performance."
     t = cfg.data.target
-    unknown = sorted(set(methods or {}) - {*reference["columns"], "*", "prediction", t})
-    if unknown: raise ConfigError(f"methods: unknown column(s) {unknown}; use model input columns, 'prediction', {t!r} or '*'")
-    columns = drift_report(batch, reference, methods, exclude=[cfg.data.time_column] if cfg.data.time_column else [])
+    _check_methods(methods, reference, cfg)
+    columns = drift_report(batch, reference, methods, exclude=_excluded(cfg))
+    if not labels: return _assessment(columns, len(batch), reference, cfg, scores, predictions, None, None, methods, anomalies)
+    known = batch[t].notna().to_numpy()
+    y = np.where(known, is_positive(batch[t], cfg.data.positive_label).to_numpy(dtype=float), np.nan)
+    return _assessment(columns, len(batch), reference, cfg, scores, predictions, y, batch.loc[known, t], methods, anomalies)
+
+def _check_methods(methods: dict | None, reference: dict, cfg: Config) -> None:
+    unknown = sorted(set(methods or {}) - {*reference["columns"], "*", "prediction", cfg.data.target})
+    if unknown: raise ConfigError(f"methods: unknown column(s) {unknown}; use model input columns, 'prediction', {cfg.data.target!r} or '*'")
+
+def _excluded(cfg: Config) -> list[str]:
+    return [cfg.data.time_column] if cfg.data.time_column else []
+
+def _assessment(columns: pd.DataFrame, rows: int, reference: dict, cfg: Config, scores, predictions,
+                y: np.ndarray | None,  # labels requested: 1/0 outcomes, NaN where a row has no label
+                label_values,  # the labelled rows' target values (or their counts, a `Counter`), for label drift
+                methods: dict | None, anomalies: dict | None) -> dict:
+    "The assessed batch from its drift table, scores and (optionally) labels."
+    t = cfg.data.target
     drifted, share = dataset_drift(columns, cfg.monitoring.drift_share)
     pred_ref, label_ref = reference.get("prediction"), reference.get("target")
-    out = {"rows": int(len(batch)), "reference_rows": reference["rows"], "dataset_drift": drifted, "drift_share": share,
+    out = {"rows": int(rows), "reference_rows": reference["rows"], "dataset_drift": drifted, "drift_share": share,
            "drift_share_threshold": cfg.monitoring.drift_share, "columns": columns.to_dict("index"),
            "excluded_columns": [cfg.data.time_column] if cfg.data.time_column in reference["columns"] else [],
            "prediction_drift": column_drift(_column_reference(pred_ref, reference), scores, reference["rows"], *_override("prediction", methods), column="prediction") if pred_ref else None,
            "label_drift": None, "anomalies": anomalies or {}, "performance": {}, "labelled_rows": 0,
            "estimated_performance": estimated_performance(scores, predictions), "assumptions": [ESTIMATION_ASSUMPTION]}
-    if labels:
-        known = batch[t].notna().to_numpy()
-        y = is_positive(batch.loc[known, t], cfg.data.positive_label).to_numpy(dtype=int)
+    if y is not None:
+        known = ~np.isnan(y)
         out["labelled_rows"] = int(known.sum())
-        out["performance"] = measured_performance(y, np.asarray(scores)[known], np.asarray(predictions)[known])
-        if label_ref: out["label_drift"] = column_drift(label_ref, batch.loc[known, t], reference["rows"], *_override(t, methods), column=t)
+        out["performance"] = measured_performance(y[known].astype(int), np.asarray(scores)[known], np.asarray(predictions)[known])
+        if label_ref: out["label_drift"] = column_drift(label_ref, label_values, reference["rows"], *_override(t, methods), column=t)
     return out
 
-# %% ../nbs/05_monitoring.ipynb #55
+# %% ../nbs/05_monitoring.ipynb #60
 def _safe_id(batch_id: str) -> str:
     "A batch id usable as a folder name."
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", batch_id or ""):
@@ -577,7 +709,7 @@ def new_batch_id() -> str:
     from mlops_nb.core import new_run_id
     return new_run_id()
 
-# %% ../nbs/05_monitoring.ipynb #56
+# %% ../nbs/05_monitoring.ipynb #61
 _HISTORY_METRICS = ("roc_auc", "average_precision", "f1", "accuracy", "log_loss", "brier")
 
 def monitoring_history(out: str | Path = "reports") -> pd.DataFrame:
@@ -592,7 +724,7 @@ def monitoring_history(out: str | Path = "reports") -> pd.DataFrame:
                      **{f"estimated_{k}": v for k, v in d["estimated_performance"].items() if k in _HISTORY_METRICS}})
     return pd.DataFrame(rows).sort_values("time", kind="stable").reset_index(drop=True) if rows else pd.DataFrame(columns=["batch_id", "time", "decision"])
 
-# %% ../nbs/05_monitoring.ipynb #57
+# %% ../nbs/05_monitoring.ipynb #62
 def last_retrain(client, cfg: Config, out: str | Path, model_name: str) -> dict | None:
     "The model's most recent retrain decision, from the decision files under `out` and the MLflow monitoring runs."
     found = []
@@ -606,7 +738,7 @@ def last_retrain(client, cfg: Config, out: str | Path, model_name: str) -> dict 
     found = [f for f in found if f["time"]]
     return max(found, key=lambda f: dt.datetime.fromisoformat(f["time"])) if found else None
 
-# %% ../nbs/05_monitoring.ipynb #58
+# %% ../nbs/05_monitoring.ipynb #63
 def _metric_key(name: str) -> str: return re.sub(r"[^A-Za-z0-9_\-. /]", "_", str(name))
 
 def log_monitoring_run(cfg: Config, client, decision: dict, batch_dir: Path) -> str:
@@ -626,7 +758,7 @@ def log_monitoring_run(cfg: Config, client, decision: dict, batch_dir: Path) -> 
     log_batch(RunContext(cfg, batch_dir, info), run.info.run_id, metrics=m, tags={**tags, **{f"mlops_nb.{k}": v for k, v in info.items() if k != "tracking_uri"}})
     return run.info.run_id
 
-# %% ../nbs/05_monitoring.ipynb #59
+# %% ../nbs/05_monitoring.ipynb #64
 def record_decision(cfg: Config, client, record: dict, out: str | Path) -> dict:
     "Write decision.json and monitoring.html in out/monitoring/<batch_id>/ and log them with an MLflow monitoring run."
     batch_dir = Path(out) / "monitoring" / record["batch_id"]
@@ -640,7 +772,10 @@ def record_decision(cfg: Config, client, record: dict, out: str | Path) -> dict:
     client.set_terminated(run_id)
     return read_json(path)
 
-# %% ../nbs/05_monitoring.ipynb #60
+# %% ../nbs/05_monitoring.ipynb #65
+def _is_parquet(data) -> bool:
+    return isinstance(data, (str, Path)) and Path(data).suffix.lower() in (".parquet", ".pq")
+
 def monitor_batch(cfg: Config,
                   data: pd.DataFrame | str | Path | None = None,  # the batch (frame or CSV/Parquet file); with an inference log: its labels
                   inference_log: str | Path | None = None,  # a .jsonl file or folder written by the scoring service
@@ -650,6 +785,7 @@ def monitor_batch(cfg: Config,
                   batch_id: str | None = None,  # default: UTC time plus a random suffix
                   methods: dict | None = None,  # per-column drift test overrides, e.g. {'age': 'psi'}
                   since=None, until=None,  # time window of the inference log
+                  batch_rows: int = 131_072,  # a Parquet batch is read, validated and scored this many rows at a time
                  ) -> dict:
     "Monitor one batch against the model's reference statistics; write decision.json and monitoring.html, log to MLflow, return the decision."
     if data is None and inference_log is None: raise ConfigError("monitor: give a batch (data) or an inference log")
@@ -659,24 +795,27 @@ def monitor_batch(cfg: Config,
     loaded = resolve_model(client, cfg, model)
     reference = loaded.reference_stats()
     batch_id = _safe_id(batch_id or new_batch_id())
-    if inference_log is not None: batch, source = _log_batch(cfg, data, inference_log, labels, loaded, since, until)
-    else: batch, source = (read_batch(data, cfg) if isinstance(data, (str, Path)) else data), {"kind": "data", "path": str(data) if isinstance(data, (str, Path)) else None}
-    anomalies = validate_batch(batch, reference, cfg, labels, ignore=LOG_FIELDS if inference_log is not None else ())
-    batch = _numeric_columns(batch, reference)
-    scores, predictions, skew = score_batch(loaded, batch, inference_log is not None)
-    result = assess_batch(batch, reference, cfg, scores, predictions, labels, methods, anomalies)
+    source = {"kind": "data", "path": str(data) if isinstance(data, (str, Path)) else None}
+    if inference_log is None and _is_parquet(data): result, skew = assess_parquet(data, loaded, reference, cfg, labels, methods, batch_rows), None
+    else:
+        if inference_log is not None: batch, source = _log_batch(cfg, data, inference_log, labels, loaded, since, until)
+        else: batch = read_batch(data, cfg) if isinstance(data, (str, Path)) else data
+        anomalies = validate_batch(batch, reference, cfg, labels, ignore=LOG_FIELDS if inference_log is not None else ())
+        batch = _numeric_columns(batch, reference)
+        scores, predictions, skew = score_batch(loaded, batch, inference_log is not None)
+        result = assess_batch(batch, reference, cfg, scores, predictions, labels, methods, anomalies)
     decision, reasons = retraining_decision({**result, "serving_skew": skew}, cfg, last_retrain(client, cfg, out, loaded.name))
     record = {"decision": decision, "reasons": reasons, "batch_id": batch_id, "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "model": {"name": loaded.name, "version": loaded.version, "uri": loaded.uri, "requested": model}, "source": source,
               **result, "serving_skew": skew}
     return record_decision(cfg, client, record, out)
 
-# %% ../nbs/05_monitoring.ipynb #62
+# %% ../nbs/05_monitoring.ipynb #67
 _PAGE_CSS = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}"
              "td,th{border:1px solid #ccc;padding:3px 9px;text-align:left}th{background:#f3f3f3}.ok{color:#1e7b34}.investigate{color:#b36b00}"
              ".retrain{color:#c0392b}.yes{color:#c0392b;font-weight:600}")
 
-# %% ../nbs/05_monitoring.ipynb #63
+# %% ../nbs/05_monitoring.ipynb #68
 def render_monitoring_report(decision_path_or_dir: str | Path) -> Path:
     "Write monitoring.html beside a decision.json (given the file or its folder); returns its path."
     p = Path(decision_path_or_dir)
@@ -697,7 +836,7 @@ def render_monitoring_report(decision_path_or_dir: str | Path) -> Path:
     target.write_text(html, encoding="utf-8")
     return target
 
-# %% ../nbs/05_monitoring.ipynb #65
+# %% ../nbs/05_monitoring.ipynb #70
 def monitor_periods(cfg: Config, batches: dict[str, pd.DataFrame], out: str | Path, model: str | None = None, labels: bool = True) -> pd.DataFrame:
     "Monitor each batch in order (batch id = its name); the decisions as a table."
     for name, batch in batches.items():

@@ -263,3 +263,40 @@ def test_a_reference_stored_before_the_tail_levels_is_read_with_even_levels():
         p, r = np.histogram(q, edges, weights=w)[0] / w.sum(), np.histogram(batch.x, edges)[0] / len(batch)
         want = jensenshannon(p, r) if test == "jensenshannon" else float(np.sum((np.where(r == 0, 1e-4, r) - np.where(p == 0, 1e-4, p)) * np.log(np.where(r == 0, 1e-4, r) / np.where(p == 0, 1e-4, p))))
         assert drift_report(batch, old, methods={"x": test}).loc["x", "score"] == pytest.approx(want, rel=1e-9), test
+
+
+def _same_assessment(a: dict, b: dict) -> None:
+    "Two decisions of the same rows: the same decision, columns, drift, anomalies and performance (scores within 1e-9)."
+    assert (a["decision"], a["rows"], a["labelled_rows"], a["dataset_drift"], a["anomalies"]) == (b["decision"], b["rows"], b["labelled_rows"], b["dataset_drift"], b["anomalies"])
+    assert {c: (v["test"], v["drifted"]) for c, v in a["columns"].items()} == {c: (v["test"], v["drifted"]) for c, v in b["columns"].items()}
+    assert all(abs(a["columns"][c]["score"] - v["score"]) < 1e-9 for c, v in b["columns"].items())
+    for k in ("prediction_drift", "label_drift"): assert a[k]["drifted"] == b[k]["drifted"] and abs(a[k]["score"] - b[k]["score"]) < 1e-9
+    for k in ("performance", "estimated_performance"): assert a[k] == pytest.approx(b[k], abs=1e-9)
+
+
+def test_a_parquet_batch_is_monitored_in_chunks_with_the_frame_results(project, tmp_path, monkeypatch):
+    batch = synthetic(700, seed=8, x2_shift=1.0)
+    batch.to_parquet(tmp_path / "batch.parquet", index=False)
+    whole = monitor_batch(project.cfg, batch, labels=True, out=tmp_path / "a", batch_id="whole")
+    import mlops_nb.monitoring as monitoring
+    monkeypatch.setattr(monitoring, "read_batch", lambda *a, **k: pytest.fail("a Parquet batch must not be read whole"))
+    chunked = monitor_batch(project.cfg, tmp_path / "batch.parquet", labels=True, out=tmp_path / "b", batch_id="chunked", batch_rows=64)
+    _same_assessment(chunked, whole)
+    assert chunked["source"] == {"kind": "data", "path": str(tmp_path / "batch.parquet")}
+
+
+def test_a_bad_parquet_batch_is_refused_with_the_row_numbers_of_the_whole_file(project, tmp_path):
+    batch = project.ref.head(300).copy()
+    batch.loc[[5, 250], "x3"] = np.inf
+    batch.loc[260, "y"] = "maybe"
+    batch.to_parquet(tmp_path / "bad.parquet", index=False)
+    with pytest.raises(DataValidationError) as err:
+        monitor_batch(project.cfg, tmp_path / "bad.parquet", labels=True, out=tmp_path, batch_id="bad", batch_rows=100)
+    assert "x3: infinite values in 2 rows (rows 5, 250)" in str(err.value)
+    assert "y: unknown classes ['maybe'] in 1 row (rows 260)" in str(err.value)
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet")
+    with pytest.raises(DataValidationError, match="broken.parquet: cannot be read"): monitor_batch(project.cfg, tmp_path / "broken.parquet", out=tmp_path)
+    with pytest.raises(ConfigError, match="batch file not found"): monitor_batch(project.cfg, tmp_path / "absent.parquet", out=tmp_path)
+    project.ref.head(0).to_parquet(tmp_path / "empty.parquet", index=False)
+    with pytest.raises(DataValidationError, match="the batch has no rows"): monitor_batch(project.cfg, tmp_path / "empty.parquet", out=tmp_path)
+    assert not (tmp_path / "monitoring" / "bad").exists()
