@@ -7,10 +7,8 @@ from __future__ import annotations
 import functools, hashlib, json, re, warnings
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from .core import (Config, ConfigError, DataValidationError, RunContext, code, esc, finish_stage,
                            fingerprint_data, md, read_json, resolve_path, run_context, write_json)
@@ -292,6 +290,7 @@ def target_rate_by_value(df: pd.DataFrame, column: str, cfg: Config) -> pd.DataF
 # %% ../nbs/01_eda.ipynb #32
 def plot_profile(df: pd.DataFrame, cfg: Config, max_columns: int = 30):
     "A grid: each column's distribution and its positive-outcome rate by value."
+    import matplotlib.pyplot as plt  # here, not at import: serving and monitoring import this module
     cols = profile_columns(df, cfg, max_columns)
     fig, axes = plt.subplots(len(cols), 2, figsize=(10, 2.6 * len(cols)), squeeze=False)
     base = is_positive(df[cfg.data.target], cfg.data.positive_label).mean()
@@ -339,6 +338,7 @@ def split_data(df: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, pd.DataFram
         test_mask = t >= cut
         if test_mask.all(): raise DataValidationError(f"{cfg.data.time_column}: a time split needs more than one period")
         return df[~test_mask].reset_index(drop=True), df[test_mask].reset_index(drop=True)
+    from sklearn.model_selection import train_test_split  # here, not at import: serving and monitoring import this module
     y = df[cfg.data.target].astype(str)
     train, test = train_test_split(df, test_size=cfg.split.test_size, random_state=cfg.split.seed,
                                    stratify=y if y.value_counts().min() >= 2 else None)

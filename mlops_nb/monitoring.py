@@ -8,20 +8,16 @@ import datetime as dt, json, re
 from collections import Counter
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
-from scipy.spatial.distance import jensenshannon
-from scipy.stats import chi2_contingency, ks_2samp
-from sklearn import metrics as skm
 
 from .core import (Config, ConfigError, DataValidationError, MlopsError, RunContext, _jsonable, code, config_hash, esc, experiment_id,
                            finish_stage, git_commit, html_table, log_batch, md, mlflow_client, package_version, read_json, run_context,
                            tracking_uri, write_json)
 from .eda import QUANTILE_LEVELS, _check_header, is_positive, _rows, load_data, load_dataset, normalise_frame, reference_statistics
-from .baseline import higher_is_better
-from .evaluation import CHALLENGER, CHAMPION, alias_version, decisions, load_model_version, positive_scores
+# scipy's tests, scikit-learn's metrics, baseline and evaluation (fairlearn, model selection) and matplotlib are imported by the
+# functions that need them: the scoring service imports this module for its inference log and should not pay for them
 
 # %% auto #0
 __all__ = ['SMALL_REFERENCE_ROWS', 'DRIFT_TESTS', 'BLOCKING_ANOMALIES', 'ESTIMATION_ASSUMPTION', 'LOG_FIELDS', 'LOG_REQUIRED',
@@ -73,10 +69,12 @@ def _aligned_counts(reference: dict,  # one categorical column's reference stati
 # %% ../nbs/05_monitoring.ipynb #14
 def ks_drift(reference: dict, values) -> float:
     "Kolmogorov–Smirnov p-value of the batch against the stored reference sample."
+    from scipy.stats import ks_2samp
     return float(ks_2samp(np.asarray(reference["sample"], dtype=float), _numbers(values)).pvalue)
 
 def chisquare_drift(reference: dict, values) -> float:
     "Chi-square p-value of the 2-row contingency table: reference counts vs batch counts per category."
+    from scipy.stats import chi2_contingency
     ref, cur = _aligned_counts(reference, values)
     if len(ref) < 2: return 1.0  # one category in both: nothing can differ
     return float(chi2_contingency(np.vstack([ref, cur])).pvalue)
@@ -130,6 +128,7 @@ def _proportions(reference: dict, values, bins: int = 10) -> tuple[np.ndarray, n
 
 def jensenshannon_drift(reference: dict, values) -> float:
     "Jensen–Shannon distance (natural log) between aligned reference and batch proportions."
+    from scipy.spatial.distance import jensenshannon
     return float(jensenshannon(*_proportions(reference, values)))
 
 def psi_drift(reference: dict, values) -> float:
@@ -318,6 +317,7 @@ ESTIMATION_ASSUMPTION = (
 
 def weighted_metrics(y, scores, predictions, weight=None) -> dict:
     "Confusion matrix and metrics of 0/1 outcomes, scores and decisions, with optional row weights."
+    from sklearn import metrics as skm
     y, s, d = np.asarray(y, dtype=int), np.asarray(scores, dtype=float), np.asarray(predictions, dtype=int)
     w = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=float)
     both = w[y == 1].sum() > 0 and w[y == 0].sum() > 0  # ranking metrics need both classes
@@ -438,6 +438,7 @@ LEVELS = ("ok", "investigate", "retrain")
 
 def _metric_finding(values: dict, cfg: Config, kind: str, level: str) -> list[tuple[str, str]]:
     "The primary-metric gate applied to measured or estimated performance."
+    from mlops_nb.baseline import higher_is_better
     metric, floor = cfg.model.primary_metric, cfg.gates.min_primary_metric
     if not values or floor is None: return []
     value = values.get(metric)
@@ -500,6 +501,7 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
 def resolve_model(client, cfg: Config, model: str | None = None):
     "The registered model version to monitor (verified and loaded): `model`, else the champion, else the challenger."
     from mlflow.exceptions import MlflowException
+    from mlops_nb.evaluation import CHALLENGER, CHAMPION, alias_version, load_model_version
     if model is None:
         alias = next((a for a in (CHAMPION, CHALLENGER) if alias_version(client, cfg.model_name, a)), None)
         if alias is None: raise ConfigError(f"registered model {cfg.model_name!r} has no champion or challenger version in "
@@ -638,6 +640,7 @@ def _log_batch(cfg: Config, labels_data, inference_log, labels: bool, loaded, si
 # %% ../nbs/05_monitoring.ipynb #58
 def _serving_skew(model, batch: pd.DataFrame, columns: list[str], tolerance: float = 1e-6) -> dict:
     "Rescore the logged inputs with the registered model and compare with the logged probabilities."
+    from mlops_nb.evaluation import positive_scores
     ok = batch["probability"].notna()
     diff = np.abs(positive_scores(model, batch.loc[ok, columns]) - batch.loc[ok, "probability"].astype(float).to_numpy())
     return {"rows": int(ok.sum()), "mismatched_rows": int((diff > tolerance).sum()), "tolerance": tolerance,
@@ -645,6 +648,7 @@ def _serving_skew(model, batch: pd.DataFrame, columns: list[str], tolerance: flo
 
 def score_batch(loaded, batch: pd.DataFrame, from_log: bool) -> tuple[np.ndarray, np.ndarray, dict | None]:
     "Scores and 0/1 decisions of the batch (the logged ones for an inference log, plus the serving-skew check)."
+    from mlops_nb.evaluation import decisions, positive_scores
     columns = list(loaded.model.feature_names_in_)
     if not from_log:
         scores = positive_scores(loaded.model, batch[columns])
@@ -845,6 +849,7 @@ def monitor_periods(cfg: Config, batches: dict[str, pd.DataFrame], out: str | Pa
 
 def plot_history(history: pd.DataFrame, cfg: Config):
     "Drift share per batch (with the dataset-drift threshold) and the measured vs estimated primary metric."
+    import matplotlib.pyplot as plt
     metric = cfg.model.primary_metric
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
     a.bar(history["batch_id"], history["drift_share"], color="#4C72B0"); a.axhline(cfg.monitoring.drift_share, color="k", ls="--", lw=1)

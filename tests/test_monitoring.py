@@ -300,3 +300,11 @@ def test_a_bad_parquet_batch_is_refused_with_the_row_numbers_of_the_whole_file(p
     project.ref.head(0).to_parquet(tmp_path / "empty.parquet", index=False)
     with pytest.raises(DataValidationError, match="the batch has no rows"): monitor_batch(project.cfg, tmp_path / "empty.parquet", out=tmp_path)
     assert not (tmp_path / "monitoring" / "bad").exists()
+
+
+def test_monitoring_and_eda_import_no_plotting_fairness_or_model_selection():
+    "The service and `mlops-nb monitor` import these modules: fairlearn, matplotlib, shap and model selection load only when used."
+    import subprocess, sys
+    heavy = ["fairlearn", "matplotlib.pyplot", "shap", "sklearn.model_selection", "mlops_nb.rai", "mlops_nb.evaluation"]
+    code = f"import sys, mlops_nb.monitoring, mlops_nb.eda; print([m for m in {heavy!r} if m in sys.modules])"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
