@@ -308,3 +308,33 @@ def test_monitoring_and_eda_import_no_plotting_fairness_or_model_selection():
     heavy = ["fairlearn", "matplotlib.pyplot", "shap", "sklearn.model_selection", "mlops_nb.rai", "mlops_nb.evaluation"]
     code = f"import sys, mlops_nb.monitoring, mlops_nb.eda; print([m for m in {heavy!r} if m in sys.modules])"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def _old_append_inference_log(path, inputs, probabilities, predictions, request_id, model_name="", model_version="", latency_ms=None,
+                              status=200, unseen_categories=None, now=None):
+    "The writer before the vectorised one: one record dict per row, `_jsonable` on every value, `json.dumps` per line."
+    from mlops_nb.core import _jsonable
+    from mlops_nb.monitoring import inference_log_record
+    unseen = unseen_categories or [[] for _ in range(len(inputs))]
+    lines = [json.dumps(_jsonable(inference_log_record(r, d, p, request_id, i, model_name, model_version, latency_ms, status, u, now)))
+             for i, (r, p, d, u) in enumerate(zip(inputs.to_dict("records"), probabilities, predictions, unseen))]
+    with open(path, "a", encoding="utf-8") as f: f.write("".join(line + "\n" for line in lines))
+
+
+def test_the_inference_log_lines_are_those_of_the_old_writer(tmp_path):
+    import datetime as dt
+    rows = pd.DataFrame({"i": np.array([1, 2, 3], dtype=np.int64), "f": [0.1 + 0.2, np.nan, 2.0 ** -40], "inf": [np.inf, -np.inf, 1.5],
+                         "s": ["a", None, "é \"q\""], "o": pd.Series([np.int64(7), np.float64(2.5), None], dtype=object),
+                         "b": [True, False, True], "when": pd.to_datetime(["2026-01-01 00:00:00", "2026-01-02 03:04:05", "2026-01-03 00:00:00"])})
+    args = dict(probabilities=np.array([0.25, 1 / 3, np.nan]), predictions=np.array([0, 1, 0]), request_id="r-1", model_name="m",
+                model_version=3, latency_ms=np.float64(12.5), status=200, unseen_categories=[[], ["s"], []])
+    append_inference_log(tmp_path / "new.jsonl", rows, **args)
+    new = (tmp_path / "new.jsonl").read_text().splitlines()
+    now = dt.datetime.fromisoformat(json.loads(new[0])["time"])
+    _old_append_inference_log(tmp_path / "old.jsonl", rows, **args, now=now)
+    assert new == (tmp_path / "old.jsonl").read_text().splitlines()  # byte for byte
+    assert json.loads(new[0])["inputs"]["f"] == 0.1 + 0.2 and json.loads(new[2])["inputs"]["f"] == 2.0 ** -40  # full precision
+    assert json.loads(new[0])["inputs"]["inf"] is None and json.loads(new[2])["probability"] is None
+    pd.testing.assert_frame_equal(read_inference_log(tmp_path / "new.jsonl"), read_inference_log(tmp_path / "old.jsonl"))
+    assert append_inference_log(tmp_path / "empty.jsonl", rows.iloc[:0], [], [], "r-2") == 0
+    assert append_inference_log(tmp_path / "nocols.jsonl", pd.DataFrame(index=range(2)), [0.5, 0.5], [1, 1], "r-3") == 2
