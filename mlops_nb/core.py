@@ -290,16 +290,42 @@ def run_context(config: str | Path | None = None,  # the CONFIG parameter: a YAM
 def _sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
+def _store_template() -> Path:
+    "An empty SQLite store migrated once per MLflow version, without its `Default` experiment, to copy."
+    import mlflow, sqlite3
+    from mlflow.tracking import MlflowClient
+    cache = Path(os.environ.get("MLOPS_NB_CACHE") or Path.home() / ".cache" / "mlops_nb")
+    template = cache / f"mlflow-{mlflow.__version__}.db"
+    if template.exists(): return template
+    cache.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(template) + ".lock", timeout=300):
+        if template.exists(): return template
+        fresh = cache / f".{uuid.uuid4().hex}.db"
+        MlflowClient(tracking_uri=f"sqlite:///{fresh}").search_experiments(max_results=1)  # runs the migrations
+        with sqlite3.connect(fresh) as con:
+            con.execute("DELETE FROM experiment_tags WHERE experiment_id = 0")
+            con.execute("DELETE FROM experiments WHERE experiment_id = 0")
+        con.close()
+        os.replace(fresh, template)
+    return template
+
+def _new_store(db: Path):
+    "Create the SQLite store `db` as a copy of the migrated template (the caller holds `db`'s lock)."
+    import shutil
+    part = db.with_name(f".{db.name}.{uuid.uuid4().hex}")
+    shutil.copyfile(_store_template(), part)
+    os.replace(part, db)
+
 def mlflow_client(uri: str):
-    "An `MlflowClient` for `uri`, creating or upgrading a SQLite store once, under a lock."
-    import mlflow
+    "An `MlflowClient` for `uri`, creating (from the template) or upgrading a SQLite store once, under a lock."
     from mlflow.tracking import MlflowClient
     db = _sqlite_path(uri)
     if db is None: return MlflowClient(tracking_uri=uri, registry_uri=uri)
     db.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(db) + ".lock", timeout=300):
+        if not db.exists() or db.stat().st_size == 0: _new_store(db)
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        _retry(lambda: client.search_experiments(max_results=1))  # creates / migrates the schema while we hold the lock
+        _retry(lambda: client.search_experiments(max_results=1))  # upgrades an older schema while we hold the lock
     return client
 
 # %% ../nbs/00_core.ipynb #33
