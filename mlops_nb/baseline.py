@@ -22,10 +22,10 @@ from .core import Config, ConfigError, RunContext, code, esc, finish_stage, md, 
 from .eda import is_positive, load_schema, load_splits
 
 # %% auto #0
-__all__ = ['NEEDS_SCALING', 'METRICS', 'LOWER_IS_BETTER', 'feature_types', 'model_columns', 'feature_table', 'make_preprocessor',
-           'make_model', 'build_pipeline', 'higher_is_better', 'target_vector', 'cv_splitter', 'fitting_threads',
-           'cross_validate_model', 'compare_models', 'best_model', 'fit_baseline', 'baseline_table', 'cv_display',
-           'plot_cv_scores', 'load_baseline']
+__all__ = ['FOREST_MAX_ROWS', 'NEEDS_SCALING', 'METRICS', 'LOWER_IS_BETTER', 'feature_types', 'model_columns', 'feature_table',
+           'make_preprocessor', 'make_model', 'build_pipeline', 'higher_is_better', 'target_vector', 'cv_splitter',
+           'fitting_threads', 'cross_validate_model', 'cv_sample', 'cv_rows_text', 'compare_models', 'best_model',
+           'fit_baseline', 'baseline_table', 'cv_display', 'plot_cv_scores', 'load_baseline']
 
 # %% ../nbs/03_baseline.ipynb #7
 def feature_types(schema: dict,  # from `load_schema`
@@ -70,22 +70,32 @@ def make_preprocessor(schema: dict,  # from `load_schema`
     return ColumnTransformer(transformers, remainder="drop")
 
 # %% ../nbs/03_baseline.ipynb #13
+FOREST_MAX_ROWS = 100_000  # each tree of a forest fitted on more rows sees a bootstrap sample of this many
+
+def _forest(seed: int, rows: int | None) -> RandomForestClassifier:
+    "100 trees, at least 10 rows per leaf; on more than `FOREST_MAX_ROWS` rows, smaller trees (fewer rows each, larger leaves)."
+    rows = rows or 0
+    return RandomForestClassifier(n_estimators=100, min_samples_leaf=max(10, rows // 20_000),
+                                  max_samples=FOREST_MAX_ROWS / rows if rows > FOREST_MAX_ROWS else None, n_jobs=2, random_state=seed)
+
 _MODELS = {
-    "dummy": lambda seed: DummyClassifier(strategy="prior"),
-    "logistic_regression": lambda seed: LogisticRegression(C=1.0, max_iter=2000),
-    "hist_gradient_boosting": lambda seed: HistGradientBoostingClassifier(learning_rate=0.05, max_leaf_nodes=15, min_samples_leaf=40, random_state=seed),
-    "random_forest": lambda seed: RandomForestClassifier(n_estimators=100, min_samples_leaf=10, n_jobs=2, random_state=seed),
+    "dummy": lambda seed, rows: DummyClassifier(strategy="prior"),
+    "logistic_regression": lambda seed, rows: LogisticRegression(C=1.0, max_iter=2000),
+    "hist_gradient_boosting": lambda seed, rows: HistGradientBoostingClassifier(learning_rate=0.05, max_leaf_nodes=15, min_samples_leaf=40, random_state=seed),
+    "random_forest": _forest,
 }
 NEEDS_SCALING = {"logistic_regression"}
 
-def make_model(name: str, seed: int = 0):
+def make_model(name: str, seed: int = 0,
+               rows: int | None = None,  # the rows it will be fitted on (the forest bounds its trees above `FOREST_MAX_ROWS`)
+              ):
     "A fresh, seeded estimator by name; `ConfigError` for an unknown name."
     if name not in _MODELS: raise ConfigError(f"model.candidates: unknown model {name!r}; choose from {list(_MODELS)}")
-    return _MODELS[name](seed)
+    return _MODELS[name](seed, rows)
 
-def build_pipeline(schema: dict, model: str, seed: int = 0) -> Pipeline:
-    "An unfitted `Pipeline([('preprocess', ...), ('model', ...)])` for a named model."
-    return Pipeline([("preprocess", make_preprocessor(schema, scale=model in NEEDS_SCALING)), ("model", make_model(model, seed))])
+def build_pipeline(schema: dict, model: str, seed: int = 0, rows: int | None = None) -> Pipeline:
+    "An unfitted `Pipeline([('preprocess', ...), ('model', ...)])` for a named model, to be fitted on `rows` rows."
+    return Pipeline([("preprocess", make_preprocessor(schema, scale=model in NEEDS_SCALING)), ("model", make_model(model, seed, rows))])
 
 # %% ../nbs/03_baseline.ipynb #17
 METRICS = ("roc_auc", "average_precision", "f1", "accuracy", "log_loss", "brier")
@@ -126,10 +136,21 @@ def cross_validate_model(pipeline: Pipeline, X: pd.DataFrame, y: pd.Series, cfg:
     return out
 
 # %% ../nbs/03_baseline.ipynb #19
+def cv_sample(train: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    "The training rows models are cross-validated on: all, or above `model.cv_max_rows` a sample seeded by `split.seed`."
+    limit = cfg.model.cv_max_rows
+    return train if limit is None or len(train) <= limit else train.sample(n=limit, random_state=cfg.split.seed)
+
+def cv_rows_text(result: dict) -> str:
+    "'4,180 training rows', or 'a seeded sample of 100,000 of 800,000 training rows' (from `fit_baseline`'s result)."
+    rows, cv = result["rows"], result.get("cv_rows", result["rows"])
+    return f"{rows:,} training rows" if cv == rows else f"a seeded sample of {cv:,} of {rows:,} training rows"
+
 def compare_models(train: pd.DataFrame, schema: dict, cfg: Config, models: list[str]) -> pd.DataFrame:
-    "Cross-validated metrics of each named model on the training split (one row per model)."
-    X, y = train[model_columns(schema)], target_vector(train, cfg)
-    rows = {m: cross_validate_model(build_pipeline(schema, m, cfg.split.seed), X, y, cfg) for m in models}
+    "Cross-validated metrics of each named model on the training split, or its `cv_sample` (one row per model)."
+    sample = cv_sample(train, cfg)
+    X, y = sample[model_columns(schema)], target_vector(sample, cfg)
+    rows = {m: cross_validate_model(build_pipeline(schema, m, cfg.split.seed, rows=len(X)), X, y, cfg) for m in models}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
 
 def best_model(table: pd.DataFrame, metric: str) -> str:
@@ -143,6 +164,7 @@ def fit_baseline(train: pd.DataFrame, schema: dict, cfg: Config) -> dict:
     primary = cfg.model.primary_metric
     best = best_model(table, primary)
     return {"primary_metric": primary, "cv_folds": cfg.model.cv_folds, "seed": cfg.split.seed, "rows": len(train),
+            "cv_rows": len(cv_sample(train, cfg)),
             "models": table.to_dict("index"), "best": best, "best_score": float(table.loc[best, primary])}
 
 def baseline_table(baseline: dict) -> pd.DataFrame:

@@ -71,6 +71,7 @@ class ModelConfig(_Section):
     candidates: list[Candidate] = Field(["logistic_regression", "hist_gradient_boosting", "random_forest"], min_length=1)
     primary_metric: Metric = "roc_auc"
     cv_folds: int = Field(5, ge=2, le=20)
+    cv_max_rows: int | None = Field(100_000, ge=100)  # candidates are cross-validated on a seeded sample above this; None: all rows
 
 # %% ../nbs/00_core.ipynb #9
 class GatesConfig(_Section):

@@ -23,7 +23,7 @@ from .core import (Config, MlopsError, RunContext, _retry, code, esc, finish_sta
 from .eda import binned, load_data, load_schema, load_splits, plot_text, reference_statistics
 from .rai import (explain_model, fairness_frame, group_metrics, plot_beeswarm, plot_group_metrics,
                           plot_importance, plot_local)
-from .baseline import (METRICS, baseline_table, best_model, build_pipeline, compare_models, cv_display,
+from .baseline import (METRICS, baseline_table, best_model, build_pipeline, compare_models, cv_display, cv_rows_text,
                                fitting_threads, higher_is_better, load_baseline, model_columns, plot_cv_scores,
                                target_vector)
 
@@ -41,7 +41,7 @@ THRESHOLD = 0.5  # decisions: positive when the score is above this (what `predi
 def fit_model(train: pd.DataFrame, schema: dict, cfg: Config, model: str) -> Pipeline:
     "The named model's pipeline fitted on the whole training split."
     with fitting_threads(len(train)):
-        return build_pipeline(schema, model, cfg.split.seed).fit(train[model_columns(schema)], target_vector(train, cfg))
+        return build_pipeline(schema, model, cfg.split.seed, rows=len(train)).fit(train[model_columns(schema)], target_vector(train, cfg))
 
 def positive_scores(pipeline, X: pd.DataFrame) -> np.ndarray:
     "The pipeline's predicted probability of the positive class (class 1) for each row."

@@ -30,10 +30,10 @@ from .core import Config, DataValidationError, esc, finish_stage, md, run_contex
 from .eda import is_positive, class_balance, cramers_v, load_schema, load_splits, plot_text
 
 # %% auto #0
-__all__ = ['ASSESSMENT_ITEMS', 'MISSING_GROUP', 'PROXY_THRESHOLD', 'MIN_MINORITY_ROWS', 'MIN_ROWS_PER_FEATURE', 'MIN_SIGNAL_LIFT',
-           'FAIRNESS_METRICS', 'assessment_table', 'assessment_markdown', 'group_labels', 'check_sensitive',
-           'group_summary', 'small_groups', 'base_rate_gaps', 'plot_groups', 'correlation_ratio', 'proxy_table',
-           'plot_proxies', 'quick_pipeline', 'model_inputs', 'feasibility_study', 'feasibility_verdict',
+__all__ = ['ASSESSMENT_ITEMS', 'MISSING_GROUP', 'PROXY_THRESHOLD', 'MI_MAX_ROWS', 'MIN_MINORITY_ROWS', 'MIN_ROWS_PER_FEATURE',
+           'MIN_SIGNAL_LIFT', 'FAIRNESS_METRICS', 'assessment_table', 'assessment_markdown', 'group_labels',
+           'check_sensitive', 'group_summary', 'small_groups', 'base_rate_gaps', 'plot_groups', 'correlation_ratio',
+           'proxy_table', 'plot_proxies', 'quick_pipeline', 'model_inputs', 'feasibility_study', 'feasibility_verdict',
            'learning_curve_table', 'plot_learning_curve', 'group_metrics', 'fairness_frame', 'group_metrics_table',
            'plot_group_metrics', 'Explanation', 'source_columns', 'explain_model', 'plot_importance', 'plot_beeswarm',
            'plot_local', 'metric_key', 'rai_metrics']
@@ -142,14 +142,18 @@ def correlation_ratio(values: pd.Series,  # a numeric column
     return float(np.sqrt(between / total))
 
 # %% ../nbs/02_rai.ipynb #23
+MI_MAX_ROWS = 20_000  # the k-nearest-neighbour mutual information is estimated on a seeded sample of at most this many rows
+
 def _is_numeric(s: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
 
 def _association(x: pd.Series, groups: pd.Series, seed: int) -> tuple[str, float, float]:
     "(measure, strength 0..1, mutual information in nats) between a feature and sensitive groups."
     if _is_numeric(x):
-        ok = x.notna().to_numpy()
-        mi = mutual_info_classif(x[ok].to_numpy(dtype=float).reshape(-1, 1), groups[ok], random_state=seed)[0] if ok.sum() > 3 else 0.0
+        ok = np.flatnonzero(x.notna().to_numpy())
+        if len(ok) > MI_MAX_ROWS: ok = np.sort(np.random.default_rng(seed).choice(ok, MI_MAX_ROWS, replace=False))
+        mi = (mutual_info_classif(x.iloc[ok].to_numpy(dtype=float).reshape(-1, 1), groups.iloc[ok], random_state=seed)[0]
+              if len(ok) > 3 else 0.0)
         return "correlation ratio", correlation_ratio(x, groups), float(mi)
     return "Cramér's V", cramers_v(x, groups), float(mutual_info_score(group_labels(x), groups))
 
@@ -271,11 +275,12 @@ def group_metrics(y_true, y_pred, sensitive: pd.Series) -> pd.DataFrame:
 
 # %% ../nbs/02_rai.ipynb #41
 def _cell_counts(y_true: np.ndarray, y_pred: np.ndarray, codes: np.ndarray, n_groups: int, n_bootstrap: int, seed: int) -> np.ndarray:
-    "Counts (resample, group, cell) with cell = 2*y_true + y_pred; resample 0 is the original rows."
+    "Counts (resample, group, cell) with cell = 2*y_true + y_pred; resample 0 is the original rows, the others multinomial."
     n, cell = len(y_true), codes * 4 + 2 * y_true + y_pred
-    rows = np.vstack([np.arange(n)[None, :], np.random.default_rng(seed).integers(0, n, size=(n_bootstrap, n))])
-    flat = (np.arange(n_bootstrap + 1)[:, None] * n_groups * 4 + cell[rows]).ravel()
-    return np.bincount(flat, minlength=(n_bootstrap + 1) * n_groups * 4).reshape(n_bootstrap + 1, n_groups, 4)
+    counts = np.bincount(cell, minlength=n_groups * 4)
+    boot = (np.random.default_rng(seed).multinomial(n, counts / n, size=n_bootstrap) if n
+            else np.zeros((n_bootstrap, n_groups * 4), dtype=counts.dtype))
+    return np.vstack([counts[None, :], boot]).reshape(n_bootstrap + 1, n_groups, 4)
 
 def _rates(counts: np.ndarray) -> dict[str, np.ndarray]:
     "Selection rate, TPR and FPR per (resample, group); NaN for a group absent from a resample."

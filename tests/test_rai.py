@@ -67,6 +67,27 @@ def test_fairness_bootstrap_is_seeded_and_its_interval_narrows_with_data():
     assert width(narrow) < width(ff)
 
 
+def test_multinomial_bootstrap_gives_the_intervals_of_resampling_rows():
+    # the counts are drawn directly (multinomial); resampling the rows themselves is the definition
+    rng = np.random.default_rng(11)
+    n, draws = 3000, 4000
+    g = rng.choice(["a", "b", "c"], n, p=[0.6, 0.3, 0.1])
+    y = rng.integers(0, 2, n)
+    pred = (rng.random(n) < np.where(g == "a", 0.5, 0.3)).astype(int)
+    ff = fairness_frame(y, pred, pd.DataFrame({"g": g}), n_bootstrap=draws, seed=0)
+    codes = pd.factorize(g, sort=True)[0]
+    rows = rng.integers(0, n, size=(draws, n))
+    offset = np.arange(draws)[:, None] * 3
+    chosen = np.bincount((offset + codes[rows]).ravel(), weights=pred[rows].ravel(), minlength=3 * draws).reshape(draws, 3)
+    size = np.bincount((offset + codes[rows]).ravel(), minlength=3 * draws).reshape(draws, 3)
+    rate = chosen / size
+    dpd = rate.max(1) - rate.min(1)
+    low, high = np.percentile(dpd, [2.5, 97.5])
+    assert abs(ff.loc["g", "demographic_parity_difference_low"] - low) < 0.01
+    assert abs(ff.loc["g", "demographic_parity_difference_high"] - high) < 0.01
+    assert high - low > 0.08  # the interval is wide enough for the tolerance to mean something
+
+
 def test_bootstrap_intervals_collapse_when_every_resample_has_the_same_answer():
     "Group a always selected, group b never: every resample has DP difference 1, ratio 0, EO difference 1."
     rng = np.random.default_rng(0)
