@@ -32,11 +32,11 @@ __all__ = ['logger', 'GATES_PASSED_TAG', 'PREVIOUS', 'REGISTRY_COLUMNS', 'LEASE_
            'FORMATS', 'OUTPUT_COLUMNS', 'registry_table', 'quick_version', 'PromotionRefused', 'promotion_lock',
            'evidence_links', 'promote_version', 'rollback_champion', 'promotion_history', 'ColumnSpec', 'input_schema',
            'value_problem', 'column_problems', 'check_frame', 'describe_problems', 'ServingError',
-           'columns_from_payload', 'want_probabilities', 'match_columns', 'model_frame', 'unseen_categories',
-           'prepare_request', 'ServiceSettings', 'service_settings', 'Served', 'ModelSlot', 'MicroBatcher',
-           'refusal_record', 'InferenceLogWriter', 'ServiceMetrics', 'ScoringService', 'start_service', 'stop_service',
-           'reload_models', 'read_body', 'parse_json', 'invoke', 'service_health', 'create_app', 'run_service',
-           'BackgroundServer', 'example_payloads', 'chunk_problems', 'score_file']
+           'columns_from_payload', 'want_probabilities', 'match_columns', 'model_frame', 'Rows', 'model_rows',
+           'rows_frame', 'unseen_categories', 'prepare_request', 'ServiceSettings', 'service_settings', 'Served',
+           'ModelSlot', 'MicroBatcher', 'refusal_record', 'InferenceLogWriter', 'ServiceMetrics', 'ScoringService',
+           'start_service', 'stop_service', 'reload_models', 'read_body', 'parse_json', 'invoke', 'service_health',
+           'create_app', 'run_service', 'BackgroundServer', 'example_payloads', 'chunk_problems', 'score_file']
 
 # %% ../nbs/06_deploy.ipynb #7
 GATES_PASSED_TAG = "mlops_nb.gates_passed"
@@ -339,9 +339,22 @@ def _suspects(s: pd.Series, spec: ColumnSpec) -> np.ndarray:
     elif spec.type == "string" and pd.api.types.is_string_dtype(s) and s.dtype != object: return np.flatnonzero(na)
     return np.arange(len(s))
 
+def _clean_list(values: list, spec: ColumnSpec) -> bool:
+    "Whether a request's list certainly has no problem, judged from the set of its value types (and an integer column's range)."
+    types = set(map(type, values))
+    if spec.type == "string": return types <= {str}
+    if spec.type == "boolean": return types <= {bool}
+    if spec.type in INTEGER_RANGES:
+        lo, hi = INTEGER_RANGES[spec.type]
+        return types <= {int} and (not values or lo <= min(values) and max(values) <= hi)
+    if not types <= {int, float}: return False
+    try: return bool(np.isfinite(np.array(values, dtype=float)).all())
+    except OverflowError: return False  # an integer beyond any float: looked at one by one
+
 def column_problems(values: list | pd.Series, spec: ColumnSpec) -> list[tuple]:
     "Every value of a column (a request's list, or a Series read from a file) the model cannot take: (row, column, kind, message)."
-    rows, get = (_suspects(values, spec), values.iat.__getitem__) if isinstance(values, pd.Series) else (range(len(values)), values.__getitem__)
+    if isinstance(values, pd.Series): rows, get = _suspects(values, spec), values.iat.__getitem__
+    else: rows, get = ([] if _clean_list(values, spec) else range(len(values))), values.__getitem__
     return [(int(i), spec.name, *p) for i in rows if (p := value_problem(get(i), spec))]
 
 # %% ../nbs/06_deploy.ipynb #38
@@ -461,26 +474,46 @@ def model_frame(columns: pd.DataFrame | dict, schema: list[ColumnSpec]) -> pd.Da
     "Checked columns (a frame or a dict of lists) in the model's order and types, as the frame the model scores."
     return pd.DataFrame({s.name: _model_column(columns[s.name], s) for s in schema})
 
+@dataclass(frozen=True)
+class Rows:
+    "A request's checked rows: the model's columns as arrays in its types. The frame the model scores is built once per micro-batch."
+    columns: dict[str, np.ndarray]
+    n: int
+    def __len__(self) -> int: return self.n
+    def frame(self) -> pd.DataFrame: return pd.DataFrame(self.columns)
+    def select(self, names: list[str]) -> "Rows": return Rows({c: self.columns[c] for c in names}, self.n)
+
+def model_rows(columns: dict, schema: list[ColumnSpec]) -> Rows:
+    "Checked columns (a dict of lists) in the model's order and types, as `Rows`."
+    arrays = {s.name: _model_column(columns[s.name], s) for s in schema}
+    return Rows(arrays, len(next(iter(arrays.values()))) if arrays else 0)
+
+def rows_frame(parts: list[Rows]) -> pd.DataFrame:
+    "One frame of several requests' rows, in order: each column concatenated once (requests of one model have its columns)."
+    if len(parts) == 1: return parts[0].frame()
+    return pd.DataFrame({c: np.concatenate([p.columns[c] for p in parts]) for c in parts[0].columns})
+
 def unseen_categories(columns: pd.DataFrame | dict, schema: list[ColumnSpec]) -> list[list[str]]:
-    "Per row, the text columns whose value never occurred in training."
-    flags = []
+    "Per row, the text columns whose value never occurred in training (one set lookup per value; lists built only for those rows)."
+    rows = len(columns[schema[0].name]) if schema else 0
+    out = [[] for _ in range(rows)]
     for s in (s for s in schema if s.categories is not None):
         values = columns[s.name].tolist() if isinstance(columns[s.name], pd.Series) else columns[s.name]
-        flags.append((s.name, [not _missing(v) and str(v) not in s.categories for v in values]))
-    rows = len(columns[schema[0].name]) if schema else 0
-    return [[c for c, f in flags if f[i]] for i in range(rows)]
+        for i in [i for i, v in enumerate(values) if v not in s.categories]:  # a known category is the common case
+            if not _missing(values[i]) and str(values[i]) not in s.categories: out[i].append(s.name)
+    return out
 
 # %% ../nbs/06_deploy.ipynb #46
 def prepare_request(payload, schema: list[ColumnSpec], extra_columns: str = "refuse", allow_nulls: bool = False,
                     query: dict | None = None,  # the query string (probabilities=true)
-                   ) -> tuple[pd.DataFrame, list[list[str]], bool]:
-    "A parsed request as the model's frame, its unseen categories per row, and whether to return probabilities; `ServingError` (400) naming any problem."
+                   ) -> tuple[Rows, list[list[str]], bool]:
+    "A parsed request as the model's `Rows`, its unseen categories per row, and whether to return probabilities; `ServingError` (400) naming any problem."
     columns, params = columns_from_payload(payload)
     probabilities = want_probabilities(params, query or {})
     columns = match_columns(columns, schema, extra_columns)
     problems = [p for s in schema for p in column_problems(columns[s.name], ColumnSpec(s.name, s.type, s.nullable or allow_nulls, s.categories))]
     if problems: raise _bad("; ".join(describe_problems(pd.DataFrame(problems, columns=PROBLEM_COLUMNS))))
-    return model_frame(columns, schema), unseen_categories(columns, schema), probabilities
+    return model_rows(columns, schema), unseen_categories(columns, schema), probabilities
 
 # %% ../nbs/06_deploy.ipynb #52
 @dataclass
@@ -564,7 +597,7 @@ class MicroBatcher:
         "Start the batching task in the running event loop."
         self.queue = asyncio.Queue(); self.task = asyncio.create_task(_batch_loop(self))
 
-    async def score(self, served: Served, X: pd.DataFrame) -> np.ndarray:
+    async def score(self, served: Served, X: Rows) -> np.ndarray:
         "The positive-class probabilities of X's rows, scored with `served`, possibly in one call with other requests."
         future = asyncio.get_running_loop().create_future()
         self.queue.put_nowait((served, X, future))
@@ -593,7 +626,7 @@ async def _collect(batcher: MicroBatcher, first: tuple) -> list[tuple]:
 async def _score_batch(batcher: MicroBatcher, items: list[tuple]) -> None:
     "Score requests of one model version in one predict call (in the worker thread); give each its own rows."
     try:
-        X = items[0][1] if len(items) == 1 else pd.concat([x for _, x, _ in items], ignore_index=True)
+        X = rows_frame([x for _, x, _ in items])
         batcher.observe(len(X))
         scores = await asyncio.get_running_loop().run_in_executor(batcher.executor, batcher.predict, items[0][0], X)
     except Exception as e:  # every waiting request gets the error (a JSON 500); the loop goes on
@@ -784,7 +817,7 @@ def parse_json(body: bytes):
 # %% ../nbs/06_deploy.ipynb #69
 _LARGE = 100_000  # bytes: larger bodies are parsed and checked in a worker thread, so the event loop keeps serving
 
-async def _parse(service: ScoringService, request: Request) -> tuple[ModelSlot, Served, pd.DataFrame, list, bool]:
+async def _parse(service: ScoringService, request: Request) -> tuple[ModelSlot, Served, Rows, list, bool]:
     "Read, parse and check a request, and choose the model that answers it (the canary draw)."
     s = service.settings
     body = await read_body(request, s.max_body_bytes)
@@ -817,13 +850,13 @@ async def invoke(service: ScoringService, request: Request) -> JSONResponse:
         service.metrics.requests.labels("500").inc(); raise
     return _answer(service, slot, served, X, scores, unseen, probabilities, request_id, t0)
 
-def _answer(service: ScoringService, slot: ModelSlot, served: Served, X: pd.DataFrame, scores: np.ndarray, unseen: list,
+def _answer(service: ScoringService, slot: ModelSlot, served: Served, X: Rows, scores: np.ndarray, unseen: list,
             probabilities: bool, request_id: str, t0: float) -> JSONResponse:
     "The response to a scored request; its metrics, log records and shadow scoring handed to the background."
     predictions, loaded, latency, m = decisions(scores), served.loaded, time.perf_counter() - t0, service.metrics
     m.requests.labels("200").inc(); m.latency.observe(latency); m.rows.labels(str(loaded.version), slot.role).inc(len(X))
     for column in (c for row in unseen for c in row): m.unseen.labels(column).inc()
-    if service.log: service.log.scored(inputs=X, probabilities=scores, predictions=predictions, request_id=request_id, model_name=loaded.name,
+    if service.log: service.log.scored(inputs=X.columns, probabilities=scores, predictions=predictions, request_id=request_id, model_name=loaded.name,
                                        model_version=str(loaded.version), latency_ms=round(latency * 1000, 3), unseen_categories=unseen)
     if service.settings.shadow and service.challenger: _background(service, _shadow(service, X, request_id, unseen))
     alias = None if slot.reference.isdigit() else slot.reference
@@ -837,13 +870,13 @@ def _background(service: ScoringService, coroutine) -> None:
     task = asyncio.create_task(coroutine)
     service.tasks.add(task); task.add_done_callback(service.tasks.discard)
 
-async def _shadow(service: ScoringService, X: pd.DataFrame, request_id: str, unseen: list) -> None:
+async def _shadow(service: ScoringService, X: Rows, request_id: str, unseen: list) -> None:
     "Score the rows with the challenger and log them in the shadow log; never part of a response."
     served, t0 = service.challenger.served, time.perf_counter()
     try:
-        scores = await service.batchers[CHALLENGER].score(served, X[[s.name for s in served.schema]])
+        scores = await service.batchers[CHALLENGER].score(served, X.select([s.name for s in served.schema]))
         service.metrics.rows.labels(str(served.loaded.version), "shadow").inc(len(X))
-        if service.shadow_log: service.shadow_log.scored(inputs=X, probabilities=scores, predictions=decisions(scores), request_id=request_id,
+        if service.shadow_log: service.shadow_log.scored(inputs=X.columns, probabilities=scores, predictions=decisions(scores), request_id=request_id,
                                                          model_name=served.loaded.name, model_version=str(served.loaded.version),
                                                          latency_ms=round((time.perf_counter() - t0) * 1000, 3), unseen_categories=unseen)
     except Exception:

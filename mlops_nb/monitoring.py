@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_monitoring.ipynb #2
 from __future__ import annotations
-import datetime as dt, json, re
+import datetime as dt, itertools, json, re
 from collections import Counter
 from pathlib import Path
 
@@ -371,8 +371,18 @@ def _finite_or_none(values) -> list:
     x = np.asarray(values, dtype=float)
     return pd.Series(x, dtype=object).where(np.isfinite(x), None).tolist()
 
-def _plain_records(inputs: pd.DataFrame) -> list[dict]:
-    "The rows as dicts of plain values (Python numbers and text, column by column), missing values and infinities as None."
+def _plain_array(x: np.ndarray) -> list:
+    "A model-typed array (int64, float64, or objects with NaN for missing) as plain values, missing values and infinities as None."
+    if x.dtype.kind == "f": return x.tolist() if np.isfinite(x).all() else _finite_or_none(x)
+    if x.dtype.kind != "O": return x.tolist()
+    missing = pd.isna(x)
+    return np.where(missing, None, x).tolist() if missing.any() else x.tolist()
+
+def _plain_records(inputs: pd.DataFrame | dict) -> list[dict]:
+    "The rows (a frame, or a dict of model-typed arrays) as dicts of plain values, missing values and infinities as None."
+    if isinstance(inputs, dict):
+        names, columns = [str(c) for c in inputs], [_plain_array(np.asarray(a)) for a in inputs.values()]
+        return [dict(zip(names, values)) for values in zip(*columns)]
     columns = []
     for c in inputs.columns:
         s = inputs[c]
@@ -385,13 +395,13 @@ def _plain_records(inputs: pd.DataFrame) -> list[dict]:
     return [dict(zip(names, values)) for values in zip(*columns)] if names else [{} for _ in range(len(inputs))]
 
 def append_inference_log(path: str | Path,  # the .jsonl file (created with its folder if absent)
-                         inputs: pd.DataFrame,  # the request's rows, as scored
+                         inputs: pd.DataFrame | dict,  # the request's rows, as scored (or a dict of the model-typed arrays)
                          probabilities, predictions, request_id: str, model_name: str = "", model_version: str = "",
                          latency_ms: float | None = None, status: int = 200, unseen_categories: list[list[str]] | None = None) -> int:
     "Append one request's scored rows to an inference log, one record per row, in a single write; returns the rows written."
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
     request_id, model_version, latency_ms, status = str(request_id), str(model_version), _jsonable(latency_ms), int(status)
-    unseen = [list(u) for u in unseen_categories] if unseen_categories is not None else [[] for _ in range(len(inputs))]
+    unseen = [list(u) for u in unseen_categories] if unseen_categories is not None else itertools.repeat([])
     lines = [_LOG_ENCODER.encode({"time": now, "request_id": request_id, "row": i, "model_name": model_name, "model_version": model_version,
                          "inputs": r, "prediction": d, "probability": p, "latency_ms": latency_ms, "status": status, "unseen_categories": u})
              # plain values through the C encoder: the line format of `inference_log_record`, without a Python call per value
