@@ -6,7 +6,6 @@
 from __future__ import annotations
 import contextlib
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
@@ -19,7 +18,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from .core import Config, ConfigError, RunContext, code, esc, finish_stage, md, read_json, run_context
-from .eda import is_positive, load_schema, load_splits
+from .eda import subplots, is_positive, load_schema, load_splits
 
 # %% auto #0
 __all__ = ['FOREST_MAX_ROWS', 'NEEDS_SCALING', 'METRICS', 'LOWER_IS_BETTER', 'feature_types', 'model_columns', 'feature_table',
@@ -179,7 +178,7 @@ def cv_display(table: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
 # %% ../nbs/03_baseline.ipynb #23
 def plot_cv_scores(table: pd.DataFrame, metrics: tuple = ("roc_auc", "average_precision", "f1", "accuracy")):
     "Grouped bars of cross-validated metrics per model, with ±1 standard deviation over the folds."
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    fig, ax = subplots(figsize=(8, 3.5))
     width = 0.8 / len(table)
     for i, (name, row) in enumerate(table.iterrows()):
         ax.bar(np.arange(len(metrics)) + i * width, [row[m] for m in metrics], width,

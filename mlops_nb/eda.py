@@ -16,8 +16,8 @@ from .core import (Config, ConfigError, DataValidationError, RunContext, code, e
 # %% auto #0
 __all__ = ['QUANTILE_LEVELS', 'load_dataset', 'normalise_frame', 'prepare_data', 'is_positive', 'check_target', 'check_columns',
            'check_data', 'validate_data', 'infer_schema', 'data_dictionary', 'class_balance', 'binned', 'plot_text',
-           'profile_columns', 'target_rate_by_value', 'plot_profile', 'cramers_v', 'association_matrix', 'split_data',
-           'load_data', 'load_splits', 'load_schema', 'numeric_statistics', 'categorical_statistics',
+           'profile_columns', 'target_rate_by_value', 'subplots', 'plot_profile', 'cramers_v', 'association_matrix',
+           'split_data', 'load_data', 'load_splits', 'load_schema', 'numeric_statistics', 'categorical_statistics',
            'reference_statistics']
 
 # %% ../nbs/01_eda.ipynb #7
@@ -286,6 +286,11 @@ def target_rate_by_value(df: pd.DataFrame, column: str, cfg: Config) -> pd.DataF
     y = is_positive(df[cfg.data.target], cfg.data.positive_label)
     g = pd.DataFrame({"value": binned(df[column]), "y": y}).groupby("value", observed=True)["y"]
     return pd.DataFrame({"rows": g.size(), "positive_rate": g.mean().round(4)})
+
+def subplots(*args, **kwargs):
+    "`matplotlib.pyplot.subplots`, pyplot imported on first use: serving and monitoring import the stage modules but never plot."
+    import matplotlib.pyplot as plt
+    return plt.subplots(*args, **kwargs)
 
 # %% ../nbs/01_eda.ipynb #32
 def plot_profile(df: pd.DataFrame, cfg: Config, max_columns: int = 30):

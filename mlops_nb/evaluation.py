@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from importlib.metadata import version as _installed_version
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import yaml
@@ -20,7 +19,7 @@ from sklearn.pipeline import Pipeline
 
 from .core import (Config, MlopsError, RunContext, _retry, code, esc, finish_stage, html_table, lineage_tags, log_batch, md,
                            mlflow_client, read_json, run_context, stage_run_id, write_json)
-from .eda import binned, load_data, load_schema, load_splits, plot_text, reference_statistics
+from .eda import subplots, binned, load_data, load_schema, load_splits, plot_text, reference_statistics
 from .rai import (explain_model, fairness_frame, group_metrics, plot_beeswarm, plot_group_metrics,
                           plot_importance, plot_local)
 from .baseline import (METRICS, baseline_table, best_model, build_pipeline, compare_models, cv_display, cv_rows_text,
@@ -77,7 +76,7 @@ def class_names(cfg: Config) -> list[str]:
 
 def plot_evaluation(y_true, scores, threshold: float = THRESHOLD, labels: list[str] = ("negative", "positive")):
     "ROC and precision–recall curves, calibration curve and the confusion matrix at the threshold."
-    fig, ax = plt.subplots(2, 2, figsize=(10, 8.5))
+    fig, ax = subplots(2, 2, figsize=(10, 8.5))
     RocCurveDisplay.from_predictions(y_true, scores, ax=ax[0, 0], name="model", plot_chance_level=True)
     PrecisionRecallDisplay.from_predictions(y_true, scores, ax=ax[0, 1], name="model", plot_chance_level=True)
     CalibrationDisplay.from_predictions(y_true, scores, n_bins=10, strategy="quantile", ax=ax[1, 0], name="model")

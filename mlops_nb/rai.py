@@ -8,11 +8,8 @@ import itertools, re, warnings
 from dataclasses import dataclass
 from functools import partial
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from fairlearn.metrics import (MetricFrame, count, demographic_parity_difference, demographic_parity_ratio,
-                               equalized_odds_difference, false_positive_rate, selection_rate, true_positive_rate)
 from sklearn.compose import ColumnTransformer
 from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import (ExtraTreesClassifier, GradientBoostingClassifier, HistGradientBoostingClassifier,
@@ -27,7 +24,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
 from .core import Config, DataValidationError, esc, finish_stage, md, run_context
-from .eda import is_positive, class_balance, cramers_v, load_schema, load_splits, plot_text
+from .eda import subplots, is_positive, class_balance, cramers_v, load_schema, load_splits, plot_text
 
 # %% auto #0
 __all__ = ['ASSESSMENT_ITEMS', 'MISSING_GROUP', 'PROXY_THRESHOLD', 'MI_MAX_ROWS', 'MIN_MINORITY_ROWS', 'MIN_ROWS_PER_FEATURE',
@@ -115,7 +112,7 @@ def base_rate_gaps(groups: pd.DataFrame) -> dict[str, float | None]:
 def plot_groups(groups: pd.DataFrame, overall_rate: float):
     "One panel per sensitive feature (and pair): each group's base rate, small groups hatched."
     features = list(groups.feature.unique())
-    fig, axes = plt.subplots(max(len(features), 1), 1, figsize=(9, 2.8 * max(len(features), 1)), squeeze=False)
+    fig, axes = subplots(max(len(features), 1), 1, figsize=(9, 2.8 * max(len(features), 1)), squeeze=False)
     for ax, f in zip(axes[:, 0], features):
         g = groups[groups.feature == f]
         bars = ax.bar(range(len(g)), g.positive_rate.fillna(0), color=np.where(g.small, "#BBBBBB", "#4C72B0"))
@@ -173,7 +170,7 @@ def proxy_table(df: pd.DataFrame, cfg: Config, threshold: float = PROXY_THRESHOL
 def plot_proxies(proxies: pd.DataFrame, threshold: float = PROXY_THRESHOLD):
     "One panel per sensitive feature: each feature's association, the threshold as a line, strong proxies in red."
     sens = list(proxies.sensitive.unique())
-    fig, axes = plt.subplots(1, max(len(sens), 1), figsize=(4.5 * max(len(sens), 1), 0.35 * proxies.feature.nunique() + 1.5), squeeze=False)
+    fig, axes = subplots(1, max(len(sens), 1), figsize=(4.5 * max(len(sens), 1), 0.35 * proxies.feature.nunique() + 1.5), squeeze=False)
     for ax, s in zip(axes[0], sens):
         p = proxies[proxies.sensitive == s].sort_values("strength")
         ax.barh([plot_text(f) for f in p.feature], p.strength, color=np.where(p.strong, "#C44E52", "#4C72B0"))
@@ -248,7 +245,7 @@ def learning_curve_table(df: pd.DataFrame, schema: dict, cfg: Config, sizes: tup
 
 def plot_learning_curve(curve: pd.DataFrame):
     "Train and cross-validated ROC AUC against the number of training rows."
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = subplots(figsize=(6, 3.5))
     ax.plot(curve.train_rows, curve.train_roc_auc, "o-", label="on its own training rows")
     ax.errorbar(curve.train_rows, curve.cv_roc_auc, yerr=curve.cv_roc_auc_std, fmt="o-", capsize=3, label="cross-validated")
     ax.axhline(0.5, color="k", ls="--", lw=1, label="dummy (no signal)")
@@ -265,6 +262,7 @@ def _binary(y, name: str) -> np.ndarray:
 
 def group_metrics(y_true, y_pred, sensitive: pd.Series) -> pd.DataFrame:
     "Per-group count, selection rate, TPR, FPR, precision and accuracy (fairlearn `MetricFrame`)."
+    from fairlearn.metrics import MetricFrame, count, false_positive_rate, selection_rate, true_positive_rate  # here: serving never needs it
     y_true, y_pred, labels = _binary(y_true, "y_true"), _binary(y_pred, "y_pred"), group_labels(pd.Series(sensitive))
     if not len(y_true) == len(y_pred) == len(labels):
         raise ValueError(f"y_true, y_pred and sensitive {labels.name!r} differ in length: {len(y_true)}, {len(y_pred)}, {len(labels)}")
@@ -317,6 +315,7 @@ FAIRNESS_METRICS = ("demographic_parity_difference", "demographic_parity_ratio",
 
 def fairness_frame(y_true, y_pred, sensitive: pd.DataFrame, n_bootstrap: int = 200, seed: int = 0, ci: float = 0.95) -> pd.DataFrame:
     "Per sensitive feature: demographic parity difference/ratio and equalized odds difference with bootstrap intervals."
+    from fairlearn.metrics import demographic_parity_difference, demographic_parity_ratio, equalized_odds_difference
     y_true, y_pred, rows = _binary(y_true, "y_true"), _binary(y_pred, "y_pred"), {}
     q = [100 * (1 - ci) / 2, 100 * (1 + ci) / 2]
     for name in sensitive.columns:
@@ -344,7 +343,7 @@ def group_metrics_table(y_true, y_pred, sensitive: pd.DataFrame) -> pd.DataFrame
 def plot_group_metrics(y_true, y_pred, sensitive: pd.DataFrame, n_bootstrap=200, seed=0):
     "Per sensitive feature, each group's selection rate, TPR and FPR with bootstrap 95 % intervals."
     metrics = ["selection_rate", "tpr", "fpr"]
-    fig, axes = plt.subplots(1, max(len(sensitive.columns), 1), figsize=(5 * max(len(sensitive.columns), 1), 3.5), squeeze=False)
+    fig, axes = subplots(1, max(len(sensitive.columns), 1), figsize=(5 * max(len(sensitive.columns), 1), 3.5), squeeze=False)
     for ax, name in zip(axes[0], sensitive.columns):
         groups, rates = _bootstrap(y_true, y_pred, sensitive[name], n_bootstrap, seed)
         x, width = np.arange(len(groups)), 0.8 / len(metrics)
@@ -493,7 +492,7 @@ def explain_model(pipeline, X: pd.DataFrame, background: pd.DataFrame | None = N
 def plot_importance(expl: Explanation, max_features=15):
     "Bar chart of mean |SHAP| per original column, largest first."
     imp = expl.values.abs().mean().sort_values().tail(max_features)
-    fig, ax = plt.subplots(figsize=(6, 0.35 * len(imp) + 1.2))
+    fig, ax = subplots(figsize=(6, 0.35 * len(imp) + 1.2))
     ax.barh([plot_text(c) for c in imp.index], imp.to_numpy(), color="#4C72B0")
     ax.set_xlabel(f"mean |SHAP value| ({expl.output})"); ax.set_title(f"feature importance ({expl.kind} explainer)", fontsize=9)
     fig.tight_layout()
@@ -514,7 +513,7 @@ def plot_beeswarm(expl: Explanation):
     shap = _shap()
     e = shap.Explanation(values=expl.values.to_numpy(), base_values=np.full(len(expl.values), expl.base_value),
                          data=_numeric_view(expl.data), feature_names=[plot_text(c) for c in expl.values.columns])
-    fig, ax = plt.subplots(figsize=(7, 0.4 * expl.values.shape[1] + 1.5))
+    fig, ax = subplots(figsize=(7, 0.4 * expl.values.shape[1] + 1.5))
     shap.plots.beeswarm(e, max_display=expl.values.shape[1], ax=ax, show=False, plot_size=None)
     ax.set_xlabel(f"SHAP value ({expl.output})")
     fig.tight_layout()
@@ -529,7 +528,7 @@ def plot_local(expl: Explanation, row: int, max_features: int = 10):
     labels = [f"{plot_text(c)} = {x[c]:.4g}" if isinstance(x[c], (float, np.floating)) else f"{plot_text(c)} = {plot_text(x[c])}" for c in top] + ([f"{len(rest)} other columns"] if len(rest) else [])
     contrib = list(phi[top]) + ([phi[rest].sum()] if len(rest) else [])
     starts = expl.base_value + np.concatenate([[0], np.cumsum(contrib)[:-1]])
-    fig, ax = plt.subplots(figsize=(7, 0.4 * len(labels) + 1.5))
+    fig, ax = subplots(figsize=(7, 0.4 * len(labels) + 1.5))
     y = np.arange(len(labels))[::-1]
     ax.barh(y, contrib, left=starts, color=["#C44E52" if v > 0 else "#4C72B0" for v in contrib])
     for yi, start, v in zip(y, starts, contrib): ax.text(start + v, yi, f" {v:+.3f} ", va="center", ha="left" if v > 0 else "right", fontsize=7)
