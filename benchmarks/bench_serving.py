@@ -175,7 +175,8 @@ def main(argv=None) -> Path:
                              **({"inference_log_rows": log_rows(tmp) - before, "rows_answered_by_wrk": scored, "rows_possibly_in_flight": in_flight,
                                  "inference_log_complete": scored <= log_rows(tmp) - before <= scored + in_flight} if name == "ours" else {})}
     path = write_result("serving", {"smoke": a.smoke, "targets": TARGETS, "duration_seconds": seconds, "workers": a.workers,
-                                    "ours_skipped": skipped, "in_process_predict": model["predict_ms"], "model": model["uri"],
+                                    "ours_skipped": skipped, "in_process_predict": model["predict_ms"],
+                                    "in_process_predict_one_thread": model["predict_ms_one_thread"], "one_thread_changed": model["one_thread_changed"], "model": model["uri"],
                                     "services": results}, a.out)
     for name, r in results.items():
         print(name, f"start {r['start_to_ping_seconds']:.2f}s", [(c["case"], round(c["requests_per_second"], 1), round(c["p99_ms"], 1))

@@ -153,7 +153,10 @@ def serving_section(d: dict) -> str:
     out = ["## Serving", "", machine_line(d), "",
            f"`wrk` for {d['duration_seconds']:g} s per case, {d['workers']} worker(s) each, same registered model ({d['model']}); "
            f"in-process `predict_proba`: {_s(d['in_process_predict']['rows_1']['median_ms'])} ms for 1 row, "
-           f"{_s(d['in_process_predict']['rows_1000']['median_ms'])} ms for 1,000 rows (median).", ""]
+           f"{_s(d['in_process_predict']['rows_1000']['median_ms'])} ms for 1,000 rows (median)"
+           + (f"; with one thread, as our service predicts ({', '.join(d['one_thread_changed'])} set to 1): "
+              f"{_s(d['in_process_predict_one_thread']['rows_1']['median_ms'])} ms and "
+              f"{_s(d['in_process_predict_one_thread']['rows_1000']['median_ms'])} ms" if d.get("one_thread_changed") else "") + ".", ""]
     if d.get("ours_skipped"): out += [f"Ours skipped: {d['ours_skipped']}.", ""]
     rows = []
     for name, r in d["services"].items():
@@ -209,11 +212,12 @@ def targets_section(res: dict) -> str:
                   f"{big['peak_tree_rss_bytes'] / GIB:.1f} GiB all processes", _ok(big["peak_tree_rss_bytes"] <= 6 * GIB)]]
     if "serving" in res and "ours" in res["serving"]["services"]:
         d = res["serving"]; o16, m16, o1, o4, m4 = _case(d, "ours", 16), _case(d, "mlflow", 16), _case(d, "ours", 1), _case(d, "ours", 4), _case(d, "mlflow", 4)
-        o = d["services"]["ours"]; inproc = d["in_process_predict"]["rows_1"]["median_ms"]
+        o = d["services"]["ours"]; logged = d["in_process_predict"]["rows_1"]["median_ms"]
+        inproc1 = min(logged, d.get("in_process_predict_one_thread", d["in_process_predict"])["rows_1"]["median_ms"])  # judged on the faster predict
         errors = sum(c["errors"] for c in o["cases"])
         rows += [["serving: 1 row at concurrency 16 ≥ 5× mlflow's throughput", f"{o16['requests_per_second'] / m16['requests_per_second']:.1f}×", _ok(o16["requests_per_second"] >= 5 * m16["requests_per_second"])],
                  ["serving: p99 ≤ 50 ms at concurrency 16", f"{o16['p99_ms']:.0f} ms (mlflow {m16['p99_ms']:.0f} ms)", _ok(o16["p99_ms"] <= 50)],
-                 ["serving: p50 at concurrency 1 ≤ 1.3× in-process predict", f"{o1['p50_ms']:.1f} ms vs {inproc:.1f} ms ({o1['p50_ms'] / inproc:.2f}×)", _ok(o1["p50_ms"] <= 1.3 * inproc)],
+                 ["serving: p50 at concurrency 1 ≤ 1.3× in-process predict", f"{o1['p50_ms']:.1f} ms vs {inproc1:.1f} ms ({o1['p50_ms'] / inproc1:.2f}×; as logged {logged:.1f} ms: {o1['p50_ms'] / logged:.2f}×)", _ok(o1["p50_ms"] <= 1.3 * inproc1)],
                  ["serving: 1,000-row rows/s ≥ 2× mlflow's", f"{o4['rows_per_second'] / m4['rows_per_second']:.2f}×", _ok(o4["rows_per_second"] >= 2 * m4["rows_per_second"])],
                  ["serving: start to first /ping 200 ≤ 3 s", f"{o['start_to_ping_seconds']:.1f} s (mlflow {d['services']['mlflow']['start_to_ping_seconds']:.1f} s)", _ok(o["start_to_ping_seconds"] <= 3)],
                  ["serving: zero errors, complete inference log", f"{errors} errors; log {'complete' if o['inference_log_complete'] else 'incomplete'}", _ok(errors == 0 and o["inference_log_complete"])]]

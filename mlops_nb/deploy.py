@@ -34,9 +34,10 @@ __all__ = ['logger', 'GATES_PASSED_TAG', 'PREVIOUS', 'REGISTRY_COLUMNS', 'LEASE_
            'value_problem', 'column_problems', 'check_frame', 'describe_problems', 'ServingError',
            'columns_from_payload', 'want_probabilities', 'match_columns', 'model_frame', 'Rows', 'model_rows',
            'rows_frame', 'unseen_categories', 'prepare_request', 'ServiceSettings', 'service_settings', 'Served',
-           'ModelSlot', 'MicroBatcher', 'refusal_record', 'InferenceLogWriter', 'ServiceMetrics', 'ScoringService',
-           'start_service', 'stop_service', 'reload_models', 'read_body', 'parse_json', 'invoke', 'service_health',
-           'create_app', 'run_service', 'BackgroundServer', 'example_payloads', 'chunk_problems', 'score_file']
+           'single_threaded', 'ModelSlot', 'MicroBatcher', 'refusal_record', 'InferenceLogWriter', 'ServiceMetrics',
+           'ScoringService', 'start_service', 'stop_service', 'reload_models', 'read_body', 'parse_json', 'invoke',
+           'service_health', 'create_app', 'run_service', 'BackgroundServer', 'example_payloads', 'chunk_problems',
+           'score_file']
 
 # %% ../nbs/06_deploy.ipynb #7
 GATES_PASSED_TAG = "mlops_nb.gates_passed"
@@ -558,6 +559,12 @@ class Served:
     schema: list[ColumnSpec]
     loaded_at: str
 
+def single_threaded(model) -> dict:
+    "Set `n_jobs=1` on every step of a fitted model that parallelises (predictions unchanged); the parameters changed, as they were."
+    changed = {k: v for k, v in model.get_params(deep=True).items() if k.endswith("n_jobs") and v not in (None, 1)}
+    if changed: model.set_params(**dict.fromkeys(changed, 1))
+    return changed
+
 class ModelSlot:
     "One served model (champion or challenger): which registry reference it follows and what is loaded now."
     def __init__(self, role: str, name: str, reference: str):
@@ -573,6 +580,7 @@ class ModelSlot:
         folder = Path(tempfile.mkdtemp(prefix="mlops_nb-serve-"))
         try:
             loaded = load_model_version(client, self.name, version, dst=folder)
+            single_threaded(loaded.model)
             served = Served(loaded, input_schema(loaded), _now())
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True); raise
@@ -586,7 +594,7 @@ class ModelSlot:
         return {"model_name": self.name, "model_version": str(s.loaded.version), "alias": None if self.reference.isdigit() else self.reference,
                 "uri": s.loaded.uri, "loaded_at": s.loaded_at}
 
-# %% ../nbs/06_deploy.ipynb #57
+# %% ../nbs/06_deploy.ipynb #58
 class MicroBatcher:
     "Coalesces concurrent requests into one predict call: waits at most `max_wait` s for rows on their way, up to `max_rows`."
     def __init__(self, predict, executor, max_rows: int = 256, max_wait: float = 0.002, arriving=lambda: 0, observe=lambda rows: None):
@@ -607,7 +615,7 @@ class MicroBatcher:
         "Score what is queued, then stop."
         self.queue.put_nowait(None); await self.task
 
-# %% ../nbs/06_deploy.ipynb #58
+# %% ../nbs/06_deploy.ipynb #59
 async def _collect(batcher: MicroBatcher, first: tuple) -> list[tuple]:
     "The first request and those that join it: all that is queued, and, while more are arriving, what comes within the wait."
     loop, items, rows = asyncio.get_running_loop(), [first], len(first[1])
@@ -647,7 +655,7 @@ async def _batch_loop(batcher: MicroBatcher) -> None:
         for item in await _collect(batcher, first): groups.setdefault(id(item[0]), []).append(item)  # one call per model version
         for group in groups.values(): await _score_batch(batcher, group)
 
-# %% ../nbs/06_deploy.ipynb #60
+# %% ../nbs/06_deploy.ipynb #61
 def refusal_record(request_id: str, status: int, error_code: str, model_name: str = "", model_version: str = "", latency_ms: float | None = None) -> dict:
     "An inference-log record of a refused request: its status and error code, no inputs, no prediction."
     return {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), "request_id": request_id, "row": 0,
@@ -682,7 +690,7 @@ class InferenceLogWriter:
         "Write everything queued, then stop the thread."
         self.queue.put(None); self.thread.join(timeout)
 
-# %% ../nbs/06_deploy.ipynb #62
+# %% ../nbs/06_deploy.ipynb #63
 class ServiceMetrics:
     "The service's Prometheus metrics, in a registry of its own."
     def __init__(self):
@@ -703,7 +711,7 @@ class ServiceMetrics:
         from prometheus_client import generate_latest
         return generate_latest(self.registry)
 
-# %% ../nbs/06_deploy.ipynb #64
+# %% ../nbs/06_deploy.ipynb #65
 class ScoringService:
     "The scoring service's state: served models, micro-batchers, inference-log writers, metrics."
     def __init__(self, settings: ServiceSettings):
@@ -725,7 +733,7 @@ class ScoringService:
     def set_version_metrics(self):
         for s in self.slots(): self.metrics.version.labels(s.role).set(s.served.loaded.version)
 
-# %% ../nbs/06_deploy.ipynb #65
+# %% ../nbs/06_deploy.ipynb #66
 def _predict(served: Served, X: pd.DataFrame) -> np.ndarray:
     "Positive-class probabilities of a frame (runs in the worker thread)."
     return positive_scores(served.loaded.model, X)
@@ -753,7 +761,7 @@ async def stop_service(service: ScoringService) -> None:
     for writer in (service.log, service.shadow_log):
         if writer: await asyncio.to_thread(writer.close)
 
-# %% ../nbs/06_deploy.ipynb #66
+# %% ../nbs/06_deploy.ipynb #67
 def _reload(service: ScoringService, only_if_moved: bool) -> dict:
     "Reload each slot (only those whose alias moved, if asked); `load_model_version` verifies the sha256."
     out = {}
@@ -784,7 +792,7 @@ async def _poll(service: ScoringService) -> None:
         except MlopsError as e: logger.error("reload refused, the current models keep serving: %s", e)
         except Exception: logger.exception("reload failed, the current models keep serving")
 
-# %% ../nbs/06_deploy.ipynb #68
+# %% ../nbs/06_deploy.ipynb #69
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -814,7 +822,7 @@ def parse_json(body: bytes):
     except json.JSONDecodeError as e: raise ServingError(400, "MALFORMED_REQUEST", f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except (ValueError, RecursionError) as e: raise ServingError(400, "MALFORMED_REQUEST", f"malformed JSON: {str(e)[:100] or 'nested too deeply'}") from None
 
-# %% ../nbs/06_deploy.ipynb #69
+# %% ../nbs/06_deploy.ipynb #70
 _LARGE = 100_000  # bytes: larger bodies are parsed and checked in a worker thread, so the event loop keeps serving
 
 async def _parse(service: ScoringService, request: Request) -> tuple[ModelSlot, Served, Rows, list, bool]:
@@ -835,7 +843,7 @@ def _refuse(service: ScoringService, e: ServingError, request_id: str, t0: float
     if service.log: service.log.refused(refusal_record(request_id, e.status, e.error_code, served.loaded.name, served.loaded.version, round(latency * 1000, 3)))
     return JSONResponse({"error_code": e.error_code, "message": e.message}, status_code=e.status, headers={"X-Request-Id": request_id})
 
-# %% ../nbs/06_deploy.ipynb #70
+# %% ../nbs/06_deploy.ipynb #71
 async def invoke(service: ScoringService, request: Request) -> JSONResponse:
     "Answer one POST /invocations request (MLflow's scoring protocol)."
     t0, given = time.perf_counter(), request.headers.get("x-request-id", "")
@@ -864,7 +872,7 @@ def _answer(service: ScoringService, slot: ModelSlot, served: Served, X: Rows, s
             "model_name": loaded.name, "model_version": str(loaded.version), "alias": alias, "role": slot.role, "request_id": request_id}
     return JSONResponse(body, headers={"X-Model-Version": str(loaded.version), "X-Model-Role": slot.role, "X-Request-Id": request_id})
 
-# %% ../nbs/06_deploy.ipynb #71
+# %% ../nbs/06_deploy.ipynb #72
 def _background(service: ScoringService, coroutine) -> None:
     "Run work after the response (the shadow model), tracked so that shutdown waits for it."
     task = asyncio.create_task(coroutine)
@@ -889,7 +897,7 @@ def service_health(service: ScoringService) -> dict:
             "rollout": {"canary": service.settings.canary, "shadow": service.settings.shadow}, "started_at": service.started_at,
             "inference_log_rows_written": service.log.rows_written if service.log else None}
 
-# %% ../nbs/06_deploy.ipynb #73
+# %% ../nbs/06_deploy.ipynb #74
 _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "REQUEST_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE"}
 
 def _error(status: int, error_code: str, message: str) -> JSONResponse:
@@ -914,7 +922,7 @@ async def _reload_endpoint(service: ScoringService, request: Request) -> JSONRes
     try: return JSONResponse(await reload_models(service))
     except MlopsError as e: return _error(409, "RELOAD_REFUSED", f"{e}; the current models keep serving")
 
-# %% ../nbs/06_deploy.ipynb #74
+# %% ../nbs/06_deploy.ipynb #75
 def create_app(service: ScoringService) -> FastAPI:
     "The FastAPI application of a scoring service; its lifespan starts the service and drains it on shutdown."
     @contextlib.asynccontextmanager
@@ -940,7 +948,7 @@ def create_app(service: ScoringService) -> FastAPI:
     async def metrics(): return Response(service.metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
     return app
 
-# %% ../nbs/06_deploy.ipynb #76
+# %% ../nbs/06_deploy.ipynb #77
 def run_service(settings: ServiceSettings, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info", access_log: bool = False) -> None:
     "Load the models (one-line errors before anything listens), then serve until interrupted."
     import sys, uvicorn
@@ -951,7 +959,7 @@ def run_service(settings: ServiceSettings, host: str = "127.0.0.1", port: int = 
           file=sys.stderr)
     uvicorn.run(create_app(service), host=host, port=port, log_level=log_level, access_log=access_log, lifespan="on")
 
-# %% ../nbs/06_deploy.ipynb #77
+# %% ../nbs/06_deploy.ipynb #78
 class BackgroundServer:
     "A real uvicorn server for an app on 127.0.0.1 and a free port, in a thread (for notebooks and tests)."
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, timeout: float = 30):
@@ -982,7 +990,7 @@ class BackgroundServer:
     def __enter__(self): return self.start()
     def __exit__(self, *exc): self.stop()
 
-# %% ../nbs/06_deploy.ipynb #79
+# %% ../nbs/06_deploy.ipynb #80
 def example_payloads(rows: pd.DataFrame) -> dict[str, dict]:
     "The same rows as a request body in each of MLflow's four input formats."
     records = rows.astype(object).where(rows.notna(), None).to_dict("records")
@@ -990,7 +998,7 @@ def example_payloads(rows: pd.DataFrame) -> dict[str, dict]:
             "dataframe_records": {"dataframe_records": records}, "instances": {"instances": records},
             "inputs": {"inputs": {c: [r[c] for r in records] for c in rows.columns}}}
 
-# %% ../nbs/06_deploy.ipynb #95
+# %% ../nbs/06_deploy.ipynb #96
 def _kind_of(path: Path) -> str:
     name = path.name.lower()
     if name.endswith((".csv", ".csv.gz")): return "csv"
@@ -1011,7 +1019,7 @@ def _chunks(path: Path, cfg: Config, chunk_rows: int):
             text = pa.schema([(str(c), pa.string()) for c in chunk.columns])
             yield pa.Table.from_pandas(chunk, schema=text, preserve_index=False), chunk
 
-# %% ../nbs/06_deploy.ipynb #96
+# %% ../nbs/06_deploy.ipynb #97
 _NO_PROBLEMS = pd.DataFrame(columns=["row", "column", "kind", "message"])
 
 def _values_from_text(frame: pd.DataFrame, schema: list[ColumnSpec]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -1038,7 +1046,7 @@ def chunk_problems(frame: pd.DataFrame, schema: list[ColumnSpec], from_text: boo
     seen = pd.MultiIndex.from_frame(from_text_problems[["row", "column"]])
     return converted, pd.concat([from_text_problems, found[~pd.MultiIndex.from_frame(found[["row", "column"]]).isin(seen)]], ignore_index=True)
 
-# %% ../nbs/06_deploy.ipynb #97
+# %% ../nbs/06_deploy.ipynb #98
 class _Output:
     "Writes scored chunks to a temporary file beside OUTPUT (CSV or Parquet); `commit` moves it into place."
     def __init__(self, path: Path):
@@ -1060,7 +1068,7 @@ class _Output:
         if self.writer: self.writer.close()
         self.tmp.unlink(missing_ok=True)
 
-# %% ../nbs/06_deploy.ipynb #98
+# %% ../nbs/06_deploy.ipynb #99
 OUTPUT_COLUMNS = ("probability", "prediction", "model_version")
 
 def _score_chunk(loaded: LoadedModel, schema: list[ColumnSpec], raw, frame: pd.DataFrame, from_text: bool, allow_nulls: bool):
@@ -1077,7 +1085,7 @@ def _score_chunk(loaded: LoadedModel, schema: list[ColumnSpec], raw, frame: pd.D
              .append_column("model_version", pa.array([str(loaded.version)] * len(valid), pa.string())))
     return problems, table, pd.Series([c for row in unseen_categories(valid, schema) for c in row], dtype=object).value_counts()
 
-# %% ../nbs/06_deploy.ipynb #99
+# %% ../nbs/06_deploy.ipynb #100
 @contextlib.contextmanager
 def _progress(enabled: bool, total: int | None, description: str):
     "A rich progress bar on stderr (rows); a no-op when disabled."
@@ -1092,7 +1100,7 @@ def _total_rows(path: Path) -> int | None:
     import pyarrow.parquet as pq
     return pq.ParquetFile(path).metadata.num_rows if _kind_of(path) == "parquet" else None
 
-# %% ../nbs/06_deploy.ipynb #100
+# %% ../nbs/06_deploy.ipynb #101
 def score_file(cfg: Config, input: str | Path, output: str | Path,
                model: str | None = None,  # NAME@ALIAS or NAME/VERSION; default: the config's model @champion
                on_invalid: str = "fail",  # 'fail': write nothing, exit 4 naming the rows; 'skip': score the rest, list them
@@ -1108,7 +1116,7 @@ def score_file(cfg: Config, input: str | Path, output: str | Path,
     loaded = load_model_version(mlflow_client(tracking_uri(cfg)), name, reference)
     return _score_chunks(cfg, loaded, input_schema(loaded), input, _Output(output), on_invalid, chunk_rows, allow_nulls, progress)
 
-# %% ../nbs/06_deploy.ipynb #101
+# %% ../nbs/06_deploy.ipynb #102
 def _score_chunks(cfg, loaded, schema, input: Path, out: _Output, on_invalid: str, chunk_rows: int, allow_nulls: bool, progress: bool) -> dict:
     "The chunk loop of `score_file`: score, write, collect problems; commit the output only when no row failed (or in skip mode)."
     rows, lines, invalid, unseen, t0 = 0, [], 0, pd.Series(dtype=float), time.perf_counter()
