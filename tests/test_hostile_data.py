@@ -146,7 +146,7 @@ def test_kitchen_sink_runs_every_stage_correctly(kitchen):
     "Hostile and unicode names and values, NaN, a constant, booleans with gaps, dates as text, words mixed with numbers."
     proc, s, run_dir = kitchen["proc"], kitchen["summary"], kitchen["run_dir"]
     assert proc.returncode in (0, 3) and "Traceback" not in proc.stderr, proc.stderr  # 3: a gate failed, reported as such
-    assert [(k, v["status"]) for k, v in s["stages"].items()] == [(k, "succeeded") for k in ("eda", "rai", "baseline", "evaluation")]
+    assert [(k, v["status"]) for k, v in s["stages"].items()] == [(k, "succeeded") for k in ("eda", "rai", "baseline", "evaluation", "monitoring", "deploy")]
     eda = read_json(run_dir / "eda.json")
     cols = eda["schema"]["columns"]
     assert eda["metrics"]["rows"] == 400 and eda["metrics"]["columns"] == 14
