@@ -163,7 +163,7 @@ def fit_baseline(train: pd.DataFrame, schema: dict, cfg: Config) -> dict:
     primary = cfg.model.primary_metric
     best = best_model(table, primary)
     return {"primary_metric": primary, "cv_folds": cfg.model.cv_folds, "seed": cfg.split.seed, "rows": len(train),
-            "cv_rows": len(cv_sample(train, cfg)),
+            "cv_rows": min(len(train), cfg.model.cv_max_rows or len(train)),  # the size of `cv_sample`, without drawing it again
             "models": table.to_dict("index"), "best": best, "best_score": float(table.loc[best, primary])}
 
 def baseline_table(baseline: dict) -> pd.DataFrame:

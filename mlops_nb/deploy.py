@@ -473,7 +473,7 @@ def _model_column(values: list | pd.Series, spec: ColumnSpec) -> np.ndarray:
 
 def model_frame(columns: pd.DataFrame | dict, schema: list[ColumnSpec]) -> pd.DataFrame:
     "Checked columns (a frame or a dict of lists) in the model's order and types, as the frame the model scores."
-    return pd.DataFrame({s.name: _model_column(columns[s.name], s) for s in schema})
+    return model_rows(columns, schema).frame()
 
 @dataclass(frozen=True)
 class Rows:
