@@ -19,7 +19,8 @@ TARGETS = {"max_growth_exponent": 1.0, "seconds_at_1m": 1200, "peak_gib_at_1m": 
 def write_project(folder: Path, n: int, seed: int = 0) -> Path:
     "The Parquet data and a config that points at it (own SQLite store in the folder)."
     classification_frame(n, seed).to_parquet(folder / "data.parquet")
-    cfg = {"name": f"scale_{n}", "data": {"source": "data.parquet"},  # the built-in data's target, sensitive features, time
+    cfg = {"name": f"scale_{n}", "data": {"source": "data.parquet", "target": "released", "positive_label": "Yes",
+                                          "sensitive_features": ["colour", "sex"], "time_column": "year"},
            "tracking": {"uri": "sqlite:///mlruns.db"}, "pipeline": {"stage_timeout": 3600}}
     path = folder / "config.yaml"
     path.write_text(json.dumps(cfg))  # JSON is YAML

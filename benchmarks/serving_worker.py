@@ -14,7 +14,7 @@ from _common import emit  # noqa: E402
 
 
 def register(config: str, run_dir: str) -> dict:
-    from mlops_nb.baseline import build_pipeline, model_columns, target_vector
+    from mlops_nb.models import build_pipeline, model_columns, target_vector
     from mlops_nb.core import run_context
     from mlops_nb.eda import load_data, reference_statistics
     from mlops_nb.evaluation import log_model, positive_scores, register_version

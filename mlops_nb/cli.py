@@ -75,7 +75,8 @@ def validate(data: Path = typer.Argument(..., help="CSV or Parquet file to check
         cfg = load_config(config, set_)
         cfg.data.source = str(data.resolve())
         checks = validate_data(load_dataset(cfg), cfg)
-        for r in checks.itertuples(): typer.echo(f"{r.level}: {r.column}: {r.message}", err=True)
+        for r in checks.itertuples():
+            typer.echo(f"{r.level}: {r.column}: {r.message}" + (f" ({r.handling})" if r.handling else ""), err=True)
         typer.echo(f"ok: {data} passes every check")
     guarded(body)
 

@@ -18,12 +18,16 @@ os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's INFO lines 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto (via shap) in a kernel without ipywidgets
 
 # %% auto #0
-__all__ = ['Metric', 'Candidate', 'MlopsError', 'ConfigError', 'DataValidationError', 'GateFailure', 'DataConfig', 'SplitConfig',
-           'ModelConfig', 'GatesConfig', 'MonitoringConfig', 'TrackingConfig', 'PipelineConfig', 'RaiConfig', 'Config',
-           'apply_overrides', 'load_config', 'resolve_path', 'tracking_uri', 'config_hash', 'resolved_config',
-           'fingerprint_data', 'git_commit', 'package_version', 'new_run_id', 'RunContext', 'write_json', 'read_json',
-           'run_context', 'mlflow_client', 'experiment_id', 'lineage_tags', 'start_parent_run', 'stage_run_id',
-           'log_batch', 'finish_stage', 'esc', 'code', 'Html', 'html_table', 'md']
+__all__ = ['Task', 'CLASSIFICATION_METRICS', 'REGRESSION_METRICS', 'Metric', 'BUILTIN_CANDIDATES', 'DEFAULT_SOURCE',
+           'BUILTIN_DATASETS', 'LOWER_IS_BETTER', 'BOUNDED_METRICS', 'AUTO_MIN_PRIMARY_METRIC', 'MlopsError',
+           'ConfigError', 'DataValidationError', 'GateFailure', 'DataConfig', 'SplitConfig', 'CandidateConfig',
+           'ThresholdConfig', 'ModelConfig', 'GatesConfig', 'MonitoringConfig', 'TrackingConfig', 'PipelineConfig',
+           'RaiConfig', 'Config', 'default_primary_metric', 'default_candidates', 'task_metrics', 'apply_task',
+           'primary_metric_bar', 'apply_overrides', 'load_config', 'resolve_path', 'tracking_uri', 'config_hash',
+           'resolved_config', 'fingerprint_data', 'git_commit', 'package_version', 'new_run_id', 'RunContext',
+           'write_json', 'read_json', 'run_context', 'scratch_context', 'mlflow_client', 'experiment_id',
+           'lineage_tags', 'start_parent_run', 'stage_run_id', 'log_batch', 'finish_stage', 'esc', 'code', 'Html',
+           'html_table', 'md']
 
 # %% ../nbs/00_core.ipynb #6
 class MlopsError(Exception):
@@ -46,86 +50,194 @@ class GateFailure(MlopsError):
     exit_code = 3
 
 # %% ../nbs/00_core.ipynb #8
-Metric = Literal["roc_auc", "average_precision", "f1", "accuracy", "log_loss"]
-Candidate = Literal["logistic_regression", "hist_gradient_boosting", "random_forest"]
+Task = Literal["binary", "multiclass", "regression"]
+CLASSIFICATION_METRICS = ("roc_auc", "average_precision", "f1", "accuracy", "balanced_accuracy", "log_loss", "brier")
+REGRESSION_METRICS = ("rmse", "mae", "r2")
+Metric = Literal["roc_auc", "average_precision", "f1", "accuracy", "balanced_accuracy", "log_loss", "brier",
+                 "rmse", "mae", "r2"]
+BUILTIN_CANDIDATES = ("logistic_regression", "ridge", "hist_gradient_boosting", "random_forest")
+DEFAULT_SOURCE = "builtin:arrests"
+BUILTIN_DATASETS = {  # the values below apply only when data.source names the built-in dataset
+    "arrests": {"target": "released", "task": "binary", "positive_label": "Yes", "sensitive_features": ["colour", "sex"],
+                "time_column": "year"},
+}
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+# %% ../nbs/00_core.ipynb #10
 class DataConfig(_Section):
-    source: str = "builtin:arrests"  # builtin:arrests, or a .csv / .parquet path (relative to the config)
-    target: str = "released"
-    positive_label: str | int | bool = "Yes"
-    sensitive_features: list[str] = ["colour", "sex"]
-    time_column: str | None = "year"
-    missing_values: list[str] = ["?"]
-    drop_columns: list[str] = []
-    sample_rows: int | None = Field(None, gt=0)
+    "Where the data is and what its columns mean."
+    source: str = Field(DEFAULT_SOURCE, description="`builtin:arrests`, or a .csv / .parquet path (relative to the config file)")
+    target: str | None = Field(None, description="The column to predict; required for a file source")
+    task: Task | None = Field(None, description="binary, multiclass or regression; inferred from the target when omitted")
+    positive_label: str | int | bool | None = Field(
+        None, description="The positive class of a two-class target; required unless the target is boolean or 0/1")
+    sensitive_features: list[str] = Field([], description="Columns whose groups fairness is measured on (none by default)")
+    time_column: str | None = Field(None, description="Optional time column: enables a time split and drift over time")
+    missing_values: list[str] = Field(["?"], description="Extra text markers read as missing values")
+    drop_columns: list[str] = Field([], description="Columns removed before anything else (ids, leaky columns)")
+    sample_rows: int | None = Field(None, gt=0, description="Use a seeded sample of this many rows (quick runs)")
 
 class SplitConfig(_Section):
-    strategy: Literal["random", "time"] = "random"
-    test_size: float = Field(0.2, gt=0, lt=1)
-    seed: int = 42
+    "How the held-out test split is made."
+    strategy: Literal["random", "time"] = Field("random", description="random (stratified for classes) or time (latest periods to test)")
+    test_size: float = Field(0.2, gt=0, lt=1, description="Share of rows in the test split")
+    seed: int = Field(42, description="Seed of every random choice of the run (split, sampling, folds, models)")
 
+# %% ../nbs/00_core.ipynb #12
+class CandidateConfig(_Section):
+    "A candidate estimator of your own: any scikit-learn compatible class importable in the environment."
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="Short name shown in reports")
+    estimator: str = Field(..., pattern=r"^[A-Za-z_][\w.]*\.[A-Za-z_]\w*$",
+                           description="Import path of the estimator class, e.g. sklearn.ensemble.ExtraTreesClassifier")
+    params: dict[str, Any] = Field({}, description="Fixed hyperparameters passed to the class")
+    search: dict[str, list[Any]] = Field({}, description="Hyperparameter values to search in cross-validation")
+
+class ThresholdConfig(_Section):
+    "How a two-class model turns probabilities into decisions."
+    policy: Literal["fixed", "f1", "youden", "cost", "precision_at_recall"] = Field(
+        "fixed", description="fixed value, or chosen by cross-validation on the training split")
+    value: float | None = Field(None, gt=0, lt=1, description="The fixed threshold (policy fixed)")
+    cost_fp: float = Field(1.0, gt=0, description="Cost of a false positive (policy cost)")
+    cost_fn: float = Field(1.0, gt=0, description="Cost of a false negative (policy cost)")
+    recall: float | None = Field(None, gt=0, le=1, description="Recall to reach (policy precision_at_recall)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_shorthand(cls, raw):
+        "A number is a fixed threshold; a word is a policy."
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool): return {"policy": "fixed", "value": raw}
+        if isinstance(raw, str): return {"policy": raw}
+        return raw
+
+    @model_validator(mode="after")
+    def _needs(self):
+        if self.policy == "fixed" and self.value is None: raise ValueError("value: required when policy is fixed")
+        if self.policy == "precision_at_recall" and self.recall is None:
+            raise ValueError("recall: required when policy is precision_at_recall")
+        return self
+
+# %% ../nbs/00_core.ipynb #13
 class ModelConfig(_Section):
-    candidates: list[Candidate] = Field(["logistic_regression", "hist_gradient_boosting", "random_forest"], min_length=1)
-    primary_metric: Metric = "roc_auc"
-    cv_folds: int = Field(5, ge=2, le=20)
-    cv_max_rows: int | None = Field(100_000, ge=100)  # candidates are cross-validated on a seeded sample above this; None: all rows
+    "Candidates, how they are compared, and the decision rule."
+    candidates: list[Literal[BUILTIN_CANDIDATES] | CandidateConfig] | None = Field(
+        None, min_length=1, description="Built-in names or your own estimators (mappings); default "
+                                        "logistic_regression (ridge for regression), hist_gradient_boosting, random_forest")
+    primary_metric: Metric | None = Field(
+        None, description="Metric that picks the model; default roc_auc (classification) or rmse (regression)")
+    cv_folds: int = Field(5, ge=2, le=20, description="Cross-validation folds on the training split")
+    cv_max_rows: int | None = Field(100_000, ge=100, description="Candidates are cross-validated on a seeded sample above this; null: all rows")
+    search_iterations: int = Field(10, ge=1, description="Most hyperparameter settings tried per candidate with a search")
+    threshold: ThresholdConfig = Field(ThresholdConfig(value=0.5), description="Two-class decision threshold: a number or a policy")
+    selection: Literal["best_metric", "best_within_fairness_gates"] = Field(
+        "best_metric", description="How the winner is picked among the candidates")
+    exclude_features: list[str] = Field([], description="Columns kept out of the model inputs (still measured for fairness)")
+    trusted_types: list[str] = Field([], description="Extra types skops may load for your own estimators (reviewed by you)")
 
-# %% ../nbs/00_core.ipynb #9
+    @model_validator(mode="after")
+    def _unique_names(self):
+        names = [c if isinstance(c, str) else c.name for c in self.candidates or []]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated: raise ValueError(f"candidates: repeated name(s) {repeated}")
+        return self
+
+# %% ../nbs/00_core.ipynb #14
 class GatesConfig(_Section):
-    min_primary_metric: float | None = 0.6
-    min_lift_over_baseline: float | None = 0.01
-    min_lift_over_champion: float | None = 0.0
-    max_demographic_parity_difference: float | None = Field(0.2, ge=0, le=1)
-    max_equalized_odds_difference: float | None = Field(0.2, ge=0, le=1)
-    max_missing_share: float = Field(0.3, ge=0, le=1)
+    "Success criteria as code: each gate is checked at evaluation and recorded on the model version."
+    min_primary_metric: float | Literal["auto"] | None = Field(
+        "auto", description="Worst acceptable test value of the primary metric (for losses and errors: at most this); "
+                            "auto: 0.6 for roc_auc, average_precision, f1, accuracy and balanced_accuracy, none otherwise")
+    min_lift_over_baseline: float | None = Field(0.01, description="Cross-validated lift over the best baseline")
+    min_lift_over_champion: float | None = Field(0.0, description="Test lift over the current champion, when there is one")
+    max_demographic_parity_difference: float | None = Field(
+        0.2, ge=0, le=1, description="Per sensitive feature (classification); not evaluated without sensitive features")
+    max_equalized_odds_difference: float | None = Field(
+        0.2, ge=0, le=1, description="Per sensitive feature (classification); not evaluated without sensitive features")
+    max_missing_share: float | None = Field(0.3, ge=0, le=1, description="Largest missing share of any model input")
 
 class MonitoringConfig(_Section):
-    drift_share: float = Field(0.5, gt=0, le=1)
-    min_batch_rows: int = Field(200, ge=1)
-    retrain_cooldown_days: float = Field(7, ge=0)
+    "When a batch drifts, and when to retrain."
+    drift_share: float = Field(0.5, gt=0, le=1, description="Dataset drift when this share of columns drifts")
+    min_batch_rows: int = Field(200, ge=1, description="Smaller batches are reported, never a reason to retrain")
+    retrain_cooldown_days: float = Field(7, ge=0, description="Days after a retrain decision before the next one")
 
 class TrackingConfig(_Section):
-    uri: str = "sqlite:///mlruns.db"
-    experiment: str | None = None
-    registered_model: str | None = None
+    "Where MLflow records runs and models."
+    uri: str = Field("sqlite:///mlruns.db", description="Tracking URI: SQLite file (relative to the config) or http://host:5000")
+    experiment: str | None = Field(None, description="Experiment name; default the config's name")
+    registered_model: str | None = Field(None, description="Registered model name; default the config's name")
 
 class PipelineConfig(_Section):
-    stage_timeout: float = Field(3600, gt=0)  # seconds a stage may run before it is stopped
-    stage_timeouts: dict[str, float] = {}  # per-stage limits, e.g. {evaluation: 1800}
+    "Time limits of the stages."
+    stage_timeout: float = Field(3600, gt=0, description="Seconds a stage may run before it is stopped")
+    stage_timeouts: dict[str, float] = Field({}, description="Per-stage limits, e.g. {evaluation: 1800}")
 
 class RaiConfig(_Section):
-    intended_use: str | None = None
-    out_of_scope_uses: list[str] = []
-    stakeholders: list[str] = []
-    potential_harms: list[str] = []
-    min_group_size: int = Field(30, ge=1)
+    "The responsible-AI assessment: what the model is for, and fairness options."
+    intended_use: str | None = Field(None, description="What the model is for (model card)")
+    out_of_scope_uses: list[str] = Field([], description="Uses the model is not fit for (model card)")
+    stakeholders: list[str] = Field([], description="Who is affected (model card)")
+    potential_harms: list[str] = Field([], description="What could go wrong for them (model card)")
+    min_group_size: int = Field(30, ge=1, description="Groups smaller than this are flagged as too small to judge")
+    mitigation: list[Literal["threshold_optimizer", "exponentiated_gradient"]] = Field(
+        [], description="Add fairlearn-mitigated versions of the best candidate as candidates")
 
-# %% ../nbs/00_core.ipynb #10
+# %% ../nbs/00_core.ipynb #16
+def _default_name(source: str) -> str:
+    "The built-in dataset's name, or the data file's stem with characters a name refuses replaced."
+    stem = source.removeprefix("builtin:") if source.startswith("builtin:") else Path(source).stem.removesuffix(".csv")
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem) or "project"
+
+def _with_builtin_defaults(raw: dict) -> dict:
+    "Fill the built-in dataset's own values (target, labels, roles) and the default name; a file gets none."
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    source = data.get("source", DEFAULT_SOURCE)
+    if not isinstance(source, str): return raw
+    builtin = BUILTIN_DATASETS.get(source.removeprefix("builtin:")) if source.startswith("builtin:") else None
+    out = dict(raw)
+    if builtin is not None: out["data"] = {**builtin, **data}
+    out.setdefault("name", _default_name(source))
+    return out
+
+# %% ../nbs/00_core.ipynb #17
 class Config(_Section):
     "The whole configuration: one typed object that carries every setting."
-    name: str = Field("arrests", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    environment: str = Field("dev", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")  # dev / test / prod: recorded on every run and model version
-    data: DataConfig = DataConfig()
-    split: SplitConfig = SplitConfig()
-    model: ModelConfig = ModelConfig()
-    gates: GatesConfig = GatesConfig()
-    monitoring: MonitoringConfig = MonitoringConfig()
-    tracking: TrackingConfig = TrackingConfig()
-    rai: RaiConfig = RaiConfig()
-    pipeline: PipelineConfig = PipelineConfig()
+    name: str = Field("arrests", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
+                      description="Experiment and registered-model name; default the dataset's or data file's name")
+    environment: str = Field("dev", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
+                             description="dev / test / prod: recorded on every run and model version")
+    data: DataConfig = Field(DataConfig(**BUILTIN_DATASETS["arrests"]), description="The data and its columns' roles")
+    split: SplitConfig = Field(SplitConfig(), description="The held-out test split")
+    model: ModelConfig = Field(ModelConfig(), description="Candidates, selection and decision rule")
+    gates: GatesConfig = Field(GatesConfig(), description="Success criteria")
+    monitoring: MonitoringConfig = Field(MonitoringConfig(), description="Drift and retraining")
+    tracking: TrackingConfig = Field(TrackingConfig(), description="MLflow tracking and registry")
+    rai: RaiConfig = Field(RaiConfig(), description="Responsible-AI assessment and fairness mitigation")
+    pipeline: PipelineConfig = Field(PipelineConfig(), description="Stage time limits")
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _builtin_defaults(cls, raw):
+        return _with_builtin_defaults(raw) if isinstance(raw, dict) else raw
 
     @model_validator(mode="after")
     def _cross_checks(self):
-        fair = self.gates.max_demographic_parity_difference, self.gates.max_equalized_odds_difference
-        if any(g is not None for g in fair) and not self.data.sensitive_features:
-            raise ValueError("data.sensitive_features: empty, but fairness gates are set "
-                             "(list the sensitive columns or set the gates to null)")
+        source = self.data.source
+        if source.startswith("builtin:") and source.removeprefix("builtin:") not in BUILTIN_DATASETS:
+            raise ValueError(f"data.source: unknown built-in dataset {source!r} "
+                             f"(available: {', '.join('builtin:' + k for k in BUILTIN_DATASETS)})")
+        if self.data.target is None:
+            raise ValueError("data.target: required when data.source is a file (name the column to predict)")
         if self.split.strategy == "time" and not self.data.time_column:
             raise ValueError("data.time_column: required when split.strategy is 'time'")
+        roles = {"data.target": [self.data.target], "data.time_column": [self.data.time_column]}
+        for key, columns in roles.items():
+            clash = [c for c in columns if c in self.data.drop_columns]
+            if clash: raise ValueError(f"{key}: {clash[0]!r} is also listed in data.drop_columns")
+        if self.data.target in self.model.exclude_features:
+            raise ValueError(f"model.exclude_features: {self.data.target!r} is the target, not a feature")
         return self
 
     @property
@@ -135,20 +247,70 @@ class Config(_Section):
     @property
     def base_dir(self) -> Path: return self._base_dir
 
-# %% ../nbs/00_core.ipynb #12
+# %% ../nbs/00_core.ipynb #19
+LOWER_IS_BETTER = frozenset({"log_loss", "brier", "rmse", "mae"})
+BOUNDED_METRICS = frozenset({"roc_auc", "average_precision", "f1", "accuracy", "balanced_accuracy"})
+AUTO_MIN_PRIMARY_METRIC = 0.6  # the bar of `gates.min_primary_metric: auto` for a bounded metric
+
+def default_primary_metric(task: str) -> str:
+    "The metric that picks the model when `model.primary_metric` is not set."
+    return "rmse" if task == "regression" else "roc_auc"
+
+def default_candidates(task: str) -> list[str]:
+    "The candidates when `model.candidates` is not set: a linear model and two tree ensembles."
+    linear = "ridge" if task == "regression" else "logistic_regression"
+    return [linear, "hist_gradient_boosting", "random_forest"]
+
+def task_metrics(task: str) -> tuple[str, ...]:
+    "The metrics that apply to a task."
+    if task == "regression":
+        return REGRESSION_METRICS
+    if task == "multiclass":
+        return tuple(m for m in CLASSIFICATION_METRICS if m not in ("average_precision", "brier"))
+    return CLASSIFICATION_METRICS
+
+# %% ../nbs/00_core.ipynb #20
+def apply_task(cfg: Config,
+               task: str,  # binary, multiclass or regression (from `data.task` or the target)
+               positive_label=None,  # the positive class of a binary target, as found in the data
+              ) -> Config:
+    "Fill in the task, the positive label and the task's primary metric; `ConfigError` if a setting does not fit."
+    cfg.data.task = task
+    if task == "binary":
+        cfg.data.positive_label = positive_label
+    primary = cfg.model.primary_metric or default_primary_metric(task)
+    if primary not in task_metrics(task):
+        raise ConfigError(f"model.primary_metric: {primary!r} does not apply to a {task} target; "
+                          f"choose from {list(task_metrics(task))}")
+    cfg.model.primary_metric = primary
+    if cfg.model.candidates is None:
+        cfg.model.candidates = default_candidates(task)
+    return cfg
+
+def primary_metric_bar(cfg: Config) -> float | None:
+    "The threshold of the `min_primary_metric` gate (None: not evaluated)."
+    bar = cfg.gates.min_primary_metric
+    if bar != "auto":
+        return bar
+    return AUTO_MIN_PRIMARY_METRIC if cfg.model.primary_metric in BOUNDED_METRICS else None
+
+# %% ../nbs/00_core.ipynb #23
 def _format_validation_error(err: ValidationError, origin: str) -> str:
     "One line per problem: `key.path: message (got value)`."
     lines = []
     for e in err.errors():
         msg = e["msg"].removeprefix("Value error, ")
         path = ".".join(str(p) for p in e["loc"])
+        own_key = re.match(r"^([a-z_]+): (.*)$", msg) if e["type"] == "value_error" else None
+        if own_key and path:  # a section's own rule names one of its keys: `model.threshold` + `recall: ...`
+            path, msg = f"{path}.{own_key[1]}", own_key[2]
         if not path: lines.append(msg)  # a cross-field rule: its message names the keys
         elif e["type"] == "extra_forbidden": lines.append(f"{path}: unknown key")
-        elif e["type"] == "missing": lines.append(f"{path}: {msg}")
+        elif e["type"] in ("missing", "value_error"): lines.append(f"{path}: {msg}")
         else: lines.append(f"{path}: {msg} (got {repr(e.get('input'))[:80]})")
     return f"invalid configuration in {origin}: " + "; ".join(lines)
 
-# %% ../nbs/00_core.ipynb #14
+# %% ../nbs/00_core.ipynb #25
 def apply_overrides(raw: dict, overrides: list[str] | tuple = ()) -> dict:
     "Apply `key.path=value` overrides to a raw config dict (values parsed as YAML)."
     raw = json.loads(json.dumps(raw))
@@ -162,7 +324,7 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple = ()) -> dict:
         node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
     return raw
 
-# %% ../nbs/00_core.ipynb #15
+# %% ../nbs/00_core.ipynb #26
 def load_config(path: str | Path | None = None,  # YAML file; None for the built-in defaults
                 overrides: list[str] | tuple = (),  # `key.path=value` items
                ) -> Config:
@@ -180,7 +342,7 @@ def load_config(path: str | Path | None = None,  # YAML file; None for the built
     cfg._base_dir = base
     return cfg
 
-# %% ../nbs/00_core.ipynb #20
+# %% ../nbs/00_core.ipynb #33
 def resolve_path(cfg: Config, value: str | Path) -> Path:
     "A path from the config, relative to the config file's folder."
     p = Path(value).expanduser()
@@ -198,7 +360,7 @@ def config_hash(cfg: Config) -> str:
     payload = json.dumps(cfg.model_dump(mode="json", exclude={"tracking", "pipeline", "environment"}), sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
-# %% ../nbs/00_core.ipynb #21
+# %% ../nbs/00_core.ipynb #34
 def resolved_config(cfg: Config) -> dict:
     "The config as a plain dict with absolute paths: self-contained, for a run folder."
     d = cfg.model_dump(mode="json")
@@ -206,7 +368,7 @@ def resolved_config(cfg: Config) -> dict:
     d["tracking"]["uri"] = tracking_uri(cfg)
     return d
 
-# %% ../nbs/00_core.ipynb #24
+# %% ../nbs/00_core.ipynb #37
 def fingerprint_data(df: pd.DataFrame) -> str:
     "Order-insensitive content hash of a frame (row and column order do not matter)."
     cols = sorted(map(str, df.columns))
@@ -216,7 +378,7 @@ def fingerprint_data(df: pd.DataFrame) -> str:
     h.update(rows.tobytes())
     return h.hexdigest()[:16]
 
-# %% ../nbs/00_core.ipynb #26
+# %% ../nbs/00_core.ipynb #39
 def git_commit(path: Path | None = None) -> str:
     "The current git commit of the project, or 'unknown' outside git."
     try:
@@ -229,7 +391,7 @@ def package_version() -> str:
     from mlops_nb import __version__
     return __version__
 
-# %% ../nbs/00_core.ipynb #28
+# %% ../nbs/00_core.ipynb #41
 def new_run_id() -> str:
     "A sortable, unique run id: UTC time plus a short random suffix."
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
@@ -245,7 +407,7 @@ class RunContext:
     def save(self): write_json(self.path("context.json"), self.info)
     def __repr__(self): return f"RunContext(run_id={self.run_id!r}, run_dir='{self.run_dir}')"
 
-# %% ../nbs/00_core.ipynb #29
+# %% ../nbs/00_core.ipynb #42
 def _jsonable(obj: Any) -> Any:
     "Plain JSON types: numpy scalars to Python, NaN and infinities to None."
     if isinstance(obj, dict): return {str(k): _jsonable(v) for k, v in obj.items()}
@@ -266,7 +428,7 @@ def read_json(path: Path) -> Any:
     "Read a JSON file."
     return json.loads(Path(path).read_text())
 
-# %% ../nbs/00_core.ipynb #30
+# %% ../nbs/00_core.ipynb #43
 def run_context(config: str | Path | None = None,  # the CONFIG parameter: a YAML path or None
                 run_dir: str | Path | None = None,  # the RUN_DIR parameter: a run folder or None
                 overrides: list[str] | tuple = ()) -> RunContext:
@@ -287,7 +449,20 @@ def run_context(config: str | Path | None = None,  # the CONFIG parameter: a YAM
     ctx.save()
     return ctx
 
-# %% ../nbs/00_core.ipynb #32
+# %% ../nbs/00_core.ipynb #45
+def scratch_context(frame: pd.DataFrame,  # the data, target included
+                    sections: dict | None = None,  # other config sections, e.g. {"model": {"cv_folds": 2}}
+                    **data,  # `data` settings: target, positive_label, sensitive_features, ...
+                   ) -> RunContext:
+    "A run of its own on `frame`, in a temporary folder with its own tracking store."
+    folder = Path(tempfile.mkdtemp(prefix="mlops_nb-scratch-"))
+    frame.to_csv(folder / "data.csv", index=False)
+    config = {**(sections or {}), "data": {"source": "data.csv", **data}, "tracking": {"uri": "sqlite:///mlruns.db"}}
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return run_context(path, folder / "run")
+
+# %% ../nbs/00_core.ipynb #47
 def _sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
@@ -329,7 +504,7 @@ def mlflow_client(uri: str):
         _retry(lambda: client.search_experiments(max_results=1))  # upgrades an older schema while we hold the lock
     return client
 
-# %% ../nbs/00_core.ipynb #33
+# %% ../nbs/00_core.ipynb #48
 def experiment_id(client, cfg: Config) -> str:
     "The id of the config's experiment, created on first use."
     name = cfg.experiment_name
@@ -348,7 +523,7 @@ def lineage_tags(ctx: RunContext) -> dict:
     keys = ["run_id", "config_hash", "git_commit", "package_version", "environment", "data_fingerprint"]
     return {f"mlops_nb.{k}": str(ctx.info[k]) for k in keys if ctx.info.get(k) is not None}
 
-# %% ../nbs/00_core.ipynb #34
+# %% ../nbs/00_core.ipynb #49
 def start_parent_run(ctx: RunContext) -> str:
     "Create the MLflow parent run of a pipeline run; returns its id."
     client = mlflow_client(ctx.tracking_uri)
@@ -368,7 +543,7 @@ def stage_run_id(ctx: RunContext, stage: str) -> str:
         ctx.save()
     return runs[stage]
 
-# %% ../nbs/00_core.ipynb #36
+# %% ../nbs/00_core.ipynb #51
 _METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-. ]")  # no "/" either: MLflow refuses names that resolve like paths
 
 def _flat_metrics(d: dict, prefix: str = "") -> dict:
@@ -391,7 +566,7 @@ def log_batch(ctx: RunContext, run_id: str, metrics: dict = None, params: dict =
     for i in range(0, max(len(m), len(p), len(t), 1), 100):
         _retry(lambda: client.log_batch(run_id, metrics=m[i:i+100], params=p[i:i+100], tags=t[i:i+100]))
 
-# %% ../nbs/00_core.ipynb #37
+# %% ../nbs/00_core.ipynb #52
 def _retry(fn, attempts: int = 8, wait: float = 1.0):
     "Call `fn`, retrying (about a minute in all) when the tracking store reports it is locked or busy."
     for i in range(attempts):
@@ -411,7 +586,7 @@ def finish_stage(ctx: RunContext, stage: str,  # stage name, e.g. 'eda'
     mlflow_client(ctx.tracking_uri).log_artifact(run_id, str(path))
     return path
 
-# %% ../nbs/00_core.ipynb #39
+# %% ../nbs/00_core.ipynb #54
 _ESCAPES = str.maketrans({**{c: f"&#{ord(c)};" for c in "\\`*_[]|#~$"},
                           "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"})
 

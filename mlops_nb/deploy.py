@@ -17,10 +17,10 @@ from fastapi.responses import JSONResponse, Response
 from filelock import FileLock, Timeout as LockTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .core import (Config, ConfigError, DataValidationError, MlopsError, RunContext, _jsonable, _sqlite_path, code, esc,
+from .core import (Config, ConfigError, DataValidationError, MlopsError, RunContext, _jsonable, _sqlite_path, apply_task, code, esc,
                            experiment_id, finish_stage, md, mlflow_client, package_version, resolve_path, run_context, tracking_uri)
 from .eda import load_schema, load_splits, reference_statistics
-from .baseline import higher_is_better, model_columns, target_vector
+from .models import higher_is_better, model_columns, target_vector
 from .evaluation import (CHALLENGER, CHAMPION, LoadedModel, alias_version, classification_metrics, decisions, fit_model, gate,
                                  load_model_version, log_model, positive_scores, register_version, resolve_version)
 from .monitoring import append_inference_log, parse_model_spec, read_inference_log
@@ -84,7 +84,8 @@ def quick_version(ctx: RunContext, train: pd.DataFrame, test: pd.DataFrame, sche
                   min_lift: float,  # the gate: lift of the primary metric over the dummy model on the test split
                  ) -> dict:
     "Fit, gate (lift over the dummy model on the test split), log and register one version: a quick stand-in for the evaluation stage."
-    cfg, columns, metric = ctx.config, model_columns(schema), ctx.config.model.primary_metric
+    cfg = apply_task(ctx.config, schema["task"], schema["positive_label"])
+    columns, metric = model_columns(schema), cfg.model.primary_metric
     pipeline, dummy = fit_model(train, schema, cfg, estimator), fit_model(train, schema, cfg, "dummy")
     y = target_vector(test, cfg)
     score, base = (classification_metrics(y, positive_scores(p, test[columns]))[metric] for p in (pipeline, dummy))

@@ -10,22 +10,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import (Config, ConfigError, DataValidationError, RunContext, code, esc, finish_stage,
-                           fingerprint_data, md, read_json, resolve_path, run_context, write_json)
+from .core import (Config, ConfigError, DataValidationError, RunContext, apply_task, code, esc,
+                           finish_stage, fingerprint_data, md, read_json, resolve_path, run_context, write_json)
 
 # %% auto #0
-__all__ = ['QUANTILE_LEVELS', 'load_dataset', 'normalise_frame', 'prepare_data', 'is_positive', 'check_target', 'check_columns',
-           'check_data', 'validate_data', 'infer_schema', 'data_dictionary', 'class_balance', 'binned', 'plot_text',
+__all__ = ['MAX_CLASSES', 'HIGH_CARDINALITY', 'RARE_CATEGORY_ROWS', 'ID_LIKE_SHARE', 'LEAK_SCORE', 'LEAK_SAMPLE_ROWS',
+           'CHECK_COLUMNS', 'QUANTILE_LEVELS', 'load_dataset', 'normalise_frame', 'prepare_data', 'infer_task',
+           'is_positive', 'positive_label_of', 'check_target', 'check_roles', 'feature_findings', 'target_leak_score',
+           'leak_findings', 'check_data', 'validate_data', 'infer_schema', 'excluded_features', 'load_data',
+           'clean_data', 'load_schema', 'data_dictionary', 'class_balance', 'target_table', 'binned', 'plot_text',
            'profile_columns', 'target_rate_by_value', 'subplots', 'plot_profile', 'cramers_v', 'association_matrix',
-           'split_data', 'load_data', 'load_splits', 'load_schema', 'numeric_statistics', 'categorical_statistics',
-           'reference_statistics']
+           'split_data', 'load_splits', 'split_table', 'numeric_statistics', 'categorical_statistics',
+           'reference_statistics', 'max_missing_share', 'eda_results']
 
 # %% ../nbs/01_eda.ipynb #7
 def _read_source(cfg: Config) -> pd.DataFrame:
     "Read the configured source as it is (no cleaning)."
     source = cfg.data.source
-    if source.startswith("builtin:"):
-        if source != "builtin:arrests": raise ConfigError(f"data.source: unknown built-in dataset {source!r} (available: builtin:arrests)")
+    if source == "builtin:arrests":  # the config refuses any other built-in name
         from sklego.datasets import load_arrests
         return load_arrests(as_frame=True)
     path = resolve_path(cfg, source)
@@ -115,127 +117,385 @@ def prepare_data(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 # %% ../nbs/01_eda.ipynb #15
+MAX_CLASSES = 20  # an integer target with more distinct values than this is read as a quantity
+
+def infer_task(y: pd.Series,  # the target column (missing values are ignored)
+               declared: str | None = None,  # `data.task`, when set
+              ) -> tuple[str, str]:
+    "The task and the reason for it, in words: as declared, or read from the target's values."
+    if declared:
+        return declared, f"data.task says {declared}"
+    values = y.dropna()
+    distinct = int(values.nunique())
+    if distinct <= 2:
+        return "binary", f"the target {y.name!r} has {distinct} distinct values"
+    if not _is_number_column(values):
+        return "multiclass", f"the target {y.name!r} holds {distinct} classes (text)"
+    if bool(np.all(np.mod(values.to_numpy(dtype=float), 1) == 0)) and distinct <= MAX_CLASSES:
+        return "multiclass", (f"the target {y.name!r} holds {distinct} integer values (at most {MAX_CLASSES} are "
+                              "read as classes; set data.task: regression if they are quantities)")
+    return "regression", f"the target {y.name!r} holds numbers with {distinct:,} distinct values"
+
+def _is_number_column(s: pd.Series) -> bool:
+    "Numbers, not booleans."
+    return pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
+
+def _kind(s: pd.Series) -> str:
+    "The column's kind: boolean, numeric, datetime or categorical."
+    if pd.api.types.is_bool_dtype(s):
+        return "boolean"
+    if pd.api.types.is_numeric_dtype(s):
+        return "numeric"
+    if pd.api.types.is_datetime64_any_dtype(s):
+        return "datetime"
+    return "categorical"
+
+# %% ../nbs/01_eda.ipynb #17
 def is_positive(y: pd.Series, label) -> pd.Series:
     "Which target values equal the positive label (compared as text, so 1 == '1')."
     return y.astype(str) == str(label)
 
-# %% ../nbs/01_eda.ipynb #16
+def _plain(value):
+    "A numpy scalar as the Python value (for YAML and JSON)."
+    return value.item() if hasattr(value, "item") else value
+
+def positive_label_of(y: pd.Series,  # a two-class target
+                      declared=None,  # `data.positive_label`, when set
+                     ):
+    "The positive class as found in the data: the declared label, or 1 / true for a 0/1 or boolean target."
+    present = {str(v): _plain(v) for v in y.dropna().unique()}
+    if declared is not None:
+        if str(declared) not in present:
+            hint = " (YAML reads unquoted yes/no as booleans: quote the label)" if isinstance(declared, bool) else ""
+            raise DataValidationError(f"data.positive_label: {declared!r} is not a value of the target {y.name!r}; "
+                                      f"values: {sorted(present)[:10]}{hint}")
+        return present[str(declared)]
+    for positive in ("1", "True", "1.0"):
+        if positive in present and set(present) <= {positive, "0", "False", "0.0"}:
+            return present[positive]
+    raise DataValidationError(f"data.positive_label: required for the two-class target {y.name!r} "
+                              f"(values {sorted(present)[:2]}): name the positive outcome")
+
+# %% ../nbs/01_eda.ipynb #20
+def _issue(level: str, column: str, check: str, message: str, handling: str = "") -> dict:
+    "One row of the checks table."
+    return {"level": level, "column": column, "check": check, "message": message, "handling": handling}
+
 def check_target(df: pd.DataFrame, cfg: Config) -> list[dict]:
-    "Problems with the target column: absent, missing values, not binary, positive label absent."
-    t, label = cfg.data.target, cfg.data.positive_label
-    if t not in df.columns: return [_issue("error", t, f"target column {t!r} (data.target) is not in the data; columns: {list(df.columns)[:20]}")]
-    out, y = [], df[t]
-    if y.isna().any(): out.append(_issue("error", t, f"target has missing values in {_rows(y.isna())}"))
-    values = sorted(map(str, y.dropna().unique()))
-    if len(values) != 2: out.append(_issue("error", t, f"target must have exactly 2 classes, found {len(values)}: {values[:10]}"))
-    if str(label) not in values:
-        hint = " (YAML reads unquoted Yes/No as booleans: quote the label)" if isinstance(label, bool) else ""
-        out.append(_issue("error", t, f"positive label {label!r} (data.positive_label) not found in the target; values: {values[:10]}{hint}"))
+    "Problems with the target: absent, unlabelled rows, a class count that does not fit the task, the positive label."
+    t = cfg.data.target
+    if t not in df.columns:
+        return [_issue("error", t, "target", f"target column {t!r} (data.target) is not in the data; "
+                                             f"columns: {list(df.columns)[:20]}")]
+    y = df[t]
+    out = []
+    if y.isna().any():
+        out.append(_issue("warning", t, "unlabelled", f"no target value in {_rows(y.isna())}",
+                          "left out of training and testing"))
+    try:
+        out += _task_problems(y.dropna(), cfg)
+    except DataValidationError as e:
+        out.append(_issue("error", t, "target", str(e)))
     return out
 
-def _issue(level: str, column: str, message: str) -> dict:
-    return {"level": level, "column": column, "message": message}
+def _task_problems(y: pd.Series, cfg: Config) -> list[dict]:
+    "The target's values against its task (raises for the positive label)."
+    task, _ = infer_task(y, cfg.data.task)
+    distinct = int(y.nunique())
+    t = y.name
+    if distinct < 2:
+        return [_issue("error", t, "target", f"the target has a single class ({_first(y)!r}): there is nothing to learn")]
+    if task == "binary" and distinct > 2:
+        return [_issue("error", t, "target", f"data.task is binary but the target has {distinct} classes")]
+    if task == "regression" and not _is_number_column(y):
+        return [_issue("error", t, "target", "data.task is regression but the target holds text, not numbers")]
+    if task == "binary":
+        positive_label_of(y, cfg.data.positive_label)
+    return []
 
-# %% ../nbs/01_eda.ipynb #17
-def check_columns(df: pd.DataFrame, cfg: Config) -> list[dict]:
-    "Per-column problems: sensitive features absent or single-group, missing values, infinities, mixed types, constants."
-    out = [_issue("error", s, f"sensitive feature {s!r} (data.sensitive_features) is not in the data")
-           for s in cfg.data.sensitive_features if s not in df.columns]
-    out += [_issue("error", s, f"sensitive feature {s!r} has a single group ({str(df[s].iloc[0])!r}): fairness between "
-                               "groups cannot be measured; remove it from data.sensitive_features")
-            for s in cfg.data.sensitive_features if s in df.columns and df[s].nunique(dropna=False) < 2]
-    if cfg.data.time_column and cfg.data.time_column not in df.columns:
-        out.append(_issue("error", cfg.data.time_column, f"time column {cfg.data.time_column!r} (data.time_column) is not in the data"))
-    if cfg.data.target in df.columns and df.shape[1] < 2:
-        out.append(_issue("error", cfg.data.target, "the data holds only the target column: there is no feature to learn from"))
-    for c in df.columns:
-        if c != cfg.data.target: out += _text_number_issues(df[c])
-        share = df[c].isna().mean()
-        if share > cfg.gates.max_missing_share:
-            out.append(_issue("error", c, f"{share:.0%} missing, above gates.max_missing_share={cfg.gates.max_missing_share}"))
-        if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]):
-            inf = np.isinf(df[c].astype(float))
-            if inf.any(): out.append(_issue("error", c, f"infinite values in {_rows(inf)}"))
-        if df[c].nunique(dropna=False) <= 1 and len(df) > 1:
-            out.append(_issue("warning", c, "constant column (one value): it carries no information"))
+def _first(s: pd.Series):
+    return s.iloc[0] if len(s) else None
+
+# %% ../nbs/01_eda.ipynb #23
+def check_roles(df: pd.DataFrame, cfg: Config) -> list[dict]:
+    "The columns the configuration names exist; each sensitive feature has two groups or more."
+    d = cfg.data
+    named = {"data.sensitive_features": d.sensitive_features, "data.time_column": [d.time_column] if d.time_column else [],
+             "model.exclude_features": cfg.model.exclude_features}
+    out = [_issue("error", c, "config", f"{key} names {c!r}, which is not in the data")
+           for key, columns in named.items() for c in columns if c not in df.columns]
+    for s in d.sensitive_features:
+        if s in df.columns and df[s].nunique(dropna=False) < 2:
+            out.append(_issue("error", s, "sensitive", f"sensitive feature {s!r} has a single group ({str(_first(df[s]))!r}): "
+                                                       "fairness between groups cannot be measured; remove it from "
+                                                       "data.sensitive_features"))
+    if d.target in df.columns and df.shape[1] < 2:
+        out.append(_issue("error", d.target, "features", "the data holds only the target column: there is no feature to learn from"))
     return out
 
-# %% ../nbs/01_eda.ipynb #18
+# %% ../nbs/01_eda.ipynb #24
 def _text_number_issues(s: pd.Series, mostly: float = 0.9) -> list[dict]:
     "A text column of numbers (warning), mostly numbers with a few words (error, naming them), or a mix (warning)."
-    if not (pd.api.types.is_object_dtype(s) or pd.api.types.is_string_dtype(s)): return []
+    if not (pd.api.types.is_object_dtype(s) or pd.api.types.is_string_dtype(s)):
+        return []
     counts = s.value_counts()
     is_number = pd.to_numeric(pd.Series(counts.index.astype(str), index=counts.index), errors="coerce").notna().to_numpy()
     numbers, words = int(counts[is_number].sum()), int(counts[~is_number].sum())
-    if numbers == 0: return []
-    if words == 0: return [_issue("warning", s.name, f"numbers stored as text ({len(counts)} distinct values): treated as "
-                                                      "categories; store the column as numbers if it is a quantity")]
+    if numbers == 0:
+        return []
+    if words == 0:
+        return [_issue("warning", s.name, "text_numbers", f"numbers stored as text ({len(counts)} distinct values)",
+                       "treated as categories; store the column as numbers if it is a quantity")]
     if numbers < mostly * (numbers + words):
-        return [_issue("warning", s.name, f"mixed types: {numbers} numbers and {words} words, treated as categories")]
+        return [_issue("warning", s.name, "mixed_types", f"mixed types: {numbers} numbers and {words} words",
+                       "treated as categories")]
     examples = ", ".join(repr(v) for v in counts.index[~is_number][:3])
-    return [_issue("error", s.name, f"mixed types: {numbers} numbers but {words} text value(s) ({examples}) in "
-                                    f"{_rows(s.isin(counts.index[~is_number]))}; list missing-value markers in "
-                                    "data.missing_values or correct the values")]
+    return [_issue("error", s.name, "mixed_types",
+                   f"mixed types: {numbers} numbers but {words} text value(s) ({examples}) in "
+                   f"{_rows(s.isin(counts.index[~is_number]))}; list missing-value markers in "
+                   "data.missing_values or correct the values")]
 
+# %% ../nbs/01_eda.ipynb #25
+HIGH_CARDINALITY = 50  # more categories than this: rare ones are grouped
+RARE_CATEGORY_ROWS = 5  # categories with fewer training rows are grouped as one
+ID_LIKE_SHARE = 0.95  # a distinct value in at least this share of rows: an identifier or free text
+
+def _is_id_like(s: pd.Series) -> bool:
+    "Identifiers and free text: text with a distinct value in almost every row, or integers numbering the rows."
+    values = s.dropna()
+    if len(values) < 20:
+        return False
+    distinct = values.nunique()
+    if pd.api.types.is_integer_dtype(values):
+        return distinct == len(values) and values.max() - values.min() < 2 * len(values)
+    text = pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values)
+    return text and distinct >= ID_LIKE_SHARE * len(values)
+
+def feature_findings(s: pd.Series, cfg: Config) -> list[dict]:
+    "What one feature column holds that the pipeline handles: empty, missing, infinite, constant, ID-like, many categories."
+    c, share = s.name, float(s.isna().mean())
+    left_out = "left out of the model inputs"
+    if share == 1:
+        return [_issue("warning", c, "empty", "every value is missing", left_out)]
+    out = _text_number_issues(s)
+    bar = cfg.gates.max_missing_share
+    if bar is not None and share > bar:
+        out.append(_issue("warning", c, "missing", f"{share:.0%} missing, above gates.max_missing_share={bar} "
+                                                   "(checked at evaluation)", "imputed, with a missing indicator"))
+    if _is_number_column(s) and np.isinf(s.to_numpy(dtype=float)).any():
+        out.append(_issue("warning", c, "infinite", f"infinite values in {_rows(np.isinf(s.to_numpy(dtype=float)))}",
+                          "read as missing"))
+    if s.nunique(dropna=False) <= 1 and len(s) > 1:
+        return out + [_issue("warning", c, "constant", "constant column (one value): it carries no information", left_out)]
+    protected = {*cfg.data.sensitive_features, cfg.data.time_column}
+    if c not in protected and _is_id_like(s):
+        return out + [_issue("warning", c, "id_like", f"{s.nunique():,} distinct values in {s.notna().sum():,} rows: "
+                                                      "an identifier or free text", left_out)]
+    if _kind(s) == "categorical" and s.nunique() > HIGH_CARDINALITY:
+        out.append(_issue("warning", c, "high_cardinality", f"{s.nunique():,} categories",
+                          f"categories with fewer than {RARE_CATEGORY_ROWS} rows, and beyond the {HIGH_CARDINALITY} "
+                          "most frequent, grouped as one"))
+    return out
+
+# %% ../nbs/01_eda.ipynb #28
+LEAK_SCORE = 0.99  # a column predicting the target this well on its own is flagged
+LEAK_SAMPLE_ROWS = 50_000
+
+def _leak_groups(x: pd.Series) -> np.ndarray:
+    "Group codes of a column: each value, or 20 quantile ranges of a numeric column with more values; missing is a group."
+    if _is_number_column(x):
+        x = x.replace([np.inf, -np.inf], np.nan)  # read as missing, like the cleaned data
+    if _is_number_column(x) and x.nunique() > 20:
+        return pd.qcut(x, q=20, duplicates="drop").cat.codes.to_numpy()
+    return pd.factorize(x.astype(str).where(x.notna(), "(missing)"))[0]
+
+def _cross_fitted(groups: np.ndarray, y: np.ndarray, halves: np.ndarray, summary: str) -> np.ndarray:
+    "Each row predicted from the other half's per-group mean (or most frequent class)."
+    predicted = np.empty(len(y), dtype=float)
+    for learn in (halves, ~halves):
+        frame = pd.DataFrame({"g": groups[learn], "y": y[learn]})
+        if summary == "mode":
+            table, fallback = frame.groupby("g")["y"].agg(lambda v: v.mode().iloc[0]), pd.Series(y[learn]).mode().iloc[0]
+        else:
+            table, fallback = frame.groupby("g")["y"].mean(), y[learn].mean()
+        predicted[~learn] = pd.Series(groups[~learn]).map(table).fillna(fallback).to_numpy()
+    return predicted
+
+def target_leak_score(x: pd.Series, y: pd.Series, task: str, positive_label=None, seed: int = 0) -> float:
+    "How well one column predicts the target on its own, on rows it did not learn from (see above)."
+    from sklearn.metrics import accuracy_score, r2_score, roc_auc_score
+    groups = _leak_groups(x)
+    halves = np.random.default_rng(seed).random(len(x)) < 0.5
+    if task == "binary":
+        codes = is_positive(y, positive_label).to_numpy(dtype=float)
+        return float(roc_auc_score(codes, _cross_fitted(groups, codes, halves, "mean")))
+    if task == "multiclass":
+        codes = pd.factorize(y.astype(str))[0].astype(float)
+        return float(accuracy_score(codes, _cross_fitted(groups, codes, halves, "mode")))
+    values = y.to_numpy(dtype=float)
+    if _is_number_column(x):  # ranges cap R²: a monotone transform of the target has a rank correlation of 1
+        return float(abs(x.replace([np.inf, -np.inf], np.nan).corr(y, method="spearman")))
+    return float(r2_score(values, _cross_fitted(groups, values, halves, "mean")))
+
+# %% ../nbs/01_eda.ipynb #30
+def leak_findings(df: pd.DataFrame, cfg: Config, task: str, positive_label=None) -> list[dict]:
+    "A finding for each feature that predicts the target almost perfectly on its own."
+    t = cfg.data.target
+    rows = df[df[t].notna()]
+    if len(rows) > LEAK_SAMPLE_ROWS:
+        rows = rows.sample(n=LEAK_SAMPLE_ROWS, random_state=cfg.split.seed)
+    out = []
+    for c in (c for c in df.columns if c != t and _kind(df[c]) != "datetime" and rows[c].notna().any()):
+        score = target_leak_score(rows[c], rows[t], task, positive_label, cfg.split.seed)
+        if score >= LEAK_SCORE:
+            out.append(_issue("warning", c, "target_leak", f"predicts the target almost perfectly on its own "
+                                                           f"({_LEAK_MEASURE[task]} {score:.3f} on rows it did not learn from)",
+                              "kept: check that it is known when a prediction is made, or list it in data.drop_columns"))
+    return out
+
+_LEAK_MEASURE = {"binary": "ROC AUC", "multiclass": "accuracy", "regression": "R²"}
+
+# %% ../nbs/01_eda.ipynb #31
 def check_data(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
-    "All integrity checks as a table: level, column, message."
+    "All checks as a table: level (error or warning), column, check, message, handling."
     if len(df) == 0 or df.shape[1] == 0:
-        issues = [_issue("error", "*", "the data has no rows" if df.shape[1] else "the data has no columns")]
-    else:
-        issues = check_target(df, cfg) + check_columns(df, cfg)
-        dup = df.duplicated()
-        if dup.any(): issues.append(_issue("warning", "*", f"duplicate rows: {_rows(dup)}"))
-    return pd.DataFrame(issues, columns=["level", "column", "message"])
+        issues = [_issue("error", "*", "rows", "the data has no rows" if df.shape[1] else "the data has no columns")]
+        return pd.DataFrame(issues, columns=CHECK_COLUMNS)
+    issues = check_target(df, cfg) + check_roles(df, cfg)
+    for c in (c for c in df.columns if c != cfg.data.target):
+        issues += feature_findings(df[c], cfg)
+    if not any(i["level"] == "error" for i in issues):
+        task, _ = infer_task(df[cfg.data.target], cfg.data.task)
+        label = positive_label_of(df[cfg.data.target], cfg.data.positive_label) if task == "binary" else None
+        issues += leak_findings(df, cfg, task, label)
+    duplicated = df.duplicated()
+    if duplicated.any():
+        issues.append(_issue("warning", "*", "duplicates", f"duplicate rows: {_rows(duplicated)}", "kept"))
+    return pd.DataFrame(issues, columns=CHECK_COLUMNS)
+
+CHECK_COLUMNS = ["level", "column", "check", "message", "handling"]
 
 def validate_data(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
-    "Run the checks; raise `DataValidationError` listing every error (column: problem)."
+    "Run the checks; raise `DataValidationError` listing every error (column: problem); return the table."
     checks = check_data(df, cfg)
     errors = checks[checks.level == "error"]
-    if len(errors): raise DataValidationError([f"{r.column}: {r.message}" for r in errors.itertuples()])
+    if len(errors):
+        raise DataValidationError([f"{r.column}: {r.message}" for r in errors.itertuples()])
     return checks
 
-# %% ../nbs/01_eda.ipynb #22
-def _kind(s: pd.Series) -> str:
-    if pd.api.types.is_bool_dtype(s): return "boolean"
-    if pd.api.types.is_numeric_dtype(s): return "numeric"
-    if pd.api.types.is_datetime64_any_dtype(s): return "datetime"
-    return "categorical"
-
+# %% ../nbs/01_eda.ipynb #35
 def infer_schema(df: pd.DataFrame, cfg: Config) -> dict:
-    "Column kinds, types, missing shares, ranges and categories; the target and features named."
+    "Column kinds, types, missing shares, ranges and categories; the target, its task and the features named."
     cols = {}
     for c in df.columns:
         s, kind = df[c], _kind(df[c])
         info = {"kind": kind, "dtype": str(s.dtype), "missing_share": float(s.isna().mean()), "nullable": bool(s.isna().any())}
         if kind == "numeric":
             info.update(min=float(s.min()), max=float(s.max()), integer=bool(pd.api.types.is_integer_dtype(s)))
-        elif kind == "categorical": info["categories"] = sorted(map(str, s.dropna().unique()))[:1000]
+        elif kind == "categorical":
+            info["categories"] = sorted(map(str, s.dropna().unique()))[:1000]
         cols[c] = info
-    features = [c for c in df.columns if c != cfg.data.target]
-    return {"target": cfg.data.target, "positive_label": str(cfg.data.positive_label), "features": features,
-            "sensitive_features": list(cfg.data.sensitive_features), "rows": int(len(df)), "columns": cols}
+    t = cfg.data.target
+    task = cfg.data.task
+    classes = sorted(map(str, df[t].dropna().unique())) if task != "regression" else None
+    return {"target": t, "task": task, "positive_label": cfg.data.positive_label, "classes": classes,
+            "features": [c for c in df.columns if c != t], "sensitive_features": list(cfg.data.sensitive_features),
+            "time_column": cfg.data.time_column, "rows": int(len(df)), "columns": cols}
 
-# %% ../nbs/01_eda.ipynb #25
+def excluded_features(checks: pd.DataFrame,  # from `check_data`
+                      schema: dict, cfg: Config) -> dict[str, str]:
+    "The features left out of the model inputs, each with its reason."
+    out = {c: "a date or time: not a model input" for c in schema["features"] if schema["columns"][c]["kind"] == "datetime"}
+    for r in checks[checks.handling == "left out of the model inputs"].itertuples():
+        out[r.column] = r.message
+    out.update({c: "listed in model.exclude_features" for c in cfg.model.exclude_features})
+    return {c: out[c] for c in schema["features"] if c in out}
+
+# %% ../nbs/01_eda.ipynb #37
+def _cache_dir(ctx: RunContext) -> Path:
+    "Where a run keeps the inputs every stage shares."
+    return ctx.path("cache")
+
+def load_data(ctx: RunContext) -> tuple[pd.DataFrame, dict]:
+    "The validated, cleaned data and its schema, cached in the run folder; the data's task is applied to the config."
+    cache = _cache_dir(ctx)
+    if (cache / "data.parquet").exists() and (cache / "schema.json").exists():
+        schema = read_json(cache / "schema.json")
+        apply_task(ctx.config, schema["task"], schema["positive_label"])
+        return pd.read_parquet(cache / "data.parquet"), schema
+    df, schema = _build_data(ctx)
+    cache.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(cache / "data.parquet", index=False)
+    write_json(cache / "schema.json", schema)
+    ctx.save()
+    return df, schema
+
+def _build_data(ctx: RunContext) -> tuple[pd.DataFrame, dict]:
+    "Read, fingerprint, prepare, check and clean the data; infer its task; describe it in a schema."
+    cfg = ctx.config
+    raw = load_dataset(cfg)
+    ctx.info["data_fingerprint"] = fingerprint_data(raw)
+    prepared = prepare_data(raw, cfg)
+    checks = validate_data(prepared, cfg)
+    df = clean_data(prepared, cfg)
+    target = df[cfg.data.target]
+    task, reason = infer_task(target, cfg.data.task)
+    apply_task(cfg, task, positive_label_of(target, cfg.data.positive_label) if task == "binary" else None)
+    schema = infer_schema(df, cfg)
+    schema.update(task_reason=reason, data_fingerprint=ctx.info["data_fingerprint"], source_rows=int(len(raw)),
+                  source_columns=int(raw.shape[1]), checks=checks.to_dict("records"),
+                  excluded_features=excluded_features(checks, schema, cfg))
+    return df, schema
+
+def clean_data(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    "Rows without a target value left out; infinite numbers read as missing (both are findings of the checks)."
+    df = df[df[cfg.data.target].notna()].reset_index(drop=True)
+    numbers = [c for c in df.columns if _is_number_column(df[c])]
+    df[numbers] = df[numbers].replace([np.inf, -np.inf], np.nan)
+    return df
+
+def load_schema(ctx: RunContext) -> dict:
+    "The stored schema of this run's data."
+    return load_data(ctx)[1]
+
+# %% ../nbs/01_eda.ipynb #40
 def data_dictionary(df: pd.DataFrame, schema: dict, cfg: Config) -> pd.DataFrame:
-    "A stakeholder table: column, role, kind, missing share, distinct values, examples."
-    def role(c):
-        if c == cfg.data.target: return "target"
-        if c in cfg.data.sensitive_features: return "sensitive feature"
-        return "time" if c == cfg.data.time_column else "feature"
-    rows = [{"column": c, "role": role(c), "kind": schema["columns"][c]["kind"],
+    "A stakeholder table: column, role, kind, missing share, distinct values, examples, and why a column is not an input."
+    excluded = schema.get("excluded_features", {})
+    rows = [{"column": c, "role": _role(c, cfg), "kind": schema["columns"][c]["kind"] if c in schema["columns"] else "",
              "missing": f"{df[c].isna().mean():.1%}", "distinct": int(df[c].nunique()),
-             "examples": ", ".join(map(str, df[c].dropna().unique()[:4]))} for c in df.columns]
+             "examples": ", ".join(map(str, df[c].dropna().unique()[:4])), "model input": _input_note(c, schema, excluded)}
+            for c in df.columns]
     return pd.DataFrame(rows).set_index("column")
 
-# %% ../nbs/01_eda.ipynb #28
+def _role(column: str, cfg: Config) -> str:
+    if column == cfg.data.target:
+        return "target"
+    if column in cfg.data.sensitive_features:
+        return "sensitive feature"
+    return "time" if column == cfg.data.time_column else "feature"
+
+def _input_note(column: str, schema: dict, excluded: dict) -> str:
+    if column == schema["target"]:
+        return ""
+    return f"no: {excluded[column]}" if column in excluded else "yes"
+
+# %% ../nbs/01_eda.ipynb #43
 def class_balance(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
-    "Counts and shares of each target class, the positive one marked."
+    "Counts and shares of each target class, the positive one marked (binary)."
     counts = df[cfg.data.target].astype(str).value_counts()
     out = pd.DataFrame({"rows": counts, "share": (counts / counts.sum()).round(4)})
-    out["positive"] = out.index == str(cfg.data.positive_label)
+    if cfg.data.task == "binary":
+        out["positive"] = out.index == str(cfg.data.positive_label)
     return out
 
-# %% ../nbs/01_eda.ipynb #31
+def target_table(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    "The target's distribution: class counts and shares, or a quantity's summary statistics."
+    if cfg.data.task == "regression":
+        return df[cfg.data.target].describe().to_frame("value").round(4)
+    return class_balance(df, cfg)
+
+# %% ../nbs/01_eda.ipynb #47
 def binned(s: pd.Series, bins: int = 10) -> pd.Series:
     "Ordered bins: at most `bins` quantile ranges of numbers or dates, else the 12 most frequent values and '(other)'; '(missing)'."
     kind = _kind(s)
@@ -282,34 +542,66 @@ def profile_columns(df: pd.DataFrame, cfg: Config, max_columns: int = 30) -> lis
     return cols[:max_columns]
 
 def target_rate_by_value(df: pd.DataFrame, column: str, cfg: Config) -> pd.DataFrame:
-    "Rows and positive-outcome rate for each value (or value range) of a column."
-    y = is_positive(df[cfg.data.target], cfg.data.positive_label)
-    g = pd.DataFrame({"value": binned(df[column]), "y": y}).groupby("value", observed=True)["y"]
-    return pd.DataFrame({"rows": g.size(), "positive_rate": g.mean().round(4)})
+    "Rows and the outcome for each value (or range) of a column: positive rate, target mean, or each class's share."
+    groups = binned(df[column])
+    y = df[cfg.data.target]
+    rows = groups.groupby(groups, observed=True).size().rename("rows")
+    if cfg.data.task == "regression":
+        outcome = y.groupby(groups, observed=True).mean().rename("target_mean")
+    elif cfg.data.task == "multiclass":
+        outcome = pd.crosstab(groups, binned(y.astype(str)), normalize="index")
+    else:
+        outcome = is_positive(y, cfg.data.positive_label).groupby(groups, observed=True).mean().rename("positive_rate")
+    return pd.concat([rows, outcome], axis=1).rename_axis("value").round(4)
 
 def subplots(*args, **kwargs):
     "`matplotlib.pyplot.subplots`, pyplot imported on first use: serving and monitoring import the stage modules but never plot."
     import matplotlib.pyplot as plt
     return plt.subplots(*args, **kwargs)
 
-# %% ../nbs/01_eda.ipynb #32
+# %% ../nbs/01_eda.ipynb #48
 def plot_profile(df: pd.DataFrame, cfg: Config, max_columns: int = 30):
-    "A grid: each column's distribution and its positive-outcome rate by value."
-    import matplotlib.pyplot as plt  # here, not at import: serving and monitoring import this module
+    "A grid: each column's distribution and the outcome by value (positive rate, target mean or class shares)."
     cols = profile_columns(df, cfg, max_columns)
-    fig, axes = plt.subplots(len(cols), 2, figsize=(10, 2.6 * len(cols)), squeeze=False)
-    base = is_positive(df[cfg.data.target], cfg.data.positive_label).mean()
-    for (ax_d, ax_r), c in zip(axes, cols):
-        rate = target_rate_by_value(df, c, cfg)
-        x = np.arange(len(rate))  # positions, not labels: two long values cut to the same label stay two bars
-        ax_d.bar(x, rate["rows"], color="#4C72B0"); ax_d.set_title(f"{plot_text(c)}: rows", fontsize=9)
-        ax_r.bar(x, rate["positive_rate"], color="#DD8452"); ax_r.axhline(base, color="k", ls="--", lw=1)
-        ax_r.set_title(f"{plot_text(c)}: positive rate (dashed: overall {base:.2f})", fontsize=9); ax_r.set_ylim(0, 1)
-        for ax in (ax_d, ax_r): ax.set_xticks(x, [plot_text(v) for v in rate.index], rotation=45, ha="right", fontsize=7)
+    fig, axes = subplots(len(cols), 2, figsize=(10, 2.6 * len(cols)), squeeze=False)
+    for (ax_rows, ax_outcome), c in zip(axes, cols):
+        table = target_rate_by_value(df, c, cfg)
+        x = np.arange(len(table))  # positions, not labels: two long values cut to the same label stay two bars
+        ax_rows.bar(x, table["rows"], color="#4C72B0")
+        ax_rows.set_title(f"{plot_text(c)}: rows", fontsize=9)
+        _plot_outcome(ax_outcome, x, table.drop(columns="rows"), df, cfg)
+        ax_outcome.set_title(f"{plot_text(c)}: {_outcome_title(df, cfg)}", fontsize=9)
+        for ax in (ax_rows, ax_outcome):
+            ax.set_xticks(x, [plot_text(v) for v in table.index], rotation=45, ha="right", fontsize=7)
     fig.tight_layout()
     return fig
 
-# %% ../nbs/01_eda.ipynb #35
+def _outcome_title(df: pd.DataFrame, cfg: Config) -> str:
+    if cfg.data.task == "regression":
+        return f"target mean (dashed: overall {df[cfg.data.target].mean():.3g})"
+    if cfg.data.task == "multiclass":
+        return "share of each class"
+    return f"positive rate (dashed: overall {is_positive(df[cfg.data.target], cfg.data.positive_label).mean():.2f})"
+
+def _plot_outcome(ax, x: np.ndarray, outcome: pd.DataFrame, df: pd.DataFrame, cfg: Config) -> None:
+    "Bars of the positive rate or target mean with the overall value dashed; stacked class shares for classes."
+    y = df[cfg.data.target]
+    if cfg.data.task == "multiclass":
+        bottom = np.zeros(len(x))
+        for label in outcome.columns:
+            ax.bar(x, outcome[label], bottom=bottom, label=plot_text(label, 20))
+            bottom += outcome[label].to_numpy()
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
+        ax.set_ylim(0, 1)
+        return
+    column = outcome.columns[0]
+    ax.bar(x, outcome[column], color="#DD8452")
+    overall = y.mean() if cfg.data.task == "regression" else is_positive(y, cfg.data.positive_label).mean()
+    ax.axhline(overall, color="k", ls="--", lw=1)
+    if cfg.data.task == "binary":
+        ax.set_ylim(0, 1)
+
+# %% ../nbs/01_eda.ipynb #51
 def _codes(s: pd.Series) -> np.ndarray:
     "Integer codes of a column's bins (see `binned`)."
     return pd.factorize(binned(s))[0]
@@ -333,7 +625,7 @@ def association_matrix(df: pd.DataFrame, columns: list[str] | None = None) -> pd
         for j in range(i + 1, len(cols)): m[i, j] = m[j, i] = round(_cramers_v_codes(codes[a], codes[cols[j]]), 4)
     return pd.DataFrame(m, index=cols, columns=cols)
 
-# %% ../nbs/01_eda.ipynb #39
+# %% ../nbs/01_eda.ipynb #55
 def split_data(df: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
     "Train and test frames: stratified random, or by time (latest periods to test)."
     if cfg.split.strategy == "time":
@@ -345,32 +637,12 @@ def split_data(df: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, pd.DataFram
         return df[~test_mask].reset_index(drop=True), df[test_mask].reset_index(drop=True)
     from sklearn.model_selection import train_test_split  # here, not at import: serving and monitoring import this module
     y = df[cfg.data.target].astype(str)
+    classes = cfg.data.task != "regression" and y.value_counts().min() >= 2
     train, test = train_test_split(df, test_size=cfg.split.test_size, random_state=cfg.split.seed,
-                                   stratify=y if y.value_counts().min() >= 2 else None)
+                                   stratify=y if classes else None)
     return train.reset_index(drop=True), test.reset_index(drop=True)
 
-# %% ../nbs/01_eda.ipynb #42
-def _cache_dir(ctx: RunContext) -> Path:
-    return ctx.path("cache")
-
-def load_data(ctx: RunContext) -> tuple[pd.DataFrame, dict]:
-    "The validated, prepared data and its schema, cached in the run folder."
-    cache = _cache_dir(ctx)
-    if (cache / "data.parquet").exists() and (cache / "schema.json").exists():
-        return pd.read_parquet(cache / "data.parquet"), read_json(cache / "schema.json")
-    cfg = ctx.config
-    raw = load_dataset(cfg)
-    ctx.info["data_fingerprint"] = fingerprint_data(raw)
-    df = prepare_data(raw, cfg)
-    checks = validate_data(df, cfg)
-    schema = {**infer_schema(df, cfg), "data_fingerprint": ctx.info["data_fingerprint"],
-              "warnings": checks[checks.level == "warning"].to_dict("records")}
-    cache.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(cache / "data.parquet", index=False)
-    write_json(cache / "schema.json", schema); ctx.save()
-    return df, schema
-
-# %% ../nbs/01_eda.ipynb #43
+# %% ../nbs/01_eda.ipynb #58
 def load_splits(ctx: RunContext) -> tuple[pd.DataFrame, pd.DataFrame]:
     "The train and test frames of this run, built once and cached in the run folder."
     cache = _cache_dir(ctx)
@@ -381,11 +653,17 @@ def load_splits(ctx: RunContext) -> tuple[pd.DataFrame, pd.DataFrame]:
     train.to_parquet(cache / "train.parquet", index=False); test.to_parquet(cache / "test.parquet", index=False)
     return train, test
 
-def load_schema(ctx: RunContext) -> dict:
-    "The stored schema of this run's data."
-    return load_data(ctx)[1]
+def split_table(train: pd.DataFrame, test: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    "Rows of each split and its outcome: positive rate (binary), target mean (regression) or the classes' count."
+    y = {"train": train[cfg.data.target], "test": test[cfg.data.target]}
+    if cfg.data.task == "binary":
+        outcome = {k: round(float(is_positive(v, cfg.data.positive_label).mean()), 4) for k, v in y.items()}
+        return pd.DataFrame({"rows": {k: len(v) for k, v in y.items()}, "positive_rate": outcome})
+    if cfg.data.task == "regression":
+        return pd.DataFrame({"rows": {k: len(v) for k, v in y.items()}, "target_mean": {k: v.mean() for k, v in y.items()}})
+    return pd.DataFrame({"rows": {k: len(v) for k, v in y.items()}, "classes": {k: v.nunique() for k, v in y.items()}})
 
-# %% ../nbs/01_eda.ipynb #47
+# %% ../nbs/01_eda.ipynb #62
 QUANTILE_LEVELS = np.union1d(np.linspace(0, 1, 1001), [1e-6, 1e-5, 1e-4, 2e-4, 5e-4, 1 - 5e-4, 1 - 2e-4, 1 - 1e-4, 1 - 1e-5, 1 - 1e-6])  # 1,011: even, plus the far tails
 
 def numeric_statistics(values, sample_size: int = 1000, seed: int = 0) -> dict:
@@ -406,19 +684,47 @@ def categorical_statistics(values) -> dict:
     return {"kind": "categorical", "count": int(counts.sum()), "missing_share": float(s.isna().mean()) if len(s) else 0.0,
             "counts": {str(k): int(v) for k, v in counts.items()}}
 
-# %% ../nbs/01_eda.ipynb #48
+# %% ../nbs/01_eda.ipynb #63
 def reference_statistics(df: pd.DataFrame,  # the training split
                          schema: dict,  # from `infer_schema` / `load_schema`
-                         scores=None,  # the model's positive-class probabilities on `df`, if any
+                         scores=None,  # the model's outputs on `df`: positive-class probabilities, classes or values
                          sample_size: int = 1000, seed: int = 0) -> dict:
-    "Per-column statistics of the training data (and scores) that monitoring compares batches with."
+    "Per-column statistics of the training data (and the model's outputs) that monitoring compares batches with."
     cols = {}
     for c in (c for c in schema["features"] if schema["columns"][c]["kind"] != "datetime"):
         kind = schema["columns"][c]["kind"]
         cols[c] = numeric_statistics(df[c], sample_size, seed) if kind == "numeric" else categorical_statistics(df[c])
+    task = schema.get("task", "binary")
+    quantity = numeric_statistics if task == "regression" else categorical_statistics
     out = {"rows": int(len(df)), "seed": seed, "sample_size": sample_size, "quantile_levels": len(QUANTILE_LEVELS),
            "quantile_level_values": QUANTILE_LEVELS.tolist(),  # the levels of every numeric column's quantiles
-           "columns": cols, "target": categorical_statistics(df[schema["target"]]) if schema["target"] in df else None,
+           "task": task, "target_column": schema["target"], "positive_label": schema.get("positive_label"),
+           "classes": schema.get("classes"), "columns": cols,
+           "target": quantity(df[schema["target"]]) if schema["target"] in df else None,
            "unused_columns": [c for c in schema["features"] if c not in cols]}  # in the training data, not compared (datetimes)
-    if scores is not None: out["prediction"] = numeric_statistics(scores, sample_size, seed)
+    if scores is not None:
+        out["prediction"] = (categorical_statistics(scores) if task == "multiclass"
+                             else numeric_statistics(scores, sample_size, seed))
     return out
+
+# %% ../nbs/01_eda.ipynb #67
+def max_missing_share(df: pd.DataFrame, schema: dict) -> tuple[float, str | None]:
+    "The largest missing share of any model input, and its column."
+    inputs = [c for c in schema["features"] if c not in schema.get("excluded_features", {})]
+    if not inputs:
+        return 0.0, None
+    shares = df[inputs].isna().mean()
+    return float(shares.max()), str(shares.idxmax())
+
+def eda_results(data: pd.DataFrame, schema: dict, checks: pd.DataFrame, train: pd.DataFrame, test: pd.DataFrame,
+                cfg: Config) -> dict:
+    "What the stage records: the schema, the checks and findings, the target's distribution and the numbers."
+    share, column = max_missing_share(data, schema)
+    metrics = {"rows": len(data), "columns": data.shape[1], "train_rows": len(train), "test_rows": len(test),
+               "max_missing_share": share, "findings": int((checks.level == "warning").sum()),
+               "excluded_features": len(schema["excluded_features"])}
+    if cfg.data.task == "binary":
+        metrics["positive_rate"] = float(is_positive(data[cfg.data.target], cfg.data.positive_label).mean())
+    return {"data_fingerprint": schema["data_fingerprint"], "schema": schema, "checks": checks.to_dict("records"),
+            "target_distribution": target_table(data, cfg).iloc[:, 0].to_dict(), "max_missing_column": column,
+            "metrics": metrics}

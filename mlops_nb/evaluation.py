@@ -14,33 +14,37 @@ import pandas as pd
 import yaml
 from sklearn.calibration import CalibrationDisplay
 from sklearn.metrics import (ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay, accuracy_score,
-                             average_precision_score, brier_score_loss, f1_score, log_loss, roc_auc_score)
+                             average_precision_score, balanced_accuracy_score, brier_score_loss, f1_score, log_loss, roc_auc_score)
 from sklearn.pipeline import Pipeline
 
 from .core import (Config, MlopsError, RunContext, _retry, code, esc, finish_stage, html_table, lineage_tags, log_batch, md,
-                           mlflow_client, read_json, run_context, stage_run_id, write_json)
-from .eda import subplots, binned, load_data, load_schema, load_splits, plot_text, reference_statistics
+                           mlflow_client, primary_metric_bar, read_json, run_context, stage_run_id, write_json)
+from .eda import subplots, binned, load_data, load_schema, load_splits, max_missing_share, plot_text, reference_statistics
 from .rai import (explain_model, fairness_frame, group_metrics, plot_beeswarm, plot_group_metrics,
                           plot_importance, plot_local)
-from .baseline import (METRICS, baseline_table, best_model, build_pipeline, compare_models, cv_display, cv_rows_text,
-                               fitting_threads, higher_is_better, load_baseline, model_columns, plot_cv_scores,
-                               target_vector)
+from .models import (METRIC_SCORERS, build_pipeline, candidate_name, fitting_threads, higher_is_better, model_columns,
+                             target_vector)
+from .baseline import (baseline_table, best_model, compare_models, cv_display, cv_rows_text, load_baseline,
+                               plot_cv_scores)
 
 # %% auto #0
 __all__ = ['THRESHOLD', 'SKOPS_TRUSTED_TYPES', 'REFERENCE_STATS', 'REFERENCE_STATS_PATH', 'SHA256_TAG', 'MLFLOW_MANAGED_FILES',
            'CHAMPION', 'CHALLENGER', 'fit_model', 'positive_scores', 'decisions', 'classification_metrics',
            'bootstrap_metrics', 'class_names', 'plot_evaluation', 'error_cohorts', 'most_wrong_row', 'file_sha256',
            'ModelIntegrityError', 'verify_model_files', 'LoadedModel', 'resolve_version', 'load_model_version',
-           'alias_version', 'champion_metrics', 'gate', 'check_gates', 'gate_table', 'pip_requirements', 'log_model',
-           'gate_tags', 'register_version', 'limitations', 'model_card_html']
+           'alias_version', 'champion_metrics', 'gate', 'not_evaluated', 'check_gates', 'failed_gates',
+           'evaluated_gates', 'gate_table', 'pip_requirements', 'log_model', 'gate_tags', 'register_version',
+           'limitations', 'model_card_html']
 
 # %% ../nbs/04_evaluation.ipynb #11
 THRESHOLD = 0.5  # decisions: positive when the score is above this (what `predict` returns)
 
 def fit_model(train: pd.DataFrame, schema: dict, cfg: Config, model: str) -> Pipeline:
-    "The named model's pipeline fitted on the whole training split."
+    "The named candidate's pipeline fitted on the whole training split."
+    candidate = next((c for c in cfg.model.candidates if candidate_name(c) == model), model)
     with fitting_threads(len(train)):
-        return build_pipeline(schema, model, cfg.split.seed, rows=len(train)).fit(train[model_columns(schema)], target_vector(train, cfg))
+        pipeline = build_pipeline(schema, candidate, cfg.split.seed, rows=len(train))
+        return pipeline.fit(train[model_columns(schema)], target_vector(train, cfg))
 
 def positive_scores(pipeline, X: pd.DataFrame) -> np.ndarray:
     "The pipeline's predicted probability of the positive class (class 1) for each row."
@@ -57,6 +61,7 @@ def classification_metrics(y_true, scores, threshold: float = THRESHOLD) -> dict
     d = decisions(p, threshold)
     return {"roc_auc": float(roc_auc_score(y, p)), "average_precision": float(average_precision_score(y, p)),
             "f1": float(f1_score(y, d, zero_division=0.0)), "accuracy": float(accuracy_score(y, d)),
+            "balanced_accuracy": float(balanced_accuracy_score(y, d)),
             "log_loss": float(log_loss(y, p, labels=[0, 1])), "brier": float(brier_score_loss(y, p))}
 
 def bootstrap_metrics(y_true, scores, threshold: float = THRESHOLD, n_bootstrap: int = 200, seed: int = 0, ci: float = 0.95) -> pd.DataFrame:
@@ -64,7 +69,7 @@ def bootstrap_metrics(y_true, scores, threshold: float = THRESHOLD, n_bootstrap:
     y, p, rng = np.asarray(y_true), np.asarray(scores, dtype=float), np.random.default_rng(seed)
     draws = [classification_metrics(y[i], p[i], threshold) for i in (rng.integers(0, len(y), len(y)) for _ in range(n_bootstrap))
              if 0 < y[i].sum() < len(i)]
-    boot = pd.DataFrame(draws, columns=list(METRICS))
+    boot = pd.DataFrame(draws, columns=list(METRIC_SCORERS["binary"]))
     return pd.DataFrame({"value": classification_metrics(y, p, threshold), "low": boot.quantile((1 - ci) / 2),
                          "high": boot.quantile((1 + ci) / 2)}).rename_axis("metric")
 
@@ -233,8 +238,14 @@ def champion_metrics(client, name: str, test: pd.DataFrame, cfg: Config) -> dict
 def gate(name: str, value, threshold: float, higher_is_better: bool = True) -> dict:
     "One gate result; a missing (None/NaN) value fails."
     ok = value is not None and not pd.isna(value)
-    passed = ok and (value >= threshold if higher_is_better else value <= threshold)
-    return {"name": name, "value": float(value) + 0.0 if ok else None, "threshold": float(threshold), "passed": bool(passed)}  # + 0.0: no -0.0
+    passed = bool(ok and (value >= threshold if higher_is_better else value <= threshold))
+    return {"name": name, "value": float(value) + 0.0 if ok else None, "threshold": float(threshold),  # + 0.0: no -0.0
+            "passed": passed, "status": "passed" if passed else "failed"}
+
+def not_evaluated(name: str, threshold, reason: str) -> dict:
+    "A configured gate that cannot be evaluated on this run, with the reason; never counted as passed."
+    return {"name": name, "value": None, "threshold": None if threshold is None else float(threshold), "passed": None,
+            "status": "not evaluated", "reason": reason}
 
 def _fairness_gates(fairness: pd.DataFrame, gates_cfg) -> list[dict]:
     "One demographic parity and one equalized odds gate per sensitive feature (those with a threshold)."
@@ -242,7 +253,11 @@ def _fairness_gates(fairness: pd.DataFrame, gates_cfg) -> list[dict]:
     for key, column in (("max_demographic_parity_difference", "demographic_parity_difference"),
                         ("max_equalized_odds_difference", "equalized_odds_difference")):
         threshold = getattr(gates_cfg, key)
-        if threshold is not None: out += [gate(f"{key}[{f}]", fairness.loc[f, column], threshold, False) for f in fairness.index]
+        if threshold is None:
+            continue
+        if not len(fairness):
+            out.append(not_evaluated(key, threshold, "no sensitive features configured (data.sensitive_features)"))
+        out += [gate(f"{key}[{f}]", fairness.loc[f, column], threshold, False) for f in fairness.index]
     return out
 
 # %% ../nbs/04_evaluation.ipynb #45
@@ -252,25 +267,40 @@ def check_gates(cfg: Config,
                 baseline: dict,  # from `load_baseline`
                 champion: dict | None,  # from `champion_metrics`
                 fairness: pd.DataFrame,  # from `fairness_frame`
-                max_missing_share: float,  # the largest missing share of any column of the data
+                max_missing_share: float,  # the largest missing share of any model input
                ) -> list[dict]:
-    "Every configured gate as {'name', 'value', 'threshold', 'passed'}; null thresholds are skipped."
+    "Every configured gate as {'name', 'value', 'threshold', 'passed', 'status'}; null thresholds are skipped."
     g, primary = cfg.gates, cfg.model.primary_metric
     sign = 1 if higher_is_better(primary) else -1
     out = []
-    if g.min_primary_metric is not None: out.append(gate("min_primary_metric", test_metrics[primary], g.min_primary_metric, sign > 0))
+    bar = primary_metric_bar(cfg)
+    if bar is not None:
+        out.append(gate("min_primary_metric", test_metrics[primary], bar, sign > 0))
+    elif g.min_primary_metric == "auto":
+        out.append(not_evaluated("min_primary_metric", None, f"no default bar for {primary}: set gates.min_primary_metric"))
     if g.min_lift_over_baseline is not None:
         out.append(gate("min_lift_over_baseline", sign * (cv_score - baseline["best_score"]), g.min_lift_over_baseline))
     if g.min_lift_over_champion is not None and champion is not None:
         out.append(gate("min_lift_over_champion", sign * (test_metrics[primary] - champion["metrics"][primary]), g.min_lift_over_champion))
     out += _fairness_gates(fairness, g)
-    out.append(gate("max_missing_share", max_missing_share, g.max_missing_share, False))
+    if g.max_missing_share is not None:
+        out.append(gate("max_missing_share", max_missing_share, g.max_missing_share, False))
     return out
 
+def failed_gates(gates: list[dict]) -> list[str]:
+    "The names of the gates that were evaluated and failed."
+    return [g["name"] for g in gates if g["passed"] is False]
+
+def evaluated_gates(gates: list[dict]) -> list[dict]:
+    "The gates that were evaluated (passed or failed); the others are reported apart."
+    return [g for g in gates if g["passed"] is not None]
+
 def gate_table(gates: list[dict]) -> pd.DataFrame:
-    "The gates for people: value, threshold and 'pass' / 'FAIL'."
+    "The gates for people: value, threshold and 'pass', 'FAIL' or 'not evaluated' (with the reason)."
+    result = {"passed": "pass", "failed": "FAIL", "not evaluated": "not evaluated"}
     return pd.DataFrame([{"gate": g["name"], "value": g["value"], "threshold": g["threshold"],
-                          "result": "pass" if g["passed"] else "FAIL"} for g in gates]).set_index("gate")
+                          "result": result[g.get("status", "passed" if g["passed"] else "failed")],
+                          "note": g.get("reason", "")} for g in gates]).set_index("gate")
 
 # %% ../nbs/04_evaluation.ipynb #49
 def pip_requirements() -> list[str]:
@@ -301,8 +331,8 @@ def _tag_key(name: str) -> str:
 
 def gate_tags(gates: list[dict]) -> dict:
     "Tags recording the gates: all of them as JSON, whether all passed, and one tag per gate."
-    tags = {"mlops_nb.gates": json.dumps(gates), "mlops_nb.gates_passed": str(all(g["passed"] for g in gates)).lower()}
-    tags.update({f"mlops_nb.gate.{_tag_key(g['name'])}": "passed" if g["passed"] else "failed" for g in gates})
+    tags = {"mlops_nb.gates": json.dumps(gates), "mlops_nb.gates_passed": str(not failed_gates(gates)).lower()}
+    tags.update({f"mlops_nb.gate.{_tag_key(g['name'])}": g["status"] for g in gates})
     return tags
 
 # %% ../nbs/04_evaluation.ipynb #51
@@ -321,7 +351,8 @@ def register_version(ctx: RunContext, info, gates: list[dict], extra_tags: dict 
     tags = {**lineage_tags(ctx), **gate_tags(gates), **hashes, "mlops_nb.reference_stats": REFERENCE_STATS_PATH, **(extra_tags or {})}
     _ensure_registered_model(client, name)
     mv = client.create_model_version(name, source=info.model_uri, run_id=info.run_id, tags=tags, model_id=info.model_id)
-    if all(g["passed"] for g in gates): _retry(lambda: client.set_registered_model_alias(name, CHALLENGER, mv.version))
+    if not failed_gates(gates):
+        _retry(lambda: client.set_registered_model_alias(name, CHALLENGER, mv.version))
     mv = client.get_model_version(name, mv.version)
     return {"name": name, "version": int(mv.version), "aliases": sorted(mv.aliases), "run_id": info.run_id,
             "uri": f"models:/{name}/{mv.version}", "model_uri": info.model_uri}

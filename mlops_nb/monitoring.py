@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
 
-from .core import (Config, ConfigError, DataValidationError, MlopsError, RunContext, _jsonable, code, config_hash, esc, experiment_id,
-                           finish_stage, git_commit, html_table, log_batch, md, mlflow_client, package_version, read_json, run_context,
+from .core import (Config, ConfigError, DataValidationError, MlopsError, RunContext, _jsonable, apply_task, code, config_hash, esc, experiment_id,
+                           finish_stage, git_commit, html_table, log_batch, md, mlflow_client, package_version, primary_metric_bar,
+                           read_json, run_context,
                            tracking_uri, write_json)
 from .eda import QUANTILE_LEVELS, _check_header, is_positive, _rows, load_data, load_dataset, normalise_frame, reference_statistics
 # scipy's tests, scikit-learn's metrics, baseline and evaluation (fairlearn, model selection) and matplotlib are imported by the
@@ -28,7 +29,8 @@ __all__ = ['SMALL_REFERENCE_ROWS', 'DRIFT_TESTS', 'BLOCKING_ANOMALIES', 'ESTIMAT
            'read_inference_log', 'join_labels', 'decision_findings', 'retraining_decision', 'parse_model_spec',
            'resolve_model', 'read_batch', 'numeric_column', 'category_counts', 'chunked_drift_report', 'assess_parquet',
            'score_batch', 'assess_batch', 'new_batch_id', 'monitoring_history', 'last_retrain', 'log_monitoring_run',
-           'record_decision', 'monitor_batch', 'render_monitoring_report', 'monitor_periods', 'plot_history']
+           'record_decision', 'apply_version_task', 'monitor_batch', 'render_monitoring_report', 'monitor_periods',
+           'plot_history']
 
 # %% ../nbs/05_monitoring.ipynb #7
 def batches_over_time(df: pd.DataFrame, cfg: Config,
@@ -326,6 +328,7 @@ def weighted_metrics(y, scores, predictions, weight=None) -> dict:
     return {"roc_auc": float(skm.roc_auc_score(y, s, **kw)) if both else None,
             "average_precision": float(skm.average_precision_score(y, s, **kw)) if both else None,
             "f1": float(skm.f1_score(y, d, zero_division=0.0, **kw)), "accuracy": float(skm.accuracy_score(y, d, **kw)),
+            "balanced_accuracy": float(skm.balanced_accuracy_score(y, d, **kw)) if both else None,
             "precision": float(skm.precision_score(y, d, zero_division=0.0, **kw)), "recall": float(skm.recall_score(y, d, zero_division=0.0, **kw)),
             "log_loss": float(skm.log_loss(y, s, labels=[0, 1], **kw)), "brier": float(skm.brier_score_loss(y, s, **kw)),
             "positive_rate": float(np.average(y, weights=w)), **cm}
@@ -481,8 +484,8 @@ LEVELS = ("ok", "investigate", "retrain")
 
 def _metric_finding(values: dict, cfg: Config, kind: str, level: str) -> list[tuple[str, str]]:
     "The primary-metric gate applied to measured or estimated performance."
-    from mlops_nb.baseline import higher_is_better
-    metric, floor = cfg.model.primary_metric, cfg.gates.min_primary_metric
+    from mlops_nb.models import higher_is_better
+    metric, floor = cfg.model.primary_metric, primary_metric_bar(cfg)
     if not values or floor is None: return []
     value = values.get(metric)
     if value is None: return [("investigate", f"{kind} {metric} cannot be computed on this batch (one class only)")]
@@ -820,6 +823,11 @@ def record_decision(cfg: Config, client, record: dict, out: str | Path) -> dict:
     return read_json(path)
 
 # %% ../nbs/05_monitoring.ipynb #65
+def apply_version_task(cfg: Config, reference: dict) -> Config:
+    "The config with the task and positive label the model version was trained for (older versions: binary)."
+    return apply_task(cfg, reference.get("task", "binary"), reference.get("positive_label", cfg.data.positive_label))
+
+# %% ../nbs/05_monitoring.ipynb #66
 def _is_parquet(data) -> bool:
     return isinstance(data, (str, Path)) and Path(data).suffix.lower() in (".parquet", ".pq")
 
@@ -841,6 +849,7 @@ def monitor_batch(cfg: Config,
     client = mlflow_client(tracking_uri(cfg))
     loaded = resolve_model(client, cfg, model)
     reference = loaded.reference_stats()
+    apply_version_task(cfg, reference)
     batch_id = _safe_id(batch_id or new_batch_id())
     source = {"kind": "data", "path": str(data) if isinstance(data, (str, Path)) else None}
     if inference_log is None and _is_parquet(data): result, skew = assess_parquet(data, loaded, reference, cfg, labels, methods, batch_rows), None
@@ -857,12 +866,12 @@ def monitor_batch(cfg: Config,
               **result, "serving_skew": skew}
     return record_decision(cfg, client, record, out)
 
-# %% ../nbs/05_monitoring.ipynb #67
+# %% ../nbs/05_monitoring.ipynb #68
 _PAGE_CSS = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}"
              "td,th{border:1px solid #ccc;padding:3px 9px;text-align:left}th{background:#f3f3f3}.ok{color:#1e7b34}.investigate{color:#b36b00}"
              ".retrain{color:#c0392b}.yes{color:#c0392b;font-weight:600}")
 
-# %% ../nbs/05_monitoring.ipynb #68
+# %% ../nbs/05_monitoring.ipynb #69
 def render_monitoring_report(decision_path_or_dir: str | Path) -> Path:
     "Write monitoring.html beside a decision.json (given the file or its folder); returns its path."
     p = Path(decision_path_or_dir)
@@ -883,7 +892,7 @@ def render_monitoring_report(decision_path_or_dir: str | Path) -> Path:
     target.write_text(html, encoding="utf-8")
     return target
 
-# %% ../nbs/05_monitoring.ipynb #70
+# %% ../nbs/05_monitoring.ipynb #71
 def monitor_periods(cfg: Config, batches: dict[str, pd.DataFrame], out: str | Path, model: str | None = None, labels: bool = True) -> pd.DataFrame:
     "Monitor each batch in order (batch id = its name); the decisions as a table."
     for name, batch in batches.items():

@@ -16,10 +16,11 @@ from .core import (ConfigError, DataValidationError, Html, MlopsError, RunContex
                            mlflow_client, new_run_id, read_json, resolved_config, run_context, stage_run_id, write_json)
 
 # %% auto #0
-__all__ = ['STAGES', 'STAGE_PARAMETERS', 'StageFailed', 'notebooks_dir', 'select_stages', 'check_notebook_parameters',
-           'add_failure_banner', 'execute_stage', 'render_html', 'build_summary', 'run_index_html', 'load_summaries',
-           'dashboard_html', 'write_dashboard', 'prepare_run', 'resume_run', 'stage_time_limit', 'rollback_registry',
-           'run_pipeline', 'reproduce_run']
+__all__ = ['STAGES', 'STAGE_PARAMETERS', 'FAILED_STAGE_TAG', 'StageFailed', 'notebooks_dir', 'select_stages',
+           'check_notebook_parameters', 'add_failure_banner', 'cell_directives', 'is_check_cell', 'without_checks',
+           'execute_stage', 'render_html', 'build_summary', 'run_index_html', 'load_summaries', 'dashboard_html',
+           'write_dashboard', 'prepare_run', 'resume_run', 'stage_time_limit', 'retire_failed_versions', 'failed_stage',
+           'record_data_settings', 'run_pipeline', 'reproduce_run']
 
 # %% ../nbs/07_pipeline.ipynb #6
 STAGES = {"eda": "01_eda.ipynb", "rai": "02_rai.ipynb", "baseline": "03_baseline.ipynb",
@@ -109,7 +110,32 @@ class _Watchdog:
         process = getattr(self.km.provisioner, "process", None)
         return None if process is None else process.poll()
 
-# %% ../nbs/07_pipeline.ipynb #17
+# %% ../nbs/07_pipeline.ipynb #18
+_DIRECTIVE = re.compile(r"^\s*#\s*\|\s*(.*)$")
+
+def cell_directives(source: str) -> set[str]:
+    "The nbdev directives (`#| ...` lines) at the top of a cell's source, as words."
+    words = set()
+    for line in source.splitlines():
+        found = _DIRECTIVE.match(line)
+        if not found:
+            break
+        words.update(found.group(1).replace(":", " ").split())
+    return words
+
+def is_check_cell(cell) -> bool:
+    "Whether a cell only checks library behaviour (`#| check`): left out of pipeline runs."
+    return cell.cell_type == "code" and "check" in cell_directives(cell.source)
+
+def without_checks(notebook: Path, folder: Path) -> Path:
+    "A copy of the notebook in `folder` without its check cells: what a pipeline run executes."
+    nb = nbformat.read(notebook, as_version=4)
+    nb.cells = [c for c in nb.cells if not is_check_cell(c)]
+    copy = Path(folder) / Path(notebook).name
+    nbformat.write(nb, copy)
+    return copy
+
+# %% ../nbs/07_pipeline.ipynb #20
 def execute_stage(stage: str, notebook: Path, out_nb: Path, parameters: dict, time_limit: float | None = None) -> str | None:
     "Execute one stage notebook with papermill; return None on success, else the failure cause."
     import papermill as pm
@@ -121,7 +147,8 @@ def execute_stage(stage: str, notebook: Path, out_nb: Path, parameters: dict, ti
     km = _kernel_manager(socket_dir)
     try:
         with _Watchdog(km, time_limit) as dog:
-            pm.execute_notebook(str(notebook), str(out_nb), parameters=parameters, kernel_name="python3", km=km,
+            report = without_checks(notebook, socket_dir)
+            pm.execute_notebook(str(report), str(out_nb), parameters=parameters, kernel_name="python3", km=km,
                                 progress_bar=False, log_output=False, cwd=str(out_nb.parent), execution_timeout=time_limit)
         return None
     except (Exception, KeyboardInterrupt) as err:
@@ -134,7 +161,7 @@ def execute_stage(stage: str, notebook: Path, out_nb: Path, parameters: dict, ti
         if km.has_kernel: run_sync(km.shutdown_kernel)(now=True)
         shutil.rmtree(socket_dir, ignore_errors=True)
 
-# %% ../nbs/07_pipeline.ipynb #19
+# %% ../nbs/07_pipeline.ipynb #22
 def _scratch_notebook(path: Path, code: str) -> Path:
     "A two-cell notebook (parameters, then `code`), for demonstrating failures."
     params = nbformat.v4.new_code_cell('CONFIG: str = None\nRUN_DIR: str = None'); params.metadata["tags"] = ["parameters"]
@@ -142,7 +169,7 @@ def _scratch_notebook(path: Path, code: str) -> Path:
     nbformat.write(nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(code)], metadata=meta), path)
     return path
 
-# %% ../nbs/07_pipeline.ipynb #23
+# %% ../nbs/07_pipeline.ipynb #26
 _REPORT_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 {%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
@@ -163,7 +190,7 @@ def _report_cells(nb):
     nb.cells = keep
     return nb
 
-# %% ../nbs/07_pipeline.ipynb #24
+# %% ../nbs/07_pipeline.ipynb #27
 def render_html(nb_path: Path, html_path: Path, title: str | None = None) -> Path:
     "Render an executed notebook as a code-free, self-contained HTML report."
     import jinja2
@@ -177,7 +204,7 @@ def render_html(nb_path: Path, html_path: Path, title: str | None = None) -> Pat
     html_path.write_text(body, encoding="utf-8")
     return html_path
 
-# %% ../nbs/07_pipeline.ipynb #26
+# %% ../nbs/07_pipeline.ipynb #29
 def build_summary(ctx: RunContext, stages: dict, status: str) -> dict:
     "The run summary (the run-outputs contract) from the stage results in the run folder."
     s = {"run_id": ctx.run_id, "mlflow_run_id": ctx.parent_run_id, "status": status,
@@ -185,15 +212,18 @@ def build_summary(ctx: RunContext, stages: dict, status: str) -> dict:
          "git_commit": ctx.info.get("git_commit"), "package_version": ctx.info.get("package_version"),
          "environment": ctx.info.get("environment"), "started": ctx.info.get("started"),
          "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-         "stages": stages, "metrics": {}, "fairness": {}, "gates": [], "model": None}
+         "stages": stages, "metrics": {}, "fairness": {}, "gates": [], "gates_not_evaluated": [], "model": None}
     for stage in stages:
         p = ctx.path(f"{stage}.json")
         part = read_json(p).get("summary", {}) if p.exists() else {}
-        s["metrics"].update(part.get("metrics", {})); s["fairness"].update(part.get("fairness", {}))
-        s["gates"] += part.get("gates", []); s["model"] = part.get("model", s["model"])
+        s["metrics"].update(part.get("metrics", {}))
+        s["fairness"].update(part.get("fairness", {}))
+        s["gates"] += part.get("gates", [])
+        s["gates_not_evaluated"] += part.get("gates_not_evaluated", [])
+        s["model"] = part.get("model", s["model"])
     return s
 
-# %% ../nbs/07_pipeline.ipynb #27
+# %% ../nbs/07_pipeline.ipynb #30
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}
 th{background:#f3f3f3}.succeeded,.pass{color:#1e7b34;font-weight:600}.failed,.fail{color:#c0392b;font-weight:600}
@@ -205,7 +235,7 @@ def _page(title: str, body: str) -> str:
 
 def _status(s: str) -> Html: return Html(f'<span class="{esc(s)}">{esc(s)}</span>')
 
-# %% ../nbs/07_pipeline.ipynb #28
+# %% ../nbs/07_pipeline.ipynb #31
 def run_index_html(summary: dict) -> str:
     "The run summary page: status, lineage, stages with links, metrics, gates, model."
     stages = [{"stage": Html(f'<a href="{esc(v["html"])}">{esc(k)}</a>') if v.get("html") else k,
@@ -213,7 +243,10 @@ def run_index_html(summary: dict) -> str:
               for k, v in summary["stages"].items()]
     lineage = [{"item": k, "value": summary.get(k)} for k in
                ("run_id", "mlflow_run_id", "config_hash", "data_fingerprint", "git_commit", "package_version", "environment", "started", "finished")]
-    gates = [{**g, "passed": _status("pass" if g.get("passed") else "fail")} for g in summary.get("gates", [])]
+    gates = [{"name": g["name"], "value": g.get("value"), "threshold": g.get("threshold"),
+              "passed": _status("pass" if g.get("passed") else "fail")} for g in summary.get("gates", [])]
+    gates += [{"name": g["name"], "threshold": g.get("threshold"), "passed": _status("not evaluated"), "reason": g.get("reason")}
+              for g in summary.get("gates_not_evaluated", [])]
     metrics = [{"metric": k, "value": round(v, 4) if isinstance(v, float) else v} for k, v in summary.get("metrics", {}).items()]
     model = [{"item": k, "value": v} for k, v in (summary.get("model") or {}).items()]
     body = (f'<p><a href="../index.html">&larr; all runs</a></p><h1>Run {esc(summary["run_id"])}</h1>'
@@ -221,7 +254,7 @@ def run_index_html(summary: dict) -> str:
             f'<h2>Gates</h2>{html_table(gates)}<h2>Model</h2>{html_table(model)}<h2>Lineage</h2>{html_table(lineage)}')
     return _page(f"Run {summary['run_id']}", body)
 
-# %% ../nbs/07_pipeline.ipynb #29
+# %% ../nbs/07_pipeline.ipynb #32
 def load_summaries(reports: Path) -> list[dict]:
     "Every run summary under a reports folder, newest first."
     out = []
@@ -248,7 +281,7 @@ def _history_plot(history: pd.DataFrame) -> str:
     ax.set_ylim(0, 1.05); ax.legend(fontsize=7); ax.set_title("Monitoring over time", fontsize=9); fig.autofmt_xdate()
     return _png(fig)
 
-# %% ../nbs/07_pipeline.ipynb #30
+# %% ../nbs/07_pipeline.ipynb #33
 def _runs_table(reports: Path) -> list[dict]:
     rows = []
     for s in load_summaries(reports):
@@ -280,7 +313,7 @@ def write_dashboard(reports: Path) -> Path:
     path.write_text(dashboard_html(reports), encoding="utf-8")
     return path
 
-# %% ../nbs/07_pipeline.ipynb #32
+# %% ../nbs/07_pipeline.ipynb #35
 def _writable_dir(path: Path) -> Path:
     "Create `path` (and parents) or raise a one-line error naming it."
     try:
@@ -300,7 +333,7 @@ def prepare_run(config: str | Path | None, overrides: list[str] | tuple, out: Pa
     config_path.write_text(yaml.safe_dump(resolved_config(cfg), sort_keys=False))
     return run_context(config_path, run_dir)
 
-# %% ../nbs/07_pipeline.ipynb #33
+# %% ../nbs/07_pipeline.ipynb #36
 def resume_run(run_id: str, out: Path) -> tuple[RunContext, dict]:
     "Reopen a failed run: its context and the stages that already succeeded."
     run_dir = Path(out).resolve() / run_id
@@ -316,23 +349,36 @@ def stage_time_limit(ctx: RunContext, stage: str) -> float:
     p = ctx.config.pipeline
     return float(p.stage_timeouts.get(stage, p.stage_timeout))
 
-# %% ../nbs/07_pipeline.ipynb #34
-def rollback_registry(ctx: RunContext) -> list[str]:
-    "Delete the model versions a failed run registered; return what was removed."
-    client, removed = mlflow_client(ctx.tracking_uri), []
-    for stage_run in ctx.info.get("stage_runs", {}).values():
-        for mv in client.search_model_versions(f"run_id = '{stage_run}'"):
-            client.delete_model_version(mv.name, mv.version)
-            removed.append(f"{mv.name}/{mv.version}")
-    return removed
+# %% ../nbs/07_pipeline.ipynb #38
+FAILED_STAGE_TAG = "mlops_nb.failed_stage"
 
-# %% ../nbs/07_pipeline.ipynb #35
+def retire_failed_versions(ctx: RunContext,
+                           failed_stage: str,  # the stage that failed (or `_pipeline`)
+                          ) -> list[str]:
+    "Tag the model versions this run registered with the failed stage and take `challenger` off them; return them."
+    from mlops_nb.core import _retry
+    client, retired = mlflow_client(ctx.tracking_uri), []
+    for stage_run in ctx.info.get("stage_runs", {}).values():
+        for found in client.search_model_versions(f"run_id = '{stage_run}'"):
+            mv = client.get_model_version(found.name, found.version)  # a search result carries no aliases
+            _retry(lambda: client.set_model_version_tag(mv.name, mv.version, FAILED_STAGE_TAG, failed_stage))
+            if "challenger" in mv.aliases:
+                _retry(lambda: client.delete_registered_model_alias(mv.name, "challenger"))
+            retired.append(f"{mv.name}/{mv.version}")
+    return retired
+
+def failed_stage(stages: dict) -> str:
+    "The first stage recorded as failed (`_pipeline` when the run failed outside a stage)."
+    return next((k for k, v in stages.items() if v.get("status") == "failed"), "_pipeline")
+
+# %% ../nbs/07_pipeline.ipynb #39
 def _finish_run(ctx: RunContext, stages: dict, status: str, reports: Path) -> dict:
     "Write summary.json and index.html, tag and close the parent run, rebuild the dashboard."
     ctx = run_context(ctx.run_dir / "config.yaml", ctx.run_dir)  # pick up what the stages recorded
-    removed = rollback_registry(ctx) if status != "succeeded" else []
+    retired = retire_failed_versions(ctx, failed_stage(stages)) if status != "succeeded" else []
     summary = build_summary(ctx, stages, status)
-    if removed: summary["rolled_back_model_versions"] = removed
+    if retired:
+        summary["failed_model_versions"] = retired
     write_json(ctx.path("summary.json"), summary)
     ctx.path("index.html").write_text(run_index_html(summary), encoding="utf-8")
     client = mlflow_client(ctx.tracking_uri)
@@ -343,7 +389,7 @@ def _finish_run(ctx: RunContext, stages: dict, status: str, reports: Path) -> di
     write_dashboard(reports)
     return summary
 
-# %% ../nbs/07_pipeline.ipynb #36
+# %% ../nbs/07_pipeline.ipynb #40
 def _record_stage(ctx: RunContext, stage: str, out_nb: Path, error: str | None, seconds: float) -> dict:
     "Render the stage's HTML, log its artifacts to its nested run, close that run."
     html_path = render_html(out_nb, out_nb.with_suffix(".html"), title=f"{ctx.config.name}: {stage}")
@@ -356,7 +402,7 @@ def _record_stage(ctx: RunContext, stage: str, out_nb: Path, error: str | None, 
     return {"status": "failed" if error else "succeeded", "seconds": round(seconds, 2), "html": html_path.name,
             "notebook": out_nb.name, **({"error": error} if error else {})}
 
-# %% ../nbs/07_pipeline.ipynb #37
+# %% ../nbs/07_pipeline.ipynb #41
 def _run_stages(ctx: RunContext, names: list[str], done: dict, nbdir: Path, progress) -> str:
     "Execute the stages not yet done, in order; stop at the first failure; return the run status."
     for i, stage in enumerate(names, 1):
@@ -372,7 +418,14 @@ def _run_stages(ctx: RunContext, names: list[str], done: dict, nbdir: Path, prog
         if error: return "failed"
     return "succeeded"
 
-# %% ../nbs/07_pipeline.ipynb #38
+# %% ../nbs/07_pipeline.ipynb #43
+def record_data_settings(ctx: RunContext) -> Path:
+    "Rewrite the run's config.yaml with the settings the data decided (applied to `ctx.config` by `load_data`)."
+    path = ctx.path("config.yaml")
+    path.write_text(yaml.safe_dump(resolved_config(ctx.config), sort_keys=False))
+    return path
+
+# %% ../nbs/07_pipeline.ipynb #44
 def run_pipeline(config: str | Path | None = None,  # YAML config; None for the built-in defaults
                  overrides: list[str] | tuple = (),  # `key.path=value` items
                  stages: str | list[str] | None = None,  # subset of STAGES; None for all
@@ -388,6 +441,7 @@ def run_pipeline(config: str | Path | None = None,  # YAML config; None for the 
     progress(f"run {ctx.run_id}: {len(names)} stage(s) -> {ctx.run_dir}")
     try:
         load_data(ctx)  # validates the data once, before any notebook; cached for the stages
+        record_data_settings(ctx)
         status = _run_stages(ctx, names, done, nbdir, progress)
     except (Exception, KeyboardInterrupt) as err:
         done.setdefault("_pipeline", {"status": "failed", "error": _failure_cause(err)})
@@ -395,7 +449,7 @@ def run_pipeline(config: str | Path | None = None,  # YAML config; None for the 
         raise
     return _finish_run(ctx, done, status, reports)
 
-# %% ../nbs/07_pipeline.ipynb #43
+# %% ../nbs/07_pipeline.ipynb #49
 def _comparable_metrics(run_dir: Path, summary: dict) -> dict:
     "The summary metrics and every stage's metrics, nested ones flattened (`stage.model.metric`)."
     out = dict(summary.get("metrics", {}))
@@ -405,7 +459,7 @@ def _comparable_metrics(run_dir: Path, summary: dict) -> dict:
             out.update(_flat_metrics(read_json(p).get("metrics", {}), f"{stage}."))
     return out
 
-# %% ../nbs/07_pipeline.ipynb #44
+# %% ../nbs/07_pipeline.ipynb #50
 def reproduce_run(run_id: str, reports: str | Path = "reports", progress=print) -> pd.DataFrame:
     "Re-run a past run from its stored config; the metrics side by side (refuses if the data changed)."
     from mlops_nb.eda import load_dataset

@@ -25,12 +25,13 @@ from sklearn.tree import DecisionTreeClassifier
 
 from .core import Config, DataValidationError, esc, finish_stage, md, run_context
 from .eda import subplots, is_positive, class_balance, cramers_v, load_schema, load_splits, plot_text
+from .models import build_pipeline, model_columns, target_vector
 
 # %% auto #0
 __all__ = ['ASSESSMENT_ITEMS', 'MISSING_GROUP', 'PROXY_THRESHOLD', 'MI_MAX_ROWS', 'MIN_MINORITY_ROWS', 'MIN_ROWS_PER_FEATURE',
            'MIN_SIGNAL_LIFT', 'FAIRNESS_METRICS', 'assessment_table', 'assessment_markdown', 'group_labels',
            'check_sensitive', 'group_summary', 'small_groups', 'base_rate_gaps', 'plot_groups', 'correlation_ratio',
-           'proxy_table', 'plot_proxies', 'quick_pipeline', 'model_inputs', 'feasibility_study', 'feasibility_verdict',
+           'proxy_table', 'plot_proxies', 'model_inputs', 'simple_pipeline', 'feasibility_study', 'feasibility_verdict',
            'learning_curve_table', 'plot_learning_curve', 'group_metrics', 'fairness_frame', 'group_metrics_table',
            'plot_group_metrics', 'Explanation', 'source_columns', 'explain_model', 'plot_importance', 'plot_beeswarm',
            'plot_local', 'metric_key', 'rai_metrics']
@@ -181,22 +182,13 @@ def plot_proxies(proxies: pd.DataFrame, threshold: float = PROXY_THRESHOLD):
     return fig
 
 # %% ../nbs/02_rai.ipynb #30
-def quick_pipeline(schema: dict,  # the run's schema (`load_schema(ctx)`)
-                   estimator,  # an unfitted scikit-learn classifier
-                   features: list[str] | None = None,  # input columns; None for all of the schema's features
-                  ) -> Pipeline:
-    "A `Pipeline`: 'preprocess' (impute+scale numerics, one-hot categoricals) then 'model'."
-    cols, features = schema["columns"], list(features or schema["features"])
-    numeric = [c for c in features if cols[c]["kind"] == "numeric"]
-    categorical = [c for c in features if cols[c]["kind"] in ("categorical", "boolean")]
-    scale = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
-    pre = ColumnTransformer([("numeric", scale, numeric), ("categorical", OneHotEncoder(handle_unknown="ignore"), categorical)],
-                            remainder="drop", sparse_threshold=0)
-    return Pipeline([("preprocess", pre), ("model", estimator)])
-
 def model_inputs(df: pd.DataFrame, schema: dict, cfg: Config) -> tuple[pd.DataFrame, np.ndarray]:
-    "The feature columns and the 0/1 target (1 = the configured positive label)."
-    return df[schema["features"]], is_positive(df[cfg.data.target], cfg.data.positive_label).to_numpy(dtype=int)
+    "The model's input columns and the target as the model learns it (0/1 for a binary task)."
+    return df[model_columns(schema)], target_vector(df, cfg).to_numpy()
+
+def simple_pipeline(schema: dict, cfg: Config):
+    "The simple baseline's unfitted pipeline (logistic regression on scaled inputs)."
+    return build_pipeline(schema, "logistic_regression", cfg.split.seed)
 
 # %% ../nbs/02_rai.ipynb #31
 MIN_MINORITY_ROWS = 50  # fewer training rows of the rarer class: not enough data
@@ -206,7 +198,7 @@ MIN_SIGNAL_LIFT = 0.05  # cross-validated ROC AUC above the dummy model's, below
 def feasibility_study(df: pd.DataFrame, schema: dict, cfg: Config, folds: int = 3) -> dict:
     "Class balance, rows per model input, cross-validated ROC AUC of a simple and a dummy model."
     X, y = model_inputs(df, schema, cfg)
-    pipe = quick_pipeline(schema, LogisticRegression(max_iter=1000))
+    pipe = simple_pipeline(schema, cfg)
     inputs = len(pipe[0].fit(X).get_feature_names_out())
     minority = int(min(y.sum(), len(y) - y.sum()))
     out = {"rows": len(y), "features": X.shape[1], "model_inputs": inputs, "rows_per_feature": len(y) / max(inputs, 1),
@@ -238,7 +230,7 @@ def learning_curve_table(df: pd.DataFrame, schema: dict, cfg: Config, sizes: tup
     "ROC AUC of the simple model on growing shares of the training split (train and cross-validated)."
     X, y = model_inputs(df, schema, cfg)
     rows, train_scores, val_scores = learning_curve(
-        quick_pipeline(schema, LogisticRegression(max_iter=1000)), X, y, train_sizes=list(sizes), scoring="roc_auc",
+        simple_pipeline(schema, cfg), X, y, train_sizes=list(sizes), scoring="roc_auc",
         cv=StratifiedKFold(folds, shuffle=True, random_state=cfg.split.seed), shuffle=True, random_state=cfg.split.seed)
     return pd.DataFrame({"train_rows": rows, "train_roc_auc": train_scores.mean(1), "cv_roc_auc": val_scores.mean(1),
                          "cv_roc_auc_std": val_scores.std(1)}).round(4)

@@ -27,6 +27,10 @@ def run_cli(*args, cwd: Path, timeout: float = 900, env: dict | None = None) -> 
     return subprocess.run([str(CLI), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
+# The built-in dataset's roles, for tests that write arrests-shaped files: a file source gets none of them by default.
+ARRESTS_ROLES = {"target": "released", "positive_label": "Yes", "sensitive_features": ["colour", "sex"], "time_column": "year"}
+
+
 def write_config(folder: Path, **sections) -> Path:
     "Write a config YAML in `folder` with a private SQLite store; `sections` are merged over that."
     cfg = {"environment": "test", "tracking": {"uri": "sqlite:///mlruns.db"}}

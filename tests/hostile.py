@@ -19,6 +19,8 @@ XSS_VALUES = ['<img src=x onerror="window.__pwned=2;document.title=\'pwned\'">',
               "$5-$10 & <b>bold</b>", "a|b*c_`x`"]
 EXTERNAL_URL = "http://198.51.100.7/leak.png"  # TEST-NET-2: never routable; a request to it is the failure we look for
 PATH_LIKE = "http://example.org/a//b/../c"
+TARGET = "décision / résultat"  # the kitchen sink has none of the built-in dataset's column names
+KITCHEN_MODEL = "kitchen"  # its registered model's name (the config's name)
 
 
 def slow(test):
@@ -42,7 +44,10 @@ def kitchen_sink(n: int = 400, seed: int = 0) -> pd.DataFrame:
     "Every odd trait that still makes valid data: hostile and unicode names and values, NaN, constants, booleans with"
     " missing values, ISO dates as text, a column mixing words and numbers, a `$` in labels."
     rng = np.random.default_rng(seed)
-    df = signal_frame(n, seed).rename(columns={"age": "âge (années)", "checks": " spaced  name "})
+    renamed = {"released": TARGET, "colour": "couleur", "sex": "genre", "year": "période", "age": "âge (années)",
+               "checks": " spaced  name "}
+    df = signal_frame(n, seed).rename(columns=renamed)
+    df[TARGET] = df[TARGET].map({"Yes": "libéré ✓", "No": "détenu"})
     df["âge (années)"] = df["âge (années)"].astype(float).where(rng.random(n) > 0.1)  # 10 % missing
     df[XSS] = rng.choice(XSS_VALUES, n)
     df["客户 类型"] = rng.choice(["零售", "批发 ✓"], n)
@@ -57,7 +62,9 @@ def kitchen_sink(n: int = 400, seed: int = 0) -> pd.DataFrame:
 
 def kitchen_sink_config(folder: Path, data: Path, **extra) -> Path:
     "The config of the kitchen-sink run: the hostile column is a sensitive feature, the assessment text is hostile too."
-    return write_config(folder, data={"source": str(data), "sensitive_features": [XSS, "sex"], "time_column": "year"},
+    return write_config(folder, name=KITCHEN_MODEL,
+                        data={"source": str(data), "target": TARGET, "positive_label": "libéré ✓",
+                              "sensitive_features": [XSS, "genre"], "time_column": "période"},
                         model={"candidates": ["logistic_regression"], "cv_folds": 3},
                         rai={"intended_use": XSS, "potential_harms": [XSS_VALUES[0], "$x$ <i>y</i>"], "min_group_size": 20},
                         **extra)
@@ -80,7 +87,7 @@ def kitchen_sink_run(tmp_path_factory) -> dict:
         batch = folder / "batch.csv"
         kitchen_sink(300, seed=1).to_csv(batch, index=False)
         version = (summary.get("model") or {}).get("version")
-        monitor = run_cli("monitor", batch, "--config", config, "--labels", "--model", f"arrests/{version}", "--batch-id",
+        monitor = run_cli("monitor", batch, "--config", config, "--labels", "--model", f"{KITCHEN_MODEL}/{version}", "--batch-id",
                           "hostile-batch", "--exit-zero", cwd=folder, timeout=300)
         _RUNS["run"] = {"folder": folder, "config": config, "data": data, "proc": run, "run_dir": runs[0],
                         "summary": summary, "monitor": monitor, "reports": folder / "reports"}

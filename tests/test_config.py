@@ -2,7 +2,7 @@
 import pytest
 
 from mlops_nb.core import ConfigError, load_config
-from conftest import run_cli, write_config
+from conftest import ARRESTS_ROLES, run_cli, write_config
 
 
 @pytest.mark.parametrize("override, path", [
@@ -11,7 +11,9 @@ from conftest import run_cli, write_config
     ("model.candidates=[xgboost]", "model.candidates.0"),
     ("data.unknown_key=1", "data.unknown_key: unknown key"),
     ("data.sample_rows=-3", "data.sample_rows"),
-    ("data.sensitive_features=[]", "data.sensitive_features"),
+    ("data.source=credit.csv", "data.target: required when data.source is a file"),
+    ("model.threshold=2", "model.threshold.value"),
+    ("model.candidates=[{name: x, estimator: sklearn}]", "model.candidates.0"),
     ("monitoring.drift_share=0", "monitoring.drift_share"),
 ])
 def test_bad_override_names_key_path(override, path):
@@ -35,7 +37,7 @@ def test_overrides_are_applied_and_typed():
 
 def test_relative_paths_resolve_against_config_file(tmp_path):
     (tmp_path / "sub").mkdir()
-    path = write_config(tmp_path / "sub", data={"source": "data.csv"})
+    path = write_config(tmp_path / "sub", data={"source": "data.csv", **ARRESTS_ROLES})
     from mlops_nb.core import resolve_path, tracking_uri
     cfg = load_config(path)
     assert resolve_path(cfg, cfg.data.source) == (tmp_path / "sub" / "data.csv").resolve()
@@ -55,3 +57,13 @@ def test_cli_config_errors_exit_2_one_line(tmp_path, args, needle):
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "reports").exists()  # refused before anything ran
+
+
+def test_built_in_values_apply_only_to_the_built_in_dataset(tmp_path):
+    "A file source gets none of the built-in dataset's target, labels, sensitive features, time column or name."
+    own = load_config(write_config(tmp_path, data={"source": "credit.csv", "target": "class", "positive_label": 2}))
+    assert (own.name, own.data.target, own.data.positive_label) == ("credit", "class", 2)
+    assert own.data.sensitive_features == [] and own.data.time_column is None and own.data.task is None
+    builtin = load_config()
+    assert (builtin.data.target, builtin.data.positive_label, builtin.data.time_column) == ("released", "Yes", "year")
+    assert builtin.data.sensitive_features == ["colour", "sex"] and builtin.data.task == "binary"

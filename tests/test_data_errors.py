@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from conftest import run_cli, write_config
+from conftest import ARRESTS_ROLES, run_cli, write_config
 
 GOOD = pd.DataFrame({"released": ["Yes", "No"] * 30, "colour": ["White", "Black", "Black"] * 20,
                      "sex": ["Male", "Female", "Male", "Male"] * 15, "age": range(60), "year": [1999, 2000] * 30})
@@ -17,15 +17,20 @@ def _case(tmp_path, name):
     df = {"no target": GOOD.drop(columns="released"), "single class": GOOD.assign(released="Yes"),
           "unknown positive label": GOOD.assign(released=GOOD.released.map({"Yes": "Y", "No": "N"})),
           "missing sensitive": GOOD.drop(columns="sex"), "three classes": GOOD.assign(released=["Yes", "No", "Maybe"] * 20),
-          "infinite value": GOOD.assign(age=[float("inf")] + list(range(59)))}[name]
+          "infinite value": GOOD.assign(age=[float("inf")] + list(range(59))),
+          "half-empty column": GOOD.assign(income=[None, 1.5] * 30),
+          "identifier column": GOOD.assign(person=[f"p{i:03d}" for i in range(60)])}[name]
     df.to_csv(csv, index=False)
-    expect = {"no target": "released", "single class": "exactly 2 classes", "unknown positive label": "positive label",
-              "missing sensitive": "sex", "three classes": "exactly 2 classes", "infinite value": "age: infinite values in 1 row (rows 0)"}[name]
-    return csv, {}, 4, expect
+    expect = {"no target": "released", "single class": "single class", "unknown positive label": "data.positive_label: 'Yes'",
+              "missing sensitive": "data.sensitive_features names 'sex'", "three classes": "binary but the target has 3 classes",
+              "infinite value": "warning: age: infinite values in 1 row (rows 0)",
+              "half-empty column": "warning: income: 50% missing, above gates.max_missing_share=0.3",
+              "identifier column": "warning: person: 60 distinct values in 60 rows: an identifier"}[name]
+    return csv, {}, 0 if expect.startswith("warning") else 4, expect
 
 
 CASES = ["missing file", "empty file", "header only", "no target", "single class", "unknown positive label",
-         "missing sensitive", "three classes", "infinite value"]
+         "missing sensitive", "three classes", "infinite value", "half-empty column", "identifier column"]
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -39,7 +44,7 @@ def test_validate_command(tmp_path, name):
 @pytest.mark.parametrize("name", ["missing file", "empty file", "no target", "single class", "unknown positive label"])
 def test_run_refuses_bad_data(tmp_path, name):
     data, _, code, expect = _case(tmp_path, name)
-    config = write_config(tmp_path, data={"source": str(data)})
+    config = write_config(tmp_path, data={"source": str(data), **ARRESTS_ROLES})
     proc = run_cli("run", "--config", config, cwd=tmp_path, timeout=300)
     assert proc.returncode == code, proc.stderr
     assert expect in proc.stderr and "Traceback" not in proc.stderr

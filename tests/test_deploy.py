@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import REPO, write_config
-from mlops_nb.baseline import model_columns
+from mlops_nb.models import model_columns
 from mlops_nb.cli import app
 from mlops_nb.core import load_config, mlflow_client, run_context
 from mlops_nb.deploy import PREVIOUS, PromotionRefused, promote_version, promotion_history, quick_version, score_file

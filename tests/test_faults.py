@@ -67,15 +67,18 @@ def test_time_limit_stops_the_stage_and_resume_reuses_the_cache(tmp_path):
     assert client.get_run(s["mlflow_run_id"]).info.status == "FINISHED"
 
 
-def test_failure_after_registration_leaves_the_registry_unchanged(tmp_path):
+def test_failure_after_registration_keeps_the_version_tagged_without_challenger(tmp_path):
     nbdir = _notebooks_with(tmp_path, "04_evaluation.ipynb", 'raise RuntimeError("failure after registration")')
-    config = write_config(tmp_path, data={"sample_rows": 1200}, model={"candidates": ["logistic_regression"], "cv_folds": 3})
+    config = write_config(tmp_path, data={"sample_rows": 1200}, model={"candidates": ["logistic_regression"], "cv_folds": 3},
+                          gates={"min_primary_metric": 0.5, "min_lift_over_baseline": None})
     proc = run_cli("run", "--config", config, "--stages", "eda,baseline,evaluation", "--notebooks", nbdir, cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
     s = _assert_failed_with_banner(tmp_path, "evaluation", "failure after registration")
-    assert s["rolled_back_model_versions"] == ["arrests/1"]
+    assert s["failed_model_versions"] == ["arrests/1"]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
-    assert client.search_model_versions("name = 'arrests'") == []
+    (version,) = client.search_model_versions("name = 'arrests'")  # kept for audit, never deleted
+    assert version.tags["mlops_nb.failed_stage"] == "evaluation" and version.tags["mlops_nb.gates_passed"] == "true"
+    assert "challenger" not in client.get_model_version("arrests", "1").aliases  # its gates passed, yet it is not a challenger
 
 
 def test_ctrl_c_marks_the_run_failed(tmp_path):

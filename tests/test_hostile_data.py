@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import read_json, run_cli, write_config
-from hostile import PATH_LIKE, XSS, XSS_VALUES, kitchen_sink_run, signal_frame, slow
+from conftest import ARRESTS_ROLES, read_json, run_cli, write_config
+from hostile import PATH_LIKE, TARGET, XSS, XSS_VALUES, kitchen_sink_run, signal_frame, slow
 
 NO_FAIRNESS = {"sensitive_features": [], "time_column": None}
 NO_FAIRNESS_GATES = {"max_demographic_parity_difference": None, "max_equalized_odds_difference": None}
@@ -51,13 +51,13 @@ HEADER = ",".join(B.columns)
 CASES = {
     "empty file": (".csv", _text(""), {}, 4, ["the file is empty"]),
     "header only": (".csv", _text(HEADER + "\n"), {}, 4, ["*: the data has no rows"]),
-    "one row": (".csv", _csv(B.head(1)), {}, 4, ["released: target must have exactly 2 classes, found 1"]),
-    "one class": (".csv", _csv(B.assign(released="Yes")), {}, 4, ["released: target must have exactly 2 classes, found 1: ['Yes']"]),
+    "one row": (".csv", _csv(B.head(1)), {}, 4, ["released: the target has a single class"]),
+    "one class": (".csv", _csv(B.assign(released="Yes")), {}, 4, ["released: the target has a single class ('Yes'): there is nothing to learn"]),
     "target with three values": (".csv", _csv(B.assign(released=["Yes", "No", "Maybe", "Yes"] * 50)), {}, 4,
-                                 ["released: target must have exactly 2 classes, found 3: ['Maybe', 'No', 'Yes']"]),
-    "missing target values": (".csv", _csv(B.assign(released=B.released.where(B.index != 9))), {}, 4,
-                              ["released: target has missing values in 1 row (rows 9)"]),
-    "all-missing column": (".csv", _csv(B.assign(empty=np.nan)), {}, 4, ["empty: 100% missing, above gates.max_missing_share=0.3"]),
+                                 ["released: data.task is binary but the target has 3 classes"]),
+    "missing target values": (".csv", _csv(B.assign(released=B.released.where(B.index != 9))), {}, 0,
+                              ["warning: released: no target value in 1 row (rows 9)"]),
+    "all-missing column": (".csv", _csv(B.assign(empty=np.nan)), {}, 0, ["warning: empty: every value is missing"]),
     "constant column": (".csv", _csv(B.assign(constant=7)), {}, 0, ["warning: constant: constant column (one value)"]),
     "script as a column name": (".csv", _csv(B.assign(**{XSS: np.resize(XSS_VALUES, len(B))})), {}, 0, ["passes every check"]),
     "unicode and spaces": (".csv", _csv(B.rename(columns={"age": "âge (années)", "checks": " spaced  name "})
@@ -71,12 +71,13 @@ CASES = {
     "mixed types in one column": (".csv", _csv(_mixed(B)), {}, 4,
                                   ["age: mixed types: 198 numbers but 2 text value(s) ('abc') in 2 rows (rows 3, 7); list missing-value markers"]),
     "mixed words and numbers": (".csv", _csv(B.assign(grade=["A", "B", "1", "2"] * 50)), {}, 0,
-                                ["warning: grade: mixed types: 100 numbers and 100 words, treated as categories"]),
+                                ["warning: grade: mixed types: 100 numbers and 100 words (treated as categories)"]),
     "numbers as strings (quoted csv)": (".csv", lambda p: B.to_csv(p, index=False, quoting=1), {}, 0, ["passes every check"]),
     "numbers as strings (parquet)": (".parquet", _parquet(B.astype({"age": str})), {}, 0, ["warning: age: numbers stored as text"]),
-    "infinity": (".csv", _csv(B.assign(age=B.age.astype(float).where(B.index != 5, np.inf))), {}, 4, ["age: infinite values in 1 row (rows 5)"]),
-    "minus infinity (parquet)": (".parquet", _parquet(B.assign(checks=B.checks.astype(float).where(B.index != 8, -np.inf))), {}, 4,
-                                 ["checks: infinite values in 1 row (rows 8)"]),
+    "infinity": (".csv", _csv(B.assign(age=B.age.astype(float).where(B.index != 5, np.inf))), {}, 0,
+                 ["warning: age: infinite values in 1 row (rows 5)"]),
+    "minus infinity (parquet)": (".parquet", _parquet(B.assign(checks=B.checks.astype(float).where(B.index != 8, -np.inf))), {}, 0,
+                                 ["warning: checks: infinite values in 1 row (rows 8)"]),
     "NaN in a feature": (".csv", _csv(B.assign(age=B.age.astype(float).where(B.index % 7 != 0))), {}, 0, ["passes every check"]),
     "dates (csv text)": (".csv", _csv(B.assign(when=pd.date_range("2020-01-01", periods=len(B)).strftime("%Y-%m-%d"))), {}, 0, ["passes every check"]),
     "an invalid date": (".csv", _csv(B.assign(when=["2020-02-28", "2020-02-30"] * 100)), {}, 4,
@@ -126,7 +127,7 @@ def test_validate(tmp_path, name):
 def test_run_refuses_before_any_notebook(tmp_path, name):
     "The pipeline's preflight validates the data: exit 4, one line, no stage ran, the run is recorded as failed."
     data, _ = _write_case(tmp_path, name)
-    config = write_config(tmp_path, data={"source": str(data), **CASES[name][2].get("data", {})})
+    config = write_config(tmp_path, data={"source": str(data), **ARRESTS_ROLES, **CASES[name][2].get("data", {})})
     proc = run_cli("run", "--config", config, "--stages", "eda", cwd=tmp_path, timeout=180)
     assert proc.returncode == 4 and "Traceback" not in proc.stderr, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
@@ -156,13 +157,15 @@ def test_kitchen_sink_runs_every_stage_correctly(kitchen):
     assert sorted(cols[XSS]["categories"]) == sorted(XSS_VALUES)
     warned = {(c["column"], c["message"].split(":")[0]) for c in eda["checks"]}
     assert ("constant", "constant column (one value)") in warned and ("grade", "mixed types") in warned
+    assert eda["schema"]["excluded_features"]["constant"].startswith("constant column")  # left out of the inputs, with the reason
     baseline = read_json(run_dir / "baseline.json")
     inputs = [c for group in ("numeric", "categorical", "boolean") for c in baseline["features"][group]]
     assert "when" in baseline["features"]["excluded"] and XSS in inputs and "客户 类型" in inputs and PATH_LIKE in inputs
-    assert "released" not in inputs
+    assert TARGET not in inputs and "constant" in baseline["features"]["excluded"]
+    assert not {"released", "colour", "sex", "year", "age"} & set(eda["schema"]["columns"])  # no built-in name anywhere
     rai = read_json(run_dir / "rai.json")
     assert {g["group"] for g in rai["groups"] if g["feature"] == XSS} == set(XSS_VALUES)
-    assert set(s["fairness"]) == {XSS, "sex"} and all(v is not None for f in s["fairness"].values() for v in f.values())
+    assert set(s["fairness"]) == {XSS, "genre"} and all(v is not None for f in s["fairness"].values() for v in f.values())
     gates = {g["name"]: g for g in s["gates"]}
     assert f"max_demographic_parity_difference[{XSS}]" in gates and gates["min_primary_metric"]["value"] > 0.6
     assert proc.returncode == (3 if not all(g["passed"] for g in s["gates"]) else 0)
@@ -213,7 +216,7 @@ def test_odd_parquet_types_through_eda_and_baseline(tmp_path):
 def test_a_thousand_columns_through_eda(tmp_path):
     "Wide data: eda profiles the first 30 features and says how many it left out; the schema has every column."
     data, _ = _write_case(tmp_path, "1,000 columns")
-    config = write_config(tmp_path, data={"source": str(data)})
+    config = write_config(tmp_path, data={"source": str(data), **ARRESTS_ROLES})
     proc = run_cli("run", "--config", config, "--stages", "eda", cwd=tmp_path, timeout=600)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     run_dir, = [p for p in (tmp_path / "reports").iterdir() if p.is_dir()]
@@ -244,7 +247,7 @@ def test_a_million_rows(tmp_path, fmt):
     df.to_csv(data, index=False) if fmt == "csv" else df.to_parquet(data, index=False)
     proc = run_cli("validate", data, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0 and "passes every check" in proc.stdout, proc.stderr
-    config = write_config(tmp_path, data={"source": str(data)}, pipeline={"stage_timeout": 600})
+    config = write_config(tmp_path, data={"source": str(data), **ARRESTS_ROLES}, pipeline={"stage_timeout": 600})
     proc = run_cli("run", "--config", config, "--stages", "eda", cwd=tmp_path, timeout=900)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     run_dir, = [p for p in (tmp_path / "reports").iterdir() if p.is_dir()]

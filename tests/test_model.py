@@ -12,7 +12,7 @@ from mlflow.exceptions import MlflowException
 from sklearn.metrics import roc_auc_score
 
 from conftest import NBS, read_json, write_config
-from mlops_nb.baseline import model_columns, target_vector
+from mlops_nb.models import model_columns, target_vector
 from mlops_nb.core import _jsonable, load_config, mlflow_client
 from mlops_nb.eda import reference_statistics
 from mlops_nb.evaluation import (CHALLENGER, CHAMPION, REFERENCE_STATS, REFERENCE_STATS_PATH, SHA256_TAG, ModelIntegrityError,

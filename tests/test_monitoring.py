@@ -11,7 +11,7 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import chi2_contingency, ks_2samp, wasserstein_distance
 
 from conftest import read_json, write_config
-from mlops_nb.baseline import build_pipeline, model_columns, target_vector
+from mlops_nb.models import build_pipeline, model_columns, target_vector
 from mlops_nb.core import ConfigError, DataValidationError, MlopsError, load_config, run_context
 from mlops_nb.eda import QUANTILE_LEVELS, load_data, reference_statistics
 from mlops_nb.evaluation import decisions, log_model, positive_scores, register_version

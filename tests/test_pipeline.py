@@ -7,7 +7,7 @@ import papermill as pm
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import NBS, REPO, read_json, run_cli, write_config
+from conftest import ARRESTS_ROLES, NBS, REPO, read_json, run_cli, write_config
 from mlops_nb.pipeline import STAGES, check_notebook_parameters
 
 STAGE_NOTEBOOKS = sorted(p for p in NBS.glob("0[1-6]_*.ipynb"))
@@ -115,7 +115,7 @@ def test_reproduce_gives_identical_metrics_and_refuses_changed_data(tmp_path):
     from sklego.datasets import load_arrests
     data = tmp_path / "arrests.csv"
     load_arrests(as_frame=True).head(900).to_csv(data, index=False)
-    config = write_config(tmp_path, data={"source": "arrests.csv"}, model={"candidates": ["logistic_regression", "random_forest"], "cv_folds": 3})
+    config = write_config(tmp_path, data={"source": "arrests.csv", **ARRESTS_ROLES}, model={"candidates": ["logistic_regression", "random_forest"], "cv_folds": 3})
     assert run_cli("run", "--config", config, "--stages", "eda,baseline,evaluation", cwd=tmp_path).returncode == 0
     run_id = next(p.name for p in (tmp_path / "reports").iterdir() if p.is_dir())
     proc = run_cli("reproduce", run_id, cwd=tmp_path)

@@ -15,10 +15,11 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from conftest import NBS, read_json, write_config
-from mlops_nb.core import DataValidationError, load_config
+from mlops_nb.core import DataValidationError, apply_task, load_config
 from mlops_nb.eda import infer_schema
+from mlops_nb.models import estimator_pipeline
 from mlops_nb.rai import (MISSING_GROUP, correlation_ratio, explain_model, fairness_frame, group_metrics, group_summary, model_inputs,
-                          plot_beeswarm, plot_group_metrics, plot_importance, plot_local, proxy_table, quick_pipeline,
+                          plot_beeswarm, plot_group_metrics, plot_importance, plot_local, proxy_table,
                           small_groups, source_columns)
 
 # ---------------------------------------------------------------- fairness: known answers
@@ -172,7 +173,7 @@ def data():
     df.loc[::19, "age"] = np.nan
     logit = 0.05 * (df.age.fillna(40) - 40) + (df.colour == "White") - 0.4 * df.checks + (df.employed == "Yes")
     df["released"] = np.where(rng.random(n) < 1 / (1 + np.exp(-logit)), "Yes", "No")
-    cfg = load_config(overrides=["data.time_column=null"])
+    cfg = apply_task(load_config(overrides=["data.time_column=null"]), "binary", "Yes")
     schema = infer_schema(df, cfg)
     X, y = model_inputs(df, schema, cfg)
     return schema, X, y
@@ -180,7 +181,7 @@ def data():
 
 def test_linear_shap_sums_to_the_log_odds_and_groups_one_hot_columns(data):
     schema, X, y = data
-    pipe = quick_pipeline(schema, LogisticRegression(max_iter=1000)).fit(X, y)
+    pipe = estimator_pipeline(schema, LogisticRegression(max_iter=1000)).fit(X, y)
     e = explain_model(pipe, X, n_samples=60, seed=1)
     assert (e.kind, e.output, len(e.values)) == ("linear", "log-odds", 60)
     assert list(e.values.columns) == ["age", "colour", "employed", "checks"] and e.data.index.equals(e.values.index)
@@ -197,11 +198,11 @@ def test_linear_shap_sums_to_the_log_odds_and_groups_one_hot_columns(data):
 
 def test_tree_shap_sums_to_the_raw_margin_or_probability(data):
     schema, X, y = data
-    hgb = quick_pipeline(schema, HistGradientBoostingClassifier(max_iter=40, random_state=0)).fit(X, y)
+    hgb = estimator_pipeline(schema, HistGradientBoostingClassifier(max_iter=40, random_state=0)).fit(X, y)
     e = explain_model(hgb, X, n_samples=80)
     assert (e.kind, e.output) == ("tree", "log-odds")
     np.testing.assert_allclose(e.model_output(), hgb.decision_function(e.data), atol=1e-6)
-    rf = quick_pipeline(schema, RandomForestClassifier(n_estimators=25, max_depth=5, random_state=0)).fit(X, y)
+    rf = estimator_pipeline(schema, RandomForestClassifier(n_estimators=25, max_depth=5, random_state=0)).fit(X, y)
     e = explain_model(rf, X, n_samples=80)
     assert (e.kind, e.output) == ("tree", "probability")
     np.testing.assert_allclose(e.model_output(), rf.predict_proba(e.data)[:, 1], atol=1e-6)
@@ -209,7 +210,7 @@ def test_tree_shap_sums_to_the_raw_margin_or_probability(data):
 
 def test_model_agnostic_shap_on_original_columns(data):
     schema, X, y = data
-    knn = quick_pipeline(schema, KNeighborsClassifier(15)).fit(X, y)
+    knn = estimator_pipeline(schema, KNeighborsClassifier(15)).fit(X, y)
     e = explain_model(knn, X, n_samples=25, seed=2)
     assert (e.kind, e.output, e.values.shape) == ("permutation", "probability", (25, 4))
     np.testing.assert_allclose(e.model_output(), knn.predict_proba(e.data)[:, 1], atol=1e-8)
@@ -218,7 +219,7 @@ def test_model_agnostic_shap_on_original_columns(data):
 
 def test_plots_return_figures(data):
     schema, X, y = data
-    e = explain_model(quick_pipeline(schema, LogisticRegression(max_iter=1000)).fit(X, y), X, n_samples=40)
+    e = explain_model(estimator_pipeline(schema, LogisticRegression(max_iter=1000)).fit(X, y), X, n_samples=40)
     assert len(plot_importance(e, max_features=2).axes[0].patches) == 2
     assert plot_beeswarm(e).axes
     assert len(plot_local(e, 3, max_features=2).axes[0].patches) == 3  # two columns and the rest

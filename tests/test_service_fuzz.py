@@ -22,7 +22,7 @@ import requests
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import CLI, free_port, read_json, run_cli, write_config
-from hostile import XSS, kitchen_sink_run, slow
+from hostile import KITCHEN_MODEL, XSS, kitchen_sink_run, slow
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 TRACE_MARKS = ("Traceback (most recent call last)", '.py", line ', "site-packages")
@@ -81,7 +81,7 @@ def rows(kitchen):
 
 @pytest.fixture(scope="module")
 def service(kitchen, tmp_path_factory):
-    s = Service(tmp_path_factory.mktemp("serve"), kitchen["config"], "--model", "arrests/1")
+    s = Service(tmp_path_factory.mktemp("serve"), kitchen["config"], "--model", f"{KITCHEN_MODEL}/1")
     yield s
     s.stop()
 
@@ -259,7 +259,7 @@ def _check_load(service: Service, result: dict, seconds: float) -> None:
 
 def test_load_16_clients(kitchen, rows, tmp_path):
     "16 concurrent clients: no error, no lost inference-log record, memory flat (a short run; `make test-slow` runs 30 s)."
-    service = Service(tmp_path, kitchen["config"], "--model", "arrests/1")
+    service = Service(tmp_path, kitchen["config"], "--model", f"{KITCHEN_MODEL}/1")
     try:
         seconds = 8
         _check_load(service, _load(service, rows, seconds), seconds)
@@ -269,7 +269,7 @@ def test_load_16_clients(kitchen, rows, tmp_path):
 
 @slow
 def test_load_16_clients_30_seconds(kitchen, rows, tmp_path):
-    service = Service(tmp_path, kitchen["config"], "--model", "arrests/1")
+    service = Service(tmp_path, kitchen["config"], "--model", f"{KITCHEN_MODEL}/1")
     try: _check_load(service, _load(service, rows, 30), 30)
     finally: service.stop()
 
@@ -310,7 +310,7 @@ def test_no_request_can_choose_the_model(service, rows, trap):
             r = requests.request(method, service.url + path, timeout=30)
             assert r.status_code in (404, 405) and set(r.json()) == {"error_code", "message"}, r.text
     health = requests.get(service.url + "/health", timeout=10).json()
-    assert "models:/arrests/1" in json.dumps(health) and not sentinel.exists()
+    assert f"models:/{KITCHEN_MODEL}/1" in json.dumps(health) and not sentinel.exists()
 
 
 @pytest.mark.parametrize("spec", ["{model}", "{uri}", "{model}/1", "runs:/abc/model", "models:/arrests/1", "http://127.0.0.1:9/m@champion",

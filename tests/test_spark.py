@@ -12,7 +12,7 @@ import scipy.stats
 if shutil.which("java") is None: pytest.skip("the Spark engine needs Java (Debian: default-jre-headless; `make install-spark`)", allow_module_level=True)
 pytest.importorskip("pyspark", reason="the Spark engine needs pyspark (`make install-spark`)")
 
-from mlops_nb.baseline import build_pipeline, model_columns, target_vector
+from mlops_nb.models import build_pipeline, model_columns, target_vector
 from mlops_nb.core import load_config, run_context
 from mlops_nb.eda import load_data, load_splits, reference_statistics
 from mlops_nb.evaluation import CHAMPION, decisions, log_model, positive_scores, register_version
