@@ -17,8 +17,8 @@ from sklearn.metrics import (ConfusionMatrixDisplay, PrecisionRecallDisplay, Roc
                              average_precision_score, brier_score_loss, f1_score, log_loss, roc_auc_score)
 from sklearn.pipeline import Pipeline
 
-from .core import (Config, MlopsError, RunContext, _retry, code, esc, finish_stage, html_table, lineage_tags, log_batch, md,
-                           mlflow_client, read_json, run_context, stage_run_id, write_json)
+from .core import (Config, MlopsError, RunContext, code, esc, finish_stage, html_table, lineage_tags, log_batch, md,
+                           mlflow_client, read_json, retry, run_context, stage_run_id, write_json)
 from .eda import subplots, binned, load_data, load_schema, load_splits, plot_text, reference_statistics
 from .rai import (explain_model, fairness_frame, group_metrics, plot_beeswarm, plot_group_metrics,
                           plot_importance, plot_local)
@@ -321,7 +321,7 @@ def register_version(ctx: RunContext, info, gates: list[dict], extra_tags: dict 
     tags = {**lineage_tags(ctx), **gate_tags(gates), **hashes, "mlops_nb.reference_stats": REFERENCE_STATS_PATH, **(extra_tags or {})}
     _ensure_registered_model(client, name)
     mv = client.create_model_version(name, source=info.model_uri, run_id=info.run_id, tags=tags, model_id=info.model_id)
-    if all(g["passed"] for g in gates): _retry(lambda: client.set_registered_model_alias(name, CHALLENGER, mv.version))
+    if all(g["passed"] for g in gates): retry(lambda: client.set_registered_model_alias(name, CHALLENGER, mv.version))
     mv = client.get_model_version(name, mv.version)
     return {"name": name, "version": int(mv.version), "aliases": sorted(mv.aliases), "run_id": info.run_id,
             "uri": f"models:/{name}/{mv.version}", "model_uri": info.model_uri}
