@@ -100,7 +100,7 @@ def quick_version(ctx: RunContext, train: pd.DataFrame, test: pd.DataFrame, sche
     return {"version": model["version"], "estimator": estimator, metric: score, "gates_passed": gates[0]["passed"], "aliases": model["aliases"]}
 
 # %% ../nbs/04a_registry.ipynb #12
-def example_project(folder: str | Path,  # an empty folder: it gets data.csv, config.yaml, the registry (mlruns.db) and run/
+def example_project(folder: str | Path,  # an empty folder: gets data.csv, config.yaml, mlruns.db and run/
                     rows: int = 300,
                     seed: int = 0,
                    ) -> RunContext:
@@ -284,7 +284,7 @@ def promotion_history(client, cfg: Config) -> pd.DataFrame:
 
 # %% ../nbs/04a_registry.ipynb #32
 def run_model_version(ctx: RunContext) -> int | None:
-    "The model version this run registered (from the evaluation stage's results); None when that stage has not run here."
+    "The model version this run registered (from the evaluation stage's results); None before that stage ran."
     path = ctx.path("evaluation.json")
     if not path.is_file():
         return None
@@ -312,8 +312,9 @@ def version_gates(client, name: str,
 def promote_command(version: int | str,
                     config: str | Path | None = None,  # the config of the run (None: the built-in defaults)
                    ) -> str:
-    "The `mlops-nb promote` command that makes `version` the champion; the approver writes their name and reason."
+    "The `mlops-nb promote` command that makes `version` the champion (name and reason left to the approver)."
     parts = ["mlops-nb", "promote", str(version)]
     if config is not None:
         parts += ["--config", shlex.quote(str(config))]
-    return " ".join(parts + ['--approver "<your name and role>"', '--reason "<why this version should serve>"'])
+    parts += ['--approver "<your name and role>"', '--reason "<why this version should serve>"']
+    return " ".join(parts)
