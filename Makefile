@@ -68,7 +68,7 @@ run: install
 test: install system-packages install-spark install-server check-clean check-export test-nbs test-py
 
 check-clean: install
-	$(BIN)/nbstripout --verify nbs/*.ipynb
+	$(BIN)/nbstripout --verify nbs/*.ipynb nbs/tutorials/*.ipynb
 
 check-export: install
 	$(BIN)/nbdev_export

@@ -46,7 +46,7 @@ def facts(uri: str, name: str, rows_out: str) -> dict:
             times[f"rows_{n}"] = {"median_ms": statistics.median(reps) * 1000, "p99_ms": sorted(reps)[int(len(reps) * 0.99) - 1] * 1000}
         return times
     times = predict_times()  # the model as logged (a forest predicts with n_jobs=2)
-    from mlops_nb.deploy import single_threaded
+    from mlops_nb.serving import single_threaded
     changed = single_threaded(loaded.model)  # as our service runs it
     return {"version": version, "uri": f"models:/{name}/{version}", "columns": columns, "predict_ms": times,
             "predict_ms_one_thread": predict_times() if changed else times, "one_thread_changed": changed}

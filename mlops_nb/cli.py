@@ -148,7 +148,7 @@ def promote(version: Optional[str] = typer.Argument(None, help="The version to m
             set_: List[str] = typer.Option([], "--set", help="Override a config key: key.path=value.")):
     "Make a version whose gates passed the champion (approver and reason recorded); --rollback restores the previous one."
     from mlops_nb.core import ConfigError, load_config
-    from mlops_nb.deploy import promote_version, rollback_champion
+    from mlops_nb.registry import promote_version, rollback_champion
     def body():
         cfg = load_config(config, set_)
         if not rollback and version is None: raise ConfigError("promote: give the VERSION to promote (or --rollback)")
@@ -179,7 +179,7 @@ def serve(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YA
           access_log: bool = typer.Option(False, "--access-log", help="Log every request (uvicorn's access log).")):
     "Serve the champion over HTTP: MLflow's /invocations protocol, /ping, /health, /version, /metrics, /reload."
     from mlops_nb.core import load_config
-    from mlops_nb.deploy import run_service, service_settings
+    from mlops_nb.serving import run_service, service_settings
     def body():
         cfg = load_config(config, set_)
         settings = service_settings(cfg, model, canary=canary, shadow=shadow, seed=seed, inference_log=None if no_inference_log else str(inference_log),
@@ -202,7 +202,7 @@ def score(input: Path = typer.Argument(..., help="CSV or Parquet file to score."
           master: str = typer.Option("local[2]", "--master", help="Spark master for --engine spark.")):
     "Score a CSV or Parquet file with the champion, in chunks; invalid rows are reported by number (exit 4), never dropped silently."
     from mlops_nb.core import ConfigError, load_config
-    from mlops_nb.deploy import score_file
+    from mlops_nb.scoring import score_file
     def body():
         if engine not in ("pandas", "spark"): raise ConfigError(f"--engine: 'pandas' or 'spark', got {engine!r}")
         if engine == "spark":

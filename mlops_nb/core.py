@@ -19,15 +19,15 @@ warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto (v
 
 # %% auto #0
 __all__ = ['Task', 'CLASSIFICATION_METRICS', 'REGRESSION_METRICS', 'Metric', 'BUILTIN_CANDIDATES', 'DEFAULT_SOURCE',
-           'BUILTIN_DATASETS', 'LOWER_IS_BETTER', 'BOUNDED_METRICS', 'AUTO_MIN_PRIMARY_METRIC', 'MlopsError',
-           'ConfigError', 'DataValidationError', 'GateFailure', 'DataConfig', 'SplitConfig', 'CandidateConfig',
-           'ThresholdConfig', 'ModelConfig', 'GatesConfig', 'MonitoringConfig', 'TrackingConfig', 'PipelineConfig',
-           'RaiConfig', 'Config', 'default_primary_metric', 'default_candidates', 'task_metrics', 'apply_task',
-           'primary_metric_bar', 'apply_overrides', 'load_config', 'resolve_path', 'tracking_uri', 'config_hash',
-           'resolved_config', 'fingerprint_data', 'git_commit', 'package_version', 'new_run_id', 'RunContext',
-           'write_json', 'read_json', 'run_context', 'scratch_context', 'mlflow_client', 'experiment_id',
-           'lineage_tags', 'start_parent_run', 'stage_run_id', 'log_batch', 'finish_stage', 'esc', 'code', 'Html',
-           'html_table', 'md']
+           'BUILTIN_DATASETS', 'LOWER_IS_BETTER', 'BOUNDED_METRICS', 'AUTO_MIN_PRIMARY_METRIC', 'STORE_BUSY',
+           'MlopsError', 'ConfigError', 'DataValidationError', 'GateFailure', 'DataConfig', 'SplitConfig',
+           'CandidateConfig', 'ThresholdConfig', 'ModelConfig', 'GatesConfig', 'MonitoringConfig', 'TrackingConfig',
+           'PipelineConfig', 'RaiConfig', 'Config', 'default_primary_metric', 'default_candidates', 'task_metrics',
+           'apply_task', 'primary_metric_bar', 'apply_overrides', 'load_config', 'resolve_path', 'tracking_uri',
+           'config_hash', 'resolved_config', 'fingerprint_data', 'git_commit', 'package_version', 'new_run_id',
+           'RunContext', 'write_json', 'read_json', 'run_context', 'scratch_context', 'mlflow_client', 'experiment_id',
+           'lineage_tags', 'start_parent_run', 'stage_run_id', 'log_batch', 'retry', 'utc_now', 'finish_stage', 'esc',
+           'code', 'Html', 'html_table', 'md']
 
 # %% ../nbs/00_core.ipynb #6
 class MlopsError(Exception):
@@ -501,7 +501,7 @@ def mlflow_client(uri: str):
     with FileLock(str(db) + ".lock", timeout=300):
         if not db.exists() or db.stat().st_size == 0: _new_store(db)
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        _retry(lambda: client.search_experiments(max_results=1))  # upgrades an older schema while we hold the lock
+        retry(lambda: client.search_experiments(max_results=1))  # upgrades an older schema while we hold the lock
     return client
 
 # %% ../nbs/00_core.ipynb #48
@@ -564,17 +564,31 @@ def log_batch(ctx: RunContext, run_id: str, metrics: dict = None, params: dict =
     t = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
     client = mlflow_client(ctx.tracking_uri)
     for i in range(0, max(len(m), len(p), len(t), 1), 100):
-        _retry(lambda: client.log_batch(run_id, metrics=m[i:i+100], params=p[i:i+100], tags=t[i:i+100]))
+        retry(lambda: client.log_batch(run_id, metrics=m[i:i+100], params=p[i:i+100], tags=t[i:i+100]))
 
 # %% ../nbs/00_core.ipynb #52
-def _retry(fn, attempts: int = 8, wait: float = 1.0):
-    "Call `fn`, retrying (about a minute in all) when the tracking store reports it is locked or busy."
-    for i in range(attempts):
-        try: return fn()
-        except Exception as e:
-            if i == attempts - 1 or "locked" not in str(e).lower() and "busy" not in str(e).lower(): raise
-            time.sleep(wait * (i + 1))
+STORE_BUSY = ("locked", "busy")  # what a locked or busy tracking store says in its errors
 
+def retry(fn,  # a call without arguments, e.g. `lambda: client.log_batch(...)`
+          transient: tuple[str, ...] = STORE_BUSY,  # retried when the error's type name or message contains one (lower case)
+          attempts: int = 8,  # calls in all
+          wait: float = 1.0,  # seconds before the second call; the n-th wait is n times this
+         ):
+    "Call `fn`, retrying while its error is transient (by default: the tracking store is locked or busy; about a minute in all)."
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as error:
+            text = f"{type(error).__name__} {error}".lower()
+            if attempt == attempts or not any(t in text for t in transient):
+                raise
+            time.sleep(wait * attempt)
+
+def utc_now() -> str:
+    "The time now in UTC, ISO 8601 to the second (as promotions and the scoring service record it)."
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+# %% ../nbs/00_core.ipynb #40
 def finish_stage(ctx: RunContext, stage: str,  # stage name, e.g. 'eda'
                  results: dict,  # JSON-able results; numbers under 'metrics' are logged as metrics
                 ) -> Path:

@@ -17,8 +17,8 @@ from sklearn.metrics import (ConfusionMatrixDisplay, PrecisionRecallDisplay, Roc
                              average_precision_score, balanced_accuracy_score, brier_score_loss, f1_score, log_loss, roc_auc_score)
 from sklearn.pipeline import Pipeline
 
-from .core import (Config, MlopsError, RunContext, _retry, code, esc, finish_stage, html_table, lineage_tags, log_batch, md,
-                           mlflow_client, primary_metric_bar, read_json, run_context, stage_run_id, write_json)
+from .core import (Config, MlopsError, RunContext, code, esc, finish_stage, html_table, lineage_tags, log_batch, md,
+                           mlflow_client, primary_metric_bar, read_json, retry, run_context, stage_run_id, write_json)
 from .eda import subplots, binned, load_data, load_schema, load_splits, max_missing_share, plot_text, reference_statistics
 from .rai import (explain_model, fairness_frame, group_metrics, plot_beeswarm, plot_group_metrics,
                           plot_importance, plot_local)
@@ -29,12 +29,12 @@ from .baseline import (baseline_table, best_model, compare_models, cv_display, c
 
 # %% auto #0
 __all__ = ['THRESHOLD', 'SKOPS_TRUSTED_TYPES', 'REFERENCE_STATS', 'REFERENCE_STATS_PATH', 'SHA256_TAG', 'MLFLOW_MANAGED_FILES',
-           'CHAMPION', 'CHALLENGER', 'fit_model', 'positive_scores', 'decisions', 'classification_metrics',
-           'bootstrap_metrics', 'class_names', 'plot_evaluation', 'error_cohorts', 'most_wrong_row', 'file_sha256',
-           'ModelIntegrityError', 'verify_model_files', 'LoadedModel', 'resolve_version', 'load_model_version',
-           'alias_version', 'champion_metrics', 'gate', 'not_evaluated', 'check_gates', 'failed_gates',
-           'evaluated_gates', 'gate_table', 'pip_requirements', 'log_model', 'gate_tags', 'register_version',
-           'limitations', 'model_card_html']
+           'CHAMPION', 'CHALLENGER', 'fit_model', 'positive_scores', 'decisions', 'model_task', 'predict_outputs',
+           'classification_metrics', 'bootstrap_metrics', 'class_names', 'plot_evaluation', 'error_cohorts',
+           'most_wrong_row', 'file_sha256', 'ModelIntegrityError', 'verify_model_files', 'LoadedModel',
+           'resolve_version', 'load_model_version', 'alias_version', 'champion_metrics', 'gate', 'not_evaluated',
+           'check_gates', 'failed_gates', 'evaluated_gates', 'gate_table', 'pip_requirements', 'log_model', 'gate_tags',
+           'register_version', 'limitations', 'model_card_html']
 
 # %% ../nbs/04_evaluation.ipynb #11
 THRESHOLD = 0.5  # decisions: positive when the score is above this (what `predict` returns)
@@ -54,7 +54,24 @@ def decisions(scores, threshold: float = THRESHOLD) -> np.ndarray:
     "0/1 decisions: 1 when the score is above the threshold."
     return (np.asarray(scores) > threshold).astype(int)
 
-# %% ../nbs/04_evaluation.ipynb #12
+# %% ../nbs/04_evaluation.ipynb #13
+def model_task(model) -> str:
+    "binary, multiclass or regression, read from a fitted pipeline (or any fitted estimator)."
+    from sklearn.base import is_regressor
+    if is_regressor(model):
+        return "regression"
+    return "binary" if len(model.classes_) == 2 else "multiclass"
+
+def predict_outputs(model, X: pd.DataFrame) -> dict:
+    "The model's outputs for each row: 'prediction', and for classes 'probabilities' (one column per class) and, binary, 'score'."
+    task = model_task(model)
+    if task == "regression":
+        return {"task": task, "prediction": np.asarray(model.predict(X), dtype=float), "probabilities": None, "score": None}
+    probabilities = pd.DataFrame(model.predict_proba(X), columns=[str(c) for c in model.classes_], index=X.index)
+    score = probabilities["1"].to_numpy() if task == "binary" else None
+    return {"task": task, "prediction": np.asarray(model.predict(X)), "probabilities": probabilities, "score": score}
+
+# %% ../nbs/04_evaluation.ipynb #15
 def classification_metrics(y_true, scores, threshold: float = THRESHOLD) -> dict:
     "Ranking (ROC AUC, average precision), decision (F1, accuracy) and probability (log loss, Brier) metrics."
     y, p = np.asarray(y_true), np.asarray(scores, dtype=float)
@@ -73,7 +90,7 @@ def bootstrap_metrics(y_true, scores, threshold: float = THRESHOLD, n_bootstrap:
     return pd.DataFrame({"value": classification_metrics(y, p, threshold), "low": boot.quantile((1 - ci) / 2),
                          "high": boot.quantile((1 + ci) / 2)}).rename_axis("metric")
 
-# %% ../nbs/04_evaluation.ipynb #16
+# %% ../nbs/04_evaluation.ipynb #19
 def class_names(cfg: Config) -> list[str]:
     "Display names of the negative and positive class."
     positive = str(cfg.data.positive_label)
@@ -92,7 +109,7 @@ def plot_evaluation(y_true, scores, threshold: float = THRESHOLD, labels: list[s
     fig.tight_layout()
     return fig
 
-# %% ../nbs/04_evaluation.ipynb #19
+# %% ../nbs/04_evaluation.ipynb #22
 def _slices(X: pd.DataFrame, bins: int) -> dict[str, pd.Series]:
     "Slice labels of every column and every pair of columns."
     single = {c: binned(X[c], bins).astype(str) for c in X.columns}
@@ -111,13 +128,13 @@ def error_cohorts(X: pd.DataFrame, y_true, y_pred, min_size: int = 30, top: int 
     out = out[out.rows >= min_size].assign(lift=lambda d: d.error_rate / errors.mean() if errors.mean() > 0 else np.nan)
     return out.sort_values(["error_rate", "rows"], ascending=[False, False]).head(top).reset_index(drop=True)
 
-# %% ../nbs/04_evaluation.ipynb #31
+# %% ../nbs/04_evaluation.ipynb #34
 def most_wrong_row(expl, y_true: pd.Series, scores: pd.Series) -> int:
     "Position, in an explanation's sample, of the row whose score is furthest from its actual outcome."
     gap = (y_true.loc[expl.values.index].to_numpy() - scores.loc[expl.values.index].to_numpy())
     return int(np.argmax(np.abs(gap)))
 
-# %% ../nbs/04_evaluation.ipynb #35
+# %% ../nbs/04_evaluation.ipynb #38
 SKOPS_TRUSTED_TYPES = ["numpy.dtype", "sklearn.tree._tree.Tree",
                        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
 REFERENCE_STATS = "reference_stats.json"
@@ -134,7 +151,7 @@ def file_sha256(directory: Path) -> dict[str, str]:
     return {p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in files if p.relative_to(directory).as_posix() not in MLFLOW_MANAGED_FILES}
 
-# %% ../nbs/04_evaluation.ipynb #36
+# %% ../nbs/04_evaluation.ipynb #39
 @contextlib.contextmanager
 def _environment(**values: str):
     "Set environment variables for the duration of the block, then restore them."
@@ -153,7 +170,7 @@ def _download(uri: str, client, dst: str | Path | None = None) -> Path:
     with _environment(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=client.tracking_uri))
 
-# %% ../nbs/04_evaluation.ipynb #37
+# %% ../nbs/04_evaluation.ipynb #40
 class ModelIntegrityError(MlopsError):
     "A registered model's files do not match their recorded sha256, or it is not a reviewed skops model."
     exit_code = 1
@@ -168,7 +185,7 @@ def verify_model_files(directory: Path, tags: dict, uri: str) -> None:
     if problems: raise ModelIntegrityError(f"{uri}: model files do not match their recorded sha256 ({'; '.join(problems)}); "
                                            "refusing to load a tampered or corrupted model")
 
-# %% ../nbs/04_evaluation.ipynb #38
+# %% ../nbs/04_evaluation.ipynb #41
 def _check_skops(directory: Path, uri: str) -> None:
     "Refuse a model that is not skops-serialised or trusts types outside SKOPS_TRUSTED_TYPES."
     flavor = yaml.safe_load((Path(directory) / "MLmodel").read_text()).get("flavors", {}).get("sklearn", {})
@@ -177,7 +194,7 @@ def _check_skops(directory: Path, uri: str) -> None:
     extra = sorted(set(flavor.get("skops_trusted_types") or []) - set(SKOPS_TRUSTED_TYPES))
     if extra: raise ModelIntegrityError(f"{uri}: trusts types outside the reviewed list: {extra}")
 
-# %% ../nbs/04_evaluation.ipynb #39
+# %% ../nbs/04_evaluation.ipynb #42
 @dataclass
 class LoadedModel:
     "A registered model version, verified and loaded."
@@ -215,7 +232,7 @@ def load_model_version(client, name: str, alias_or_version: str | int, flavor: s
         model = (mlflow.sklearn if flavor == "sklearn" else mlflow.pyfunc).load_model(str(local))
     return LoadedModel(model, name, int(mv.version), uri, sorted(mv.aliases), dict(mv.tags), local)
 
-# %% ../nbs/04_evaluation.ipynb #42
+# %% ../nbs/04_evaluation.ipynb #45
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 def alias_version(client, name: str, alias: str) -> str | None:
@@ -234,7 +251,7 @@ def champion_metrics(client, name: str, test: pd.DataFrame, cfg: Config) -> dict
     if absent: raise MlopsError(f"champion models:/{name}/{version} needs columns absent from this run's test split: {absent}")
     return {"version": version, "metrics": classification_metrics(target_vector(test, cfg), positive_scores(champion, test[needed]))}
 
-# %% ../nbs/04_evaluation.ipynb #44
+# %% ../nbs/04_evaluation.ipynb #47
 def gate(name: str, value, threshold: float, higher_is_better: bool = True) -> dict:
     "One gate result; a missing (None/NaN) value fails."
     ok = value is not None and not pd.isna(value)
@@ -260,7 +277,7 @@ def _fairness_gates(fairness: pd.DataFrame, gates_cfg) -> list[dict]:
         out += [gate(f"{key}[{f}]", fairness.loc[f, column], threshold, False) for f in fairness.index]
     return out
 
-# %% ../nbs/04_evaluation.ipynb #45
+# %% ../nbs/04_evaluation.ipynb #48
 def check_gates(cfg: Config,
                 test_metrics: dict,  # metrics of the chosen model on the test split
                 cv_score: float,  # its cross-validated primary metric
@@ -302,7 +319,7 @@ def gate_table(gates: list[dict]) -> pd.DataFrame:
                           "result": result[g.get("status", "passed" if g["passed"] else "failed")],
                           "note": g.get("reason", "")} for g in gates]).set_index("gate")
 
-# %% ../nbs/04_evaluation.ipynb #49
+# %% ../nbs/04_evaluation.ipynb #52
 def pip_requirements() -> list[str]:
     "The model's runtime requirements, pinned to the installed versions."
     return [f"{p}=={_installed_version(p)}" for p in ("mlflow", "scikit-learn", "skops", "pandas", "numpy", "scipy")]
@@ -324,7 +341,7 @@ def log_model(ctx: RunContext, pipeline: Pipeline, X_train: pd.DataFrame, refere
         mlflow.log_artifact(str(ref))
     return info
 
-# %% ../nbs/04_evaluation.ipynb #50
+# %% ../nbs/04_evaluation.ipynb #53
 def _tag_key(name: str) -> str:
     "A gate name as an MLflow tag key: `max_x[sex]` -> `max_x.sex`, other characters replaced."
     return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", name.replace("[", ".").removesuffix("]"))
@@ -335,7 +352,7 @@ def gate_tags(gates: list[dict]) -> dict:
     tags.update({f"mlops_nb.gate.{_tag_key(g['name'])}": g["status"] for g in gates})
     return tags
 
-# %% ../nbs/04_evaluation.ipynb #51
+# %% ../nbs/04_evaluation.ipynb #54
 def _ensure_registered_model(client, name: str) -> None:
     "Create the registered model unless it exists."
     from mlflow.exceptions import MlflowException
@@ -352,12 +369,12 @@ def register_version(ctx: RunContext, info, gates: list[dict], extra_tags: dict 
     _ensure_registered_model(client, name)
     mv = client.create_model_version(name, source=info.model_uri, run_id=info.run_id, tags=tags, model_id=info.model_id)
     if not failed_gates(gates):
-        _retry(lambda: client.set_registered_model_alias(name, CHALLENGER, mv.version))
+        retry(lambda: client.set_registered_model_alias(name, CHALLENGER, mv.version))
     mv = client.get_model_version(name, mv.version)
     return {"name": name, "version": int(mv.version), "aliases": sorted(mv.aliases), "run_id": info.run_id,
             "uri": f"models:/{name}/{mv.version}", "model_uri": info.model_uri}
 
-# %% ../nbs/04_evaluation.ipynb #56
+# %% ../nbs/04_evaluation.ipynb #59
 def limitations(cfg: Config, y_test, predicted, test_groups: dict[str, pd.DataFrame]) -> list[str]:
     "Known limitations of this evaluation, derived from the config and the results."
     share = float(np.mean(predicted))
@@ -374,12 +391,12 @@ def limitations(cfg: Config, y_test, predicted, test_groups: dict[str, pd.DataFr
     out.append("A champion is compared on this run's test split; if it was trained with another split it may have seen some of these rows.")
     return out
 
-# %% ../nbs/04_evaluation.ipynb #57
+# %% ../nbs/04_evaluation.ipynb #60
 def _items(values, missing: str = "not stated in the config") -> str:
     values = [values] if isinstance(values, str) else list(values or [])
     return "<ul>" + "".join(f"<li>{esc(v)}</li>" for v in values) + "</ul>" if values else f"<p><i>{esc(missing)}</i></p>"
 
-# %% ../nbs/04_evaluation.ipynb #58
+# %% ../nbs/04_evaluation.ipynb #61
 def model_card_html(cfg: Config, card: dict) -> str:
     "The model card as one escaped HTML section (card: data, metrics, fairness, importance, limitations, gates, model)."
     r, d = cfg.rai, card["data"]

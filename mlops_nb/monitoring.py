@@ -17,8 +17,8 @@ from .core import (Config, ConfigError, DataValidationError, MlopsError, RunCont
                            read_json, run_context,
                            tracking_uri, write_json)
 from .eda import QUANTILE_LEVELS, _check_header, is_positive, _rows, load_data, load_dataset, normalise_frame, reference_statistics
-# scipy's tests, scikit-learn's metrics, baseline and evaluation (fairlearn, model selection) and matplotlib are imported by the
-# functions that need them: the scoring service imports this module for its inference log and should not pay for them
+# scipy's tests, scikit-learn's metrics, baseline, evaluation and the registry (fairlearn, model selection) and matplotlib are
+# imported by the functions that need them: the scoring service imports this module for its inference log and should not pay for them
 
 # %% auto #0
 __all__ = ['SMALL_REFERENCE_ROWS', 'DRIFT_TESTS', 'BLOCKING_ANOMALIES', 'ESTIMATION_ASSUMPTION', 'LOG_FIELDS', 'LOG_REQUIRED',
@@ -26,11 +26,10 @@ __all__ = ['SMALL_REFERENCE_ROWS', 'DRIFT_TESTS', 'BLOCKING_ANOMALIES', 'ESTIMAT
            'level_weights', 'jensenshannon_drift', 'psi_drift', 'default_test', 'column_drift', 'drift_report',
            'dataset_drift', 'schema_anomalies', 'validate_batch', 'anomaly_table', 'weighted_metrics',
            'measured_performance', 'estimated_performance', 'inference_log_record', 'append_inference_log',
-           'read_inference_log', 'join_labels', 'decision_findings', 'retraining_decision', 'parse_model_spec',
-           'resolve_model', 'read_batch', 'numeric_column', 'category_counts', 'chunked_drift_report', 'assess_parquet',
-           'score_batch', 'assess_batch', 'new_batch_id', 'monitoring_history', 'last_retrain', 'log_monitoring_run',
-           'record_decision', 'apply_version_task', 'monitor_batch', 'render_monitoring_report', 'monitor_periods',
-           'plot_history']
+           'read_inference_log', 'join_labels', 'decision_findings', 'retraining_decision', 'read_batch',
+           'numeric_column', 'category_counts', 'chunked_drift_report', 'assess_parquet', 'score_batch', 'assess_batch',
+           'new_batch_id', 'monitoring_history', 'last_retrain', 'log_monitoring_run', 'record_decision',
+           'apply_version_task', 'monitor_batch', 'render_monitoring_report', 'monitor_periods', 'plot_history']
 
 # %% ../nbs/05_monitoring.ipynb #7
 def batches_over_time(df: pd.DataFrame, cfg: Config,
@@ -538,26 +537,6 @@ def retraining_decision(result: dict,  # the assessed batch (rows, columns, drif
     return decision, reasons or ["no dataset drift, no anomalies, performance within the gates"]
 
 # %% ../nbs/05_monitoring.ipynb #50
-def parse_model_spec(spec: str) -> tuple[str, str]:
-    "NAME@ALIAS or NAME/VERSION -> (name, alias or version)."
-    name, sep, ref = spec.rpartition("@") if "@" in spec else spec.rpartition("/")
-    if not sep or not name or not ref: raise ConfigError(f"--model {spec!r}: expected NAME@ALIAS or NAME/VERSION, e.g. arrests@champion")
-    return name, ref
-
-def resolve_model(client, cfg: Config, model: str | None = None):
-    "The registered model version to monitor (verified and loaded): `model`, else the champion, else the challenger."
-    from mlflow.exceptions import MlflowException
-    from mlops_nb.evaluation import CHALLENGER, CHAMPION, alias_version, load_model_version
-    if model is None:
-        alias = next((a for a in (CHAMPION, CHALLENGER) if alias_version(client, cfg.model_name, a)), None)
-        if alias is None: raise ConfigError(f"registered model {cfg.model_name!r} has no champion or challenger version in "
-                                            f"{client.tracking_uri}: run the pipeline first, or pass --model NAME/VERSION")
-        model = f"{cfg.model_name}@{alias}"
-    name, ref = parse_model_spec(model)
-    try: return load_model_version(client, name, ref)
-    except MlflowException as e: raise ConfigError(f"--model {model}: {e.message}") from None
-
-# %% ../nbs/05_monitoring.ipynb #51
 def read_batch(path: str | Path, cfg: Config) -> pd.DataFrame:
     "A batch file (CSV or Parquet), read like the training data (the config's missing-value markers applied)."
     path = Path(path)
@@ -571,7 +550,7 @@ def _numeric_columns(batch: pd.DataFrame, reference: dict) -> pd.DataFrame:
     numeric = [c for c, r in reference["columns"].items() if r["kind"] == "numeric" and c in batch]
     return batch.assign(**{c: pd.to_numeric(batch[c]) for c in numeric})
 
-# %% ../nbs/05_monitoring.ipynb #53
+# %% ../nbs/05_monitoring.ipynb #52
 def _parquet_file(path: str | Path | pq.ParquetFile) -> pq.ParquetFile:
     "The Parquet batch opened (its metadata only), refused with a clear message when it cannot be read or its header is bad."
     if isinstance(path, pq.ParquetFile): return path
@@ -624,7 +603,7 @@ def chunked_drift_report(path: str | Path | pq.ParquetFile,  # a Parquet batch (
     rows |= {c: test(c, counts) for c, counts in category_counts(pf, categorical, batch_rows, missing_values).items()}
     return pd.DataFrame.from_dict({c: rows[c] for c in cols}, orient="index", columns=["test", "score", "threshold", "drifted"]).rename_axis("column")
 
-# %% ../nbs/05_monitoring.ipynb #54
+# %% ../nbs/05_monitoring.ipynb #53
 def _merge_findings(total: dict, found: dict, offset: int) -> dict:
     "Add one chunk's findings ({column: {anomaly: finding}}) to the batch's, its row numbers shifted by the chunk's first row."
     for c, kinds in found.items():
@@ -664,7 +643,7 @@ def assess_parquet(path: str | Path,  # a Parquet batch
     return _assessment(columns, at, reference, cfg, np.concatenate(scores), np.concatenate(predictions),
                        np.concatenate(y) if labels else None, label_counts, methods, {c: f for c, f in anomalies.items() if f})
 
-# %% ../nbs/05_monitoring.ipynb #57
+# %% ../nbs/05_monitoring.ipynb #56
 def _log_batch(cfg: Config, labels_data, inference_log, labels: bool, loaded, since, until) -> tuple[pd.DataFrame, dict]:
     "The inference log's scored rows of the monitored model version (labels joined when requested) and where they came from."
     log = read_inference_log(inference_log, since, until)
@@ -683,7 +662,7 @@ def _log_batch(cfg: Config, labels_data, inference_log, labels: bool, loaded, si
     return log, {"kind": "inference_log", "path": str(inference_log), "rows_read": read, "failed_requests": failed,
                  "other_models": read - failed - len(log), "since": None if since is None else str(since), "until": None if until is None else str(until)}
 
-# %% ../nbs/05_monitoring.ipynb #58
+# %% ../nbs/05_monitoring.ipynb #57
 def _serving_skew(model, batch: pd.DataFrame, columns: list[str], tolerance: float = 1e-6) -> dict:
     "Rescore the logged inputs with the registered model and compare with the logged probabilities."
     from mlops_nb.evaluation import positive_scores
@@ -704,7 +683,7 @@ def score_batch(loaded, batch: pd.DataFrame, from_log: bool) -> tuple[np.ndarray
     return (batch["probability"].astype(float).to_numpy(), batch["prediction"].astype(int).to_numpy(),
             _serving_skew(loaded.model, batch, columns))
 
-# %% ../nbs/05_monitoring.ipynb #59
+# %% ../nbs/05_monitoring.ipynb #58
 def assess_batch(batch: pd.DataFrame,  # validated batch (target column present when labels are)
                  reference: dict, cfg: Config, scores, predictions,
                  labels: bool = False,  # measure performance on the labelled rows
@@ -747,7 +726,7 @@ def _assessment(columns: pd.DataFrame, rows: int, reference: dict, cfg: Config, 
         if label_ref: out["label_drift"] = column_drift(label_ref, label_values, reference["rows"], *_override(t, methods), column=t)
     return out
 
-# %% ../nbs/05_monitoring.ipynb #60
+# %% ../nbs/05_monitoring.ipynb #59
 def _safe_id(batch_id: str) -> str:
     "A batch id usable as a folder name."
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", batch_id or ""):
@@ -759,7 +738,7 @@ def new_batch_id() -> str:
     from mlops_nb.core import new_run_id
     return new_run_id()
 
-# %% ../nbs/05_monitoring.ipynb #61
+# %% ../nbs/05_monitoring.ipynb #60
 _HISTORY_METRICS = ("roc_auc", "average_precision", "f1", "accuracy", "log_loss", "brier")
 
 def monitoring_history(out: str | Path = "reports") -> pd.DataFrame:
@@ -774,7 +753,7 @@ def monitoring_history(out: str | Path = "reports") -> pd.DataFrame:
                      **{f"estimated_{k}": v for k, v in d["estimated_performance"].items() if k in _HISTORY_METRICS}})
     return pd.DataFrame(rows).sort_values("time", kind="stable").reset_index(drop=True) if rows else pd.DataFrame(columns=["batch_id", "time", "decision"])
 
-# %% ../nbs/05_monitoring.ipynb #62
+# %% ../nbs/05_monitoring.ipynb #61
 def last_retrain(client, cfg: Config, out: str | Path, model_name: str) -> dict | None:
     "The model's most recent retrain decision, from the decision files under `out` and the MLflow monitoring runs."
     found = []
@@ -788,7 +767,7 @@ def last_retrain(client, cfg: Config, out: str | Path, model_name: str) -> dict 
     found = [f for f in found if f["time"]]
     return max(found, key=lambda f: dt.datetime.fromisoformat(f["time"])) if found else None
 
-# %% ../nbs/05_monitoring.ipynb #63
+# %% ../nbs/05_monitoring.ipynb #62
 def _metric_key(name: str) -> str: return re.sub(r"[^A-Za-z0-9_\-. /]", "_", str(name))
 
 def log_monitoring_run(cfg: Config, client, decision: dict, batch_dir: Path) -> str:
@@ -808,7 +787,7 @@ def log_monitoring_run(cfg: Config, client, decision: dict, batch_dir: Path) -> 
     log_batch(RunContext(cfg, batch_dir, info), run.info.run_id, metrics=m, tags={**tags, **{f"mlops_nb.{k}": v for k, v in info.items() if k != "tracking_uri"}})
     return run.info.run_id
 
-# %% ../nbs/05_monitoring.ipynb #64
+# %% ../nbs/05_monitoring.ipynb #63
 def record_decision(cfg: Config, client, record: dict, out: str | Path) -> dict:
     "Write decision.json and monitoring.html in out/monitoring/<batch_id>/ and log them with an MLflow monitoring run."
     batch_dir = Path(out) / "monitoring" / record["batch_id"]
@@ -822,7 +801,7 @@ def record_decision(cfg: Config, client, record: dict, out: str | Path) -> dict:
     client.set_terminated(run_id)
     return read_json(path)
 
-# %% ../nbs/05_monitoring.ipynb #65
+# %% ../nbs/05_monitoring.ipynb #64
 def apply_version_task(cfg: Config, reference: dict) -> Config:
     "The config with the task and positive label the model version was trained for (older versions: binary)."
     return apply_task(cfg, reference.get("task", "binary"), reference.get("positive_label", cfg.data.positive_label))
@@ -843,6 +822,7 @@ def monitor_batch(cfg: Config,
                   batch_rows: int = 131_072,  # a Parquet batch is read, validated and scored this many rows at a time
                  ) -> dict:
     "Monitor one batch against the model's reference statistics; write decision.json and monitoring.html, log to MLflow, return the decision."
+    from mlops_nb.registry import resolve_model
     if data is None and inference_log is None: raise ConfigError("monitor: give a batch (data) or an inference log")
     if inference_log is not None and data is not None and not labels:
         raise ConfigError("monitor: with an inference log, the data is its labels: set labels (--labels) or leave the data out")

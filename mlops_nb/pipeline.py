@@ -16,11 +16,11 @@ from .core import (ConfigError, DataValidationError, Html, MlopsError, RunContex
                            mlflow_client, new_run_id, read_json, resolved_config, run_context, stage_run_id, write_json)
 
 # %% auto #0
-__all__ = ['STAGES', 'STAGE_PARAMETERS', 'FAILED_STAGE_TAG', 'StageFailed', 'notebooks_dir', 'select_stages',
-           'check_notebook_parameters', 'add_failure_banner', 'cell_directives', 'is_check_cell', 'without_checks',
-           'execute_stage', 'render_html', 'build_summary', 'run_index_html', 'load_summaries', 'dashboard_html',
-           'write_dashboard', 'prepare_run', 'resume_run', 'stage_time_limit', 'retire_failed_versions', 'failed_stage',
-           'record_data_settings', 'run_pipeline', 'reproduce_run']
+__all__ = ['STAGES', 'STAGE_PARAMETERS', 'StageFailed', 'notebooks_dir', 'select_stages', 'check_notebook_parameters',
+           'add_failure_banner', 'cell_directives', 'is_check_cell', 'without_checks', 'execute_stage', 'render_html',
+           'build_summary', 'run_index_html', 'load_summaries', 'dashboard_html', 'write_dashboard', 'prepare_run',
+           'resume_run', 'stage_time_limit', 'retire_run_versions', 'failed_stage', 'record_data_settings',
+           'run_pipeline', 'reproduce_run']
 
 # %% ../nbs/07_pipeline.ipynb #6
 STAGES = {"eda": "01_eda.ipynb", "rai": "02_rai.ipynb", "baseline": "03_baseline.ipynb",
@@ -350,22 +350,11 @@ def stage_time_limit(ctx: RunContext, stage: str) -> float:
     return float(p.stage_timeouts.get(stage, p.stage_timeout))
 
 # %% ../nbs/07_pipeline.ipynb #38
-FAILED_STAGE_TAG = "mlops_nb.failed_stage"
-
-def retire_failed_versions(ctx: RunContext,
-                           failed_stage: str,  # the stage that failed (or `_pipeline`)
-                          ) -> list[str]:
-    "Tag the model versions this run registered with the failed stage and take `challenger` off them; return them."
-    from mlops_nb.core import _retry
-    client, retired = mlflow_client(ctx.tracking_uri), []
-    for stage_run in ctx.info.get("stage_runs", {}).values():
-        for found in client.search_model_versions(f"run_id = '{stage_run}'"):
-            mv = client.get_model_version(found.name, found.version)  # a search result carries no aliases
-            _retry(lambda: client.set_model_version_tag(mv.name, mv.version, FAILED_STAGE_TAG, failed_stage))
-            if "challenger" in mv.aliases:
-                _retry(lambda: client.delete_registered_model_alias(mv.name, "challenger"))
-            retired.append(f"{mv.name}/{mv.version}")
-    return retired
+def retire_run_versions(ctx: RunContext, stages: dict) -> list[str]:
+    "Keep the versions a failed run registered, tagged with the failed stage and without `challenger` (see 04a_registry)."
+    from mlops_nb.registry import retire_failed_versions
+    return retire_failed_versions(mlflow_client(ctx.tracking_uri), list(ctx.info.get("stage_runs", {}).values()),
+                                  failed_stage(stages))
 
 def failed_stage(stages: dict) -> str:
     "The first stage recorded as failed (`_pipeline` when the run failed outside a stage)."
@@ -375,7 +364,7 @@ def failed_stage(stages: dict) -> str:
 def _finish_run(ctx: RunContext, stages: dict, status: str, reports: Path) -> dict:
     "Write summary.json and index.html, tag and close the parent run, rebuild the dashboard."
     ctx = run_context(ctx.run_dir / "config.yaml", ctx.run_dir)  # pick up what the stages recorded
-    retired = retire_failed_versions(ctx, failed_stage(stages)) if status != "succeeded" else []
+    retired = retire_run_versions(ctx, stages) if status != "succeeded" else []
     summary = build_summary(ctx, stages, status)
     if retired:
         summary["failed_model_versions"] = retired

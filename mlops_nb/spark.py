@@ -15,8 +15,9 @@ from scipy.stats import chi2_contingency, kstwo
 
 from .core import Config, ConfigError, DataValidationError, MlopsError, finish_stage, md, mlflow_client, run_context, tracking_uri
 from .evaluation import CHAMPION, _environment, decisions, load_model_version, pip_requirements, positive_scores
-from .monitoring import (DRIFT_TESTS, _column_reference, _override, dataset_drift, default_test, ks_drift, level_weights, parse_model_spec,
-                                 quantile_levels, resolve_model)
+from .monitoring import (DRIFT_TESTS, _column_reference, _override, dataset_drift, default_test, ks_drift, level_weights,
+                                 quantile_levels)
+from .registry import parse_model_spec, resolve_model
 
 # %% auto #0
 __all__ = ['SPARK_QUANTILE_ERROR', 'SPARK_SCORES', 'SparkUnavailable', 'java_available', 'spark_session', 'ScoringModel',

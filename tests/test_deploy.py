@@ -14,7 +14,8 @@ from conftest import REPO, write_config
 from mlops_nb.models import model_columns
 from mlops_nb.cli import app
 from mlops_nb.core import load_config, mlflow_client, run_context
-from mlops_nb.deploy import PREVIOUS, PromotionRefused, promote_version, promotion_history, quick_version, score_file
+from mlops_nb.registry import PREVIOUS, PromotionRefused, promote_version, promotion_history, quick_version
+from mlops_nb.scoring import score_file
 from mlops_nb.eda import load_schema, load_splits
 from mlops_nb.evaluation import CHALLENGER, CHAMPION, decisions, load_model_version, positive_scores
 

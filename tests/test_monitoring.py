@@ -12,7 +12,7 @@ from scipy.stats import chi2_contingency, ks_2samp, wasserstein_distance
 
 from conftest import read_json, write_config
 from mlops_nb.models import build_pipeline, model_columns, target_vector
-from mlops_nb.core import ConfigError, DataValidationError, MlopsError, load_config, run_context
+from mlops_nb.core import ConfigError, DataValidationError, MlopsError, apply_task, load_config, run_context
 from mlops_nb.eda import QUANTILE_LEVELS, load_data, reference_statistics
 from mlops_nb.evaluation import decisions, log_model, positive_scores, register_version
 from mlops_nb.monitoring import (append_inference_log, dataset_drift, drift_report, join_labels, monitor_batch,
@@ -215,7 +215,7 @@ def test_monitoring_an_inference_log_with_late_labels_and_serving_skew(project, 
 
 
 def test_decision_rules_without_mlflow():
-    cfg = load_config()
+    cfg = apply_task(load_config(), "binary", "Yes")
     quiet = {"rows": 500, "columns": {"a": {"drifted": False}}, "drift_share": 0.0, "dataset_drift": False,
              "performance": {}, "estimated_performance": {"roc_auc": 0.8}, "anomalies": {}}
     assert retraining_decision(quiet, cfg)[0] == "ok"

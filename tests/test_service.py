@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from conftest import CLI, free_port
 from mlops_nb.cli import app
-from mlops_nb.deploy import (BackgroundServer, ScoringService, create_app, example_payloads, promote_version, rollback_champion,
-                             service_settings)
+from mlops_nb.registry import promote_version, rollback_champion
+from mlops_nb.serving import BackgroundServer, ScoringService, create_app, example_payloads, service_settings
 from mlops_nb.evaluation import load_model_version, positive_scores
 from mlops_nb.monitoring import read_inference_log
 from test_deploy import build_registry, copy_registry

@@ -318,7 +318,7 @@ def test_no_request_can_choose_the_model(service, rows, trap):
 def test_the_service_refuses_a_model_outside_the_registry(kitchen, trap, spec):
     "What `mlops-nb serve --model SPEC` builds before it listens: a path or URL is never loaded, the error names it."
     from mlops_nb.core import MlopsError, load_config
-    from mlops_nb.deploy import ScoringService, service_settings
+    from mlops_nb.serving import ScoringService, service_settings
     model, sentinel = trap
     spec = spec.format(model=model, uri=model.as_uri())
     with pytest.raises(MlopsError) as refused:
@@ -339,7 +339,7 @@ def test_serve_command_refuses_a_path_in_one_line(kitchen, trap, tmp_path):
 def small_registry(tmp_path_factory):
     "A registry of its own (its files are damaged on purpose): one logistic regression version, champion."
     from mlops_nb.core import run_context
-    from mlops_nb.deploy import promote_version, quick_version
+    from mlops_nb.registry import promote_version, quick_version
     from mlops_nb.eda import load_schema, load_splits
     folder = tmp_path_factory.mktemp("tamper")
     config = write_config(folder, data={"sample_rows": 600})
@@ -358,7 +358,7 @@ def _damage(path: Path, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["truncated", "bit-flipped"])
 def test_a_damaged_model_file_is_refused_at_start(small_registry, how, tmp_path):
-    from mlops_nb.deploy import ScoringService, service_settings
+    from mlops_nb.serving import ScoringService, service_settings
     from mlops_nb.evaluation import ModelIntegrityError
     assert small_registry["skops"], "no model.skops found in the registry's artifacts"
     saved = {p: p.read_bytes() for p in small_registry["skops"]}
@@ -379,7 +379,7 @@ def test_a_damaged_model_file_is_refused_at_start(small_registry, how, tmp_path)
 
 @pytest.mark.parametrize("how", ["truncated", "bit-flipped"])
 def test_a_damaged_model_file_is_refused_at_reload(small_registry, how, tmp_path):
-    from mlops_nb.deploy import BackgroundServer, ScoringService, create_app, service_settings
+    from mlops_nb.serving import BackgroundServer, ScoringService, create_app, service_settings
     row = json.loads(small_registry["test"].drop(columns="released").head(2).to_json(orient="records"))
     saved = {p: p.read_bytes() for p in small_registry["skops"]}
     service = ScoringService(service_settings(small_registry["cfg"], poll_seconds=0, inference_log=None))

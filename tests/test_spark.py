@@ -1,5 +1,5 @@
 """The Spark engine (mlops_nb.spark, local[2]) against the pandas engine on the same rows: batch scoring (spark_udf) equals
-deploy.score_file, partitioned output, and drift statistics that give monitoring's scores and decisions.
+scoring.score_file, partitioned output, and drift statistics that give monitoring's scores and decisions.
 Skipped, saying why, when Java or pyspark is missing (`make install-spark` installs both)."""
 import shutil, time
 from pathlib import Path
@@ -52,7 +52,7 @@ def _sorted(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 
 def test_spark_scoring_equals_the_pandas_engine_and_keeps_the_partitions(project, tmp_path):
-    from mlops_nb.deploy import score_file
+    from mlops_nb.scoring import score_file
     cfg, test = project["cfg"], project["test"]
     flat, partitioned = tmp_path / "batch.parquet", tmp_path / "batch-partitioned"
     test.to_parquet(flat, index=False)

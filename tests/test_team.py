@@ -218,7 +218,7 @@ PROMOTER = r'''
 import json, sys, time
 from pathlib import Path
 from mlops_nb.core import MlopsError, load_config
-from mlops_nb.deploy import promote_version
+from mlops_nb.registry import promote_version
 config, version, barrier, racers = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
 cfg = load_config(config)
 (barrier / f"ready-{version}").touch()
@@ -237,9 +237,9 @@ def backend(request, tmp_path):
 
 
 def _registry_with_versions(folder: Path, uri: str, name: str, versions: int = 3):
-    "A registered model with `versions` versions whose gates passed (deploy.quick_version), version 1 the champion."
+    "A registered model with `versions` versions whose gates passed (registry.quick_version), version 1 the champion."
     from mlops_nb.core import load_config, run_context
-    from mlops_nb.deploy import promote_version, quick_version
+    from mlops_nb.registry import promote_version, quick_version
     from mlops_nb.eda import load_data, load_splits
     config = team_config(folder, uri, name=name)
     ctx = run_context(config, folder / "setup")
@@ -266,7 +266,7 @@ def _race(config: Path, versions: list, folder: Path) -> list[dict]:
 
 def _registry_state(cfg) -> dict:
     from mlops_nb.core import mlflow_client, tracking_uri
-    from mlops_nb.deploy import promotion_history
+    from mlops_nb.registry import promotion_history
     client = mlflow_client(tracking_uri(cfg))
     aliases = {a: str(v) for a, v in client.get_registered_model(cfg.model_name).aliases.items()}
     champion = aliases.get("champion")
@@ -310,7 +310,7 @@ def test_pipeline_registers_while_promotions_run(backend, tmp_path):
     "`mlops-nb run --stages evaluation` registers a new version while versions 2 and 3 are promoted back and forth."
     name = f"busy_{'pg' if backend.startswith('http') else 'sqlite'}_{os.getpid()}_{int(time.time())}"
     config, cfg, (v1, v2, v3) = _registry_with_versions(tmp_path, backend, name)
-    from mlops_nb.deploy import promote_version
+    from mlops_nb.registry import promote_version
     folder = tmp_path / "pipeline"; folder.mkdir()
     run_config = team_config(folder, backend, name=name, model={"candidates": ["logistic_regression"]})
     pipeline = subprocess.Popen([str(BIN / "mlops-nb"), "run", "--config", str(run_config), "--stages", "evaluation"], cwd=folder,

@@ -214,7 +214,7 @@ EXPECTED_COMMANDS = {"test": set(), "train": {"run", "validate"}, "monitor": {"m
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
 def test_mlops_nb_command_lines_parse_with_the_real_cli(name, environment):
     if "promote" in EXPECTED_COMMANDS[name] - CLI_COMMANDS:
-        pytest.xfail("`mlops-nb promote` is not in the command line yet (nbs/06_deploy, 08_cli)")
+        pytest.xfail("`mlops-nb promote` is not in the command line yet (nbs/04a_registry, 08_cli)")
     seen = set()
     for job_id, step, script in step_scripts(load_workflow(name), environment):
         for args in mlops_nb_commands(script):
@@ -243,7 +243,7 @@ def test_every_environment_has_serving_settings():
 
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
 def test_serving_settings_parse_with_the_real_cli(environment):
-    if "serve" not in CLI_COMMANDS: pytest.xfail("`mlops-nb serve` is not in the command line yet (nbs/06_deploy, 08_cli)")
+    if "serve" not in CLI_COMMANDS: pytest.xfail("`mlops-nb serve` is not in the command line yet (nbs/05a_serving, 08_cli)")
     command, params = check_command_line(["serve", "--config", f"configs/{environment}.yaml", *serving_settings()[environment]])
     assert command == "serve" and params["port"] == 8080
 
