@@ -108,7 +108,8 @@ async def _execute(notebook: Path, limit: asyncio.Semaphore) -> nbformat.Noteboo
         with tempfile.TemporaryDirectory(prefix="mlops-nb-docs-") as sockets:
             # local IPC sockets, as the pipeline's kernels: no TCP port is opened
             kernel = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=f"{sockets}/kernel")
-            client = NotebookClient(nb, km=kernel, timeout=CELL_TIMEOUT, resources={"metadata": {"path": str(notebook.parent)}})
+            where = {"metadata": {"path": str(notebook.parent)}}  # the notebook's own folder, as under nbdev_test
+            client = NotebookClient(nb, km=kernel, timeout=CELL_TIMEOUT, resources=where)
             started = time.monotonic()
             try: await client.async_execute()
             finally:  # nbclient leaves a kernel it was given running
@@ -140,7 +141,8 @@ def executed_copies(notebooks: list[Path], cache: Path) -> dict[Path, Path]:
     failed = [_failure(nb, r) for nb, r in zip(missing, results) if isinstance(r, BaseException)]
     for nb, result in zip(missing, results):
         if not isinstance(result, BaseException): nbformat.write(result, copies[nb])
-    if failed: raise PluginError("notebooks failed while the docs were built (the others are cached): " + "; ".join(failed))
+    if failed:
+        raise PluginError("notebooks failed while the docs were built (the others are cached): " + "; ".join(failed))
     for stale in set(folder.glob("*.ipynb")) - set(copies.values()): stale.unlink()
     log.info(f"notebooks: {len(notebooks) - len(missing)} from the cache, {len(missing)} executed")
     return copies
@@ -255,7 +257,8 @@ def config_page() -> str:
         meaning = "" if section["meaning"] == "*undocumented*" else section["meaning"] + "\n\n"
         parts += [f"## `{section['key']}`\n\n", meaning, table(inside), "\n"]
     defaults = yaml.safe_dump(Config().model_dump(mode="json"), sort_keys=False, default_flow_style=None, width=100)
-    parts += ["## All the defaults\n\nThe configuration with no file at all (the quick start on the built-in data):\n\n",
+    parts += ["## All the defaults\n\n",
+              "The configuration with no file at all (the quick start on the built-in data):\n\n",
               f"```yaml\n{defaults}```\n"]
     return "".join(parts)
 
@@ -336,13 +339,14 @@ def on_files(files, config):
     pages = notebook_pages()
     folder = prepare_notebooks(pages, cache_dir(), execute)
     for page in pages:
-        files.append(File(page, src_dir=str(folder), dest_dir=config.site_dir, use_directory_urls=config.use_directory_urls))
+        files.append(File(page, src_dir=str(folder), dest_dir=config.site_dir,
+                          use_directory_urls=config.use_directory_urls))
     modules = package_modules()
     generated = {"reference/config.md": config_page(), "reference/cli.md": cli_page(),
                  **{f"reference/api/{m}.md": api_page(m) for m in modules}}
     for path, content in generated.items(): files.append(File.generated(config, path, content=content))
     guides = [f.src_uri for f in files.documentation_pages() if f.src_uri.endswith(".md") and "/" not in f.src_uri]
     config.nav = navigation(pages, modules, sorted(guides))
-    log.info(f"{len(pages)} notebook pages ({'executed' if execute else 'without outputs'}), {len(generated)} generated "
-             f"pages, in {time.monotonic() - started:.1f} s")
+    mode = "executed" if execute else "without outputs"
+    log.info(f"{len(pages)} notebook pages ({mode}), {len(generated)} generated pages, in {time.monotonic() - started:.1f} s")
     return files

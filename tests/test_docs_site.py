@@ -33,7 +33,8 @@ hooks = load_hooks()
 def site(tmp_path_factory) -> Path:
     "The site built in fast mode into a temporary folder (its own cache: `make docs`'s executed copies are untouched)."
     folder = tmp_path_factory.mktemp("docs")
-    env = {**os.environ, "MLOPS_NB_DOCS_EXECUTE": "0", "MLOPS_NB_DOCS_CACHE": str(folder / "cache"), "NO_MKDOCS_2_WARNING": "1"}
+    env = {**os.environ, "MLOPS_NB_DOCS_EXECUTE": "0", "MLOPS_NB_DOCS_CACHE": str(folder / "cache"),
+           "NO_MKDOCS_2_WARNING": "1"}
     started = time.monotonic()
     proc = subprocess.run([str(MKDOCS), "build", "--strict", "--site-dir", str(folder / "site")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
@@ -145,7 +146,8 @@ def test_for_display_drops_hidden_cells_and_directive_lines():
         nbformat.v4.new_code_cell("#| check\ntest_eq(f(), 1)"),
         nbformat.v4.new_markdown_cell("# Title\n\n#| not a directive in markdown")])
     shown = hooks.for_display(nb).cells
-    assert [c.source for c in shown] == ["def f(): return 1", "test_eq(f(), 1)", "# Title\n\n#| not a directive in markdown"]
+    assert [c.source for c in shown] == ["def f(): return 1", "test_eq(f(), 1)",
+                                         "# Title\n\n#| not a directive in markdown"]
     assert hooks.split_directives("#| hide\n#| check\nx = 1\n#| later") == (["hide", "check"], "x = 1\n#| later")
 
 
