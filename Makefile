@@ -11,7 +11,7 @@ LAB_ROOT := $(shell [ "$$(id -u)" -eq 0 ] && echo --allow-root)
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
 
 .PHONY: install install-spark install-server system-packages run test test-slow check-clean check-export test-nbs test-py lab lock clean \
-        server server-stop
+        server server-stop docs
 
 $(STAMP): settings.ini setup.py requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -86,6 +86,13 @@ test-py: install
 test-slow: install system-packages install-spark install-server
 	MLOPS_NB_SLOW=1 $(BIN)/pytest -m slow --durations=15 tests
 
+## The documentation site (mkdocs.yml, docs/) into site/: open site/index.html, offline. Every notebook of nbs/ is a page,
+## executed with its defaults (two at a time; cached in .cache/docs, so a rebuild re-executes only the notebooks whose
+## source, the package or requirements.lock changed); the API, command-line and configuration references are generated
+## from the code. MLOPS_NB_DOCS_EXECUTE=0 builds without executing (pages without outputs, in seconds).
+docs: install install-spark
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 ## JupyterLab on the notebooks (127.0.0.1 only).
 lab: install
 	$(BIN)/jupyter lab --ip 127.0.0.1 --notebook-dir nbs $(LAB_ROOT)
@@ -151,4 +158,4 @@ bench-smoke: install
 	$(BIN)/pytest -q tests/test_bench_smoke.py
 
 clean:
-	rm -rf $(VENV) reports/*/ reports/index.html mlruns.db mlartifacts
+	rm -rf $(VENV) reports/*/ reports/index.html mlruns.db mlartifacts site .cache/docs

@@ -18,9 +18,9 @@ from .core import (ConfigError, DataValidationError, Html, MlopsError, RunContex
 # %% auto #0
 __all__ = ['STAGES', 'STAGE_PARAMETERS', 'StageFailed', 'notebooks_dir', 'select_stages', 'check_notebook_parameters',
            'add_failure_banner', 'cell_directives', 'is_check_cell', 'without_checks', 'execute_stage', 'render_html',
-           'build_summary', 'run_index_html', 'load_summaries', 'dashboard_html', 'write_dashboard', 'prepare_run',
-           'resume_run', 'stage_time_limit', 'retire_run_versions', 'failed_stage', 'record_data_settings',
-           'run_pipeline', 'reproduce_run']
+           'build_summary', 'run_index_html', 'load_summaries', 'dashboard_html', 'write_dashboard', 'gates_junit',
+           'prepare_run', 'resume_run', 'stage_time_limit', 'retire_run_versions', 'failed_stage',
+           'record_data_settings', 'run_pipeline', 'reproduce_run']
 
 # %% ../nbs/07_pipeline.ipynb #6
 STAGES = {"eda": "01_eda.ipynb", "rai": "02_rai.ipynb", "baseline": "03_baseline.ipynb",
@@ -314,6 +314,47 @@ def write_dashboard(reports: Path) -> Path:
     return path
 
 # %% ../nbs/07_pipeline.ipynb #35
+def _gate_outcome(gate: dict) -> str:
+    "'passed', 'failed', or 'not evaluated' (`passed` null, or `evaluated` false)."
+    if gate.get("passed") is None or gate.get("evaluated") is False:
+        return "not evaluated"
+    return "passed" if gate["passed"] else "failed"
+
+def _gate_failure(gate: dict) -> str:
+    "Why a gate failed, with its value and threshold: `value 0.55 is below the minimum 0.6`."
+    value, threshold = gate.get("value"), gate.get("threshold")
+    if value is None:
+        return f"no value (it could not be computed); threshold {threshold:g}"
+    bounds = {"min_": "below the minimum", "max_": "above the maximum"}
+    bound = bounds.get(gate["name"][:4], "outside the threshold")
+    return f"value {value:.4g} is {bound} {threshold:g}"
+
+def gates_junit(summary: dict,  # a run summary (`build_summary`): its `run_id`, `finished` and `gates`
+               ) -> str:
+    "The run's gates as JUnit XML: a test case per gate; a failure's message has the value and threshold."
+    from xml.etree import ElementTree
+    gates = summary.get("gates", []) + summary.get("gates_not_evaluated", [])
+    outcomes = [_gate_outcome(g) for g in gates]
+    counts = {"tests": len(gates), "failures": outcomes.count("failed"), "errors": 0,
+              "skipped": outcomes.count("not evaluated")}
+    counts = {key: str(value) for key, value in counts.items()}
+    root = ElementTree.Element("testsuites", {"name": "mlops_nb gates", **counts})
+    run_id = summary.get("run_id")
+    suite = ElementTree.SubElement(root, "testsuite", {"name": f"gates of run {run_id}", **counts})
+    suite.set("timestamp", summary.get("finished") or "")
+    for gate, outcome in zip(gates, outcomes):
+        case_attributes = {"classname": "gates", "name": gate["name"], "time": "0"}
+        case = ElementTree.SubElement(suite, "testcase", case_attributes)
+        if outcome == "failed":
+            message = _gate_failure(gate)
+            failure = ElementTree.SubElement(case, "failure", {"type": "GateFailed", "message": message})
+            failure.text = f"{gate['name']}: {message}"
+        if outcome == "not evaluated":
+            ElementTree.SubElement(case, "skipped", {"message": gate.get("reason") or "not evaluated"})
+    ElementTree.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ElementTree.tostring(root, encoding="unicode") + "\n"
+
+# %% ../nbs/07_pipeline.ipynb #39
 def _writable_dir(path: Path) -> Path:
     "Create `path` (and parents) or raise a one-line error naming it."
     try:
@@ -333,7 +374,7 @@ def prepare_run(config: str | Path | None, overrides: list[str] | tuple, out: Pa
     config_path.write_text(yaml.safe_dump(resolved_config(cfg), sort_keys=False))
     return run_context(config_path, run_dir)
 
-# %% ../nbs/07_pipeline.ipynb #36
+# %% ../nbs/07_pipeline.ipynb #40
 def resume_run(run_id: str, out: Path) -> tuple[RunContext, dict]:
     "Reopen a failed run: its context and the stages that already succeeded."
     run_dir = Path(out).resolve() / run_id
@@ -349,7 +390,7 @@ def stage_time_limit(ctx: RunContext, stage: str) -> float:
     p = ctx.config.pipeline
     return float(p.stage_timeouts.get(stage, p.stage_timeout))
 
-# %% ../nbs/07_pipeline.ipynb #38
+# %% ../nbs/07_pipeline.ipynb #42
 def retire_run_versions(ctx: RunContext, stages: dict) -> list[str]:
     "Keep the versions a failed run registered, tagged with the failed stage and without `challenger` (see 04a_registry)."
     from mlops_nb.registry import retire_failed_versions
@@ -360,25 +401,27 @@ def failed_stage(stages: dict) -> str:
     "The first stage recorded as failed (`_pipeline` when the run failed outside a stage)."
     return next((k for k, v in stages.items() if v.get("status") == "failed"), "_pipeline")
 
-# %% ../nbs/07_pipeline.ipynb #39
+# %% ../nbs/07_pipeline.ipynb #43
 def _finish_run(ctx: RunContext, stages: dict, status: str, reports: Path) -> dict:
-    "Write summary.json and index.html, tag and close the parent run, rebuild the dashboard."
+    "Write summary.json, gates.xml and index.html, tag and close the parent run, rebuild the dashboard."
     ctx = run_context(ctx.run_dir / "config.yaml", ctx.run_dir)  # pick up what the stages recorded
     retired = retire_run_versions(ctx, stages) if status != "succeeded" else []
     summary = build_summary(ctx, stages, status)
     if retired:
         summary["failed_model_versions"] = retired
     write_json(ctx.path("summary.json"), summary)
+    ctx.path("gates.xml").write_text(gates_junit(summary), encoding="utf-8")
     ctx.path("index.html").write_text(run_index_html(summary), encoding="utf-8")
     client = mlflow_client(ctx.tracking_uri)
     log_batch(ctx, ctx.parent_run_id, metrics=summary["metrics"],
               tags={"mlops_nb.status": status, **({"mlops_nb.data_fingerprint": summary["data_fingerprint"]} if summary["data_fingerprint"] else {})})
-    for name in ("summary.json", "index.html", "config.yaml"): client.log_artifact(ctx.parent_run_id, str(ctx.path(name)))
+    for name in ("summary.json", "gates.xml", "index.html", "config.yaml"):
+        client.log_artifact(ctx.parent_run_id, str(ctx.path(name)))
     client.set_terminated(ctx.parent_run_id, "FINISHED" if status == "succeeded" else "FAILED")
     write_dashboard(reports)
     return summary
 
-# %% ../nbs/07_pipeline.ipynb #40
+# %% ../nbs/07_pipeline.ipynb #44
 def _record_stage(ctx: RunContext, stage: str, out_nb: Path, error: str | None, seconds: float) -> dict:
     "Render the stage's HTML, log its artifacts to its nested run, close that run."
     html_path = render_html(out_nb, out_nb.with_suffix(".html"), title=f"{ctx.config.name}: {stage}")
@@ -391,7 +434,7 @@ def _record_stage(ctx: RunContext, stage: str, out_nb: Path, error: str | None, 
     return {"status": "failed" if error else "succeeded", "seconds": round(seconds, 2), "html": html_path.name,
             "notebook": out_nb.name, **({"error": error} if error else {})}
 
-# %% ../nbs/07_pipeline.ipynb #41
+# %% ../nbs/07_pipeline.ipynb #45
 def _run_stages(ctx: RunContext, names: list[str], done: dict, nbdir: Path, progress) -> str:
     "Execute the stages not yet done, in order; stop at the first failure; return the run status."
     for i, stage in enumerate(names, 1):
@@ -407,14 +450,14 @@ def _run_stages(ctx: RunContext, names: list[str], done: dict, nbdir: Path, prog
         if error: return "failed"
     return "succeeded"
 
-# %% ../nbs/07_pipeline.ipynb #43
+# %% ../nbs/07_pipeline.ipynb #47
 def record_data_settings(ctx: RunContext) -> Path:
     "Rewrite the run's config.yaml with the settings the data decided (applied to `ctx.config` by `load_data`)."
     path = ctx.path("config.yaml")
     path.write_text(yaml.safe_dump(resolved_config(ctx.config), sort_keys=False))
     return path
 
-# %% ../nbs/07_pipeline.ipynb #44
+# %% ../nbs/07_pipeline.ipynb #48
 def run_pipeline(config: str | Path | None = None,  # YAML config; None for the built-in defaults
                  overrides: list[str] | tuple = (),  # `key.path=value` items
                  stages: str | list[str] | None = None,  # subset of STAGES; None for all
@@ -438,7 +481,7 @@ def run_pipeline(config: str | Path | None = None,  # YAML config; None for the 
         raise
     return _finish_run(ctx, done, status, reports)
 
-# %% ../nbs/07_pipeline.ipynb #49
+# %% ../nbs/07_pipeline.ipynb #53
 def _comparable_metrics(run_dir: Path, summary: dict) -> dict:
     "The summary metrics and every stage's metrics, nested ones flattened (`stage.model.metric`)."
     out = dict(summary.get("metrics", {}))
@@ -448,7 +491,7 @@ def _comparable_metrics(run_dir: Path, summary: dict) -> dict:
             out.update(_flat_metrics(read_json(p).get("metrics", {}), f"{stage}."))
     return out
 
-# %% ../nbs/07_pipeline.ipynb #50
+# %% ../nbs/07_pipeline.ipynb #54
 def reproduce_run(run_id: str, reports: str | Path = "reports", progress=print) -> pd.DataFrame:
     "Re-run a past run from its stored config; the metrics side by side (refuses if the data changed)."
     from mlops_nb.eda import load_dataset

@@ -1,6 +1,7 @@
 """End to end: papermill parameters, run outputs, MLflow lineage, failures that keep their evidence."""
 import configparser, json, shutil, subprocess, sys
 from pathlib import Path
+from xml.etree import ElementTree
 
 import nbformat
 import papermill as pm
@@ -8,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import ARRESTS_ROLES, NBS, REPO, read_json, run_cli, write_config
-from mlops_nb.pipeline import STAGES, check_notebook_parameters
+from mlops_nb.pipeline import STAGES, check_notebook_parameters, gates_junit
 
 STAGE_NOTEBOOKS = sorted(p for p in NBS.glob("0[1-6]_*.ipynb"))
 
@@ -61,6 +62,40 @@ def test_run_outputs_contract(e2e_run):
     eda = read_json(run_dir / "eda.json")
     assert eda["metrics"]["rows"] == 5226 and eda["data_fingerprint"] == s["data_fingerprint"]
     assert run_dir.name in (run_dir.parent / "index.html").read_text()
+
+
+def test_gates_xml_lists_every_gate_of_the_run(e2e_run):
+    "reports/<run_id>/gates.xml (JUnit): one test case per gate of summary.json, same names, same outcomes."
+    gates = e2e_run["summary"]["gates"]
+    root = ElementTree.parse(e2e_run["run_dir"] / "gates.xml").getroot()
+    suites = root.findall("testsuite")
+    assert root.tag == "testsuites" and len(suites) == 1 and e2e_run["run_dir"].name in suites[0].get("name")
+    cases = suites[0].findall("testcase")
+    assert len(gates) >= 4 and [c.get("name") for c in cases] == [g["name"] for g in gates]
+    failed = [g["name"] for g in gates if g["passed"] is False]
+    assert [c.get("name") for c in cases if c.find("failure") is not None] == failed
+    for element in (root, suites[0]):
+        assert element.get("tests") == str(len(gates)) and element.get("failures") == str(len(failed))
+
+
+def test_a_failed_gate_carries_its_value_and_threshold():
+    "A failed, a passed, a value-less and a not-evaluated gate (a unit-level call: no second pipeline run)."
+    gates = [{"name": "min_primary_metric", "value": 0.5512, "threshold": 0.6, "passed": False},
+             {"name": "max_missing_share", "value": 0.4, "threshold": 0.3, "passed": False},
+             {"name": "min_lift_over_baseline", "value": None, "threshold": 0.01, "passed": False},
+             {"name": "max_demographic_parity_difference[group]", "value": 0.05, "threshold": 0.2, "passed": True},
+             {"name": "max_equalized_odds_difference[group]", "value": None, "threshold": 0.2, "passed": None}]
+    root = ElementTree.fromstring(gates_junit({"run_id": "r1", "finished": "2026-01-01T00:00:00+00:00", "gates": gates}))
+    assert (root.get("tests"), root.get("failures"), root.get("skipped"), root.get("errors")) == ("5", "3", "1", "0")
+    failures = {c.get("name"): c.find("failure") for c in root.iter("testcase") if c.find("failure") is not None}
+    assert failures["min_primary_metric"].get("message") == "value 0.5512 is below the minimum 0.6"
+    assert failures["max_missing_share"].get("message") == "value 0.4 is above the maximum 0.3"
+    assert "no value" in failures["min_lift_over_baseline"].get("message")
+    assert failures["min_primary_metric"].text.startswith("min_primary_metric: ")
+    skipped = [c.get("name") for c in root.iter("testcase") if c.find("skipped") is not None]
+    assert skipped == ["max_equalized_odds_difference[group]"]
+    empty = ElementTree.fromstring(gates_junit({"run_id": "r2", "gates": []}))
+    assert empty.get("tests") == "0" and empty.find("testsuite") is not None
 
 
 def test_reports_are_code_free_and_offline(e2e_run):

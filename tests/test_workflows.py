@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / ".github" / "workflows"
 CONFIGS = REPO / "configs"
 ENVIRONMENTS = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
-WORKFLOW_NAMES = ["test", "train", "monitor", "promote"]
+WORKFLOW_NAMES = ["test", "train", "monitor", "promote", "docs"]
 CLI_COMMANDS = set(typer.main.get_command(app).commands)
 
 # Stand-ins for the values GitHub fills in: `${{ expression }}` and the variables a step's script reads.
@@ -148,6 +148,40 @@ def test_train_workflow_dispatch_schedule_and_call_take_the_environment():
     assert any(r.startswith('mlops-nb run --config "configs/${ENVIRONMENT}.yaml" --set "tracking.uri=') for r in runs)
 
 
+def test_train_workflow_lists_the_gates_by_name():
+    "gates.xml goes to a JUnit reporter (pinned) that annotates without a check run, so the token stays read-only."
+    steps = load_workflow("train")["jobs"]["train"]["steps"]
+    report = [s for s in steps if s.get("uses", "").startswith("mikepenz/action-junit-report@")]
+    assert len(report) == 1 and report[0]["if"] == "${{ !cancelled() }}"
+    assert report[0]["with"]["report_paths"] == "reports/*/gates.xml"  # --out reports: reports/<run_id>/gates.xml
+    assert report[0]["with"]["annotate_only"] is True and report[0]["with"]["include_passed"] is True
+    assert "permissions" not in load_workflow("train")["jobs"]["train"]
+    assert steps.index(report[0]) > [i for i, s in enumerate(steps) if s.get("run", "").startswith("mlops-nb run")][0]
+
+
+def test_docs_workflow_builds_with_make_docs_and_deploys_to_pages():
+    wf = load_workflow("docs")
+    assert wf["on"]["push"] == {"branches": ["main"]} and "workflow_dispatch" in wf["on"]
+    build, deploy = wf["jobs"]["build"], wf["jobs"]["deploy"]
+    assert [s["run"] for s in build["steps"] if "run" in s] == ["make docs"]
+    upload = [s for s in build["steps"] if s.get("uses", "").startswith("actions/upload-pages-artifact@")]
+    assert len(upload) == 1 and upload[0]["with"]["path"] == "site/"
+    assert "permissions" not in build  # the build reads only
+    assert deploy["needs"] == "build" and deploy["permissions"] == {"pages": "write", "id-token": "write"}
+    assert deploy["environment"]["name"] == "github-pages"
+    assert [s["uses"].split("@")[0] for s in deploy["steps"]] == ["actions/deploy-pages"]
+    assert wf["concurrency"]["cancel-in-progress"] is False
+
+
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_actions_are_pinned_by_commit_sha(name):
+    "Every `uses:` of another repository names a full commit sha (the version in a comment), never a moving tag."
+    for job_id, job in load_workflow(name)["jobs"].items():
+        used = [job["uses"]] if "uses" in job else [s["uses"] for s in job.get("steps", []) if "uses" in s]
+        for action in (u for u in used if not u.startswith("./")):
+            assert re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", action), f"{name}.yml, job {job_id}: {action}"
+
+
 def test_monitor_workflow_acts_on_the_decision():
     wf = load_workflow("monitor")
     assert "schedule" in wf["on"]
@@ -207,7 +241,7 @@ def test_linter_catches_a_broken_workflow(tmp_path):
 
 # --- the mlops-nb command lines ---------------------------------------------------------------------------------
 
-EXPECTED_COMMANDS = {"test": set(), "train": {"run", "validate"}, "monitor": {"monitor"}, "promote": {"promote"}}
+EXPECTED_COMMANDS = {"test": set(), "train": {"run", "validate"}, "monitor": {"monitor"}, "promote": {"promote"}, "docs": set()}
 
 
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
