@@ -806,7 +806,7 @@ def apply_version_task(cfg: Config, reference: dict) -> Config:
     "The config with the task and positive label the model version was trained for (older versions: binary)."
     return apply_task(cfg, reference.get("task", "binary"), reference.get("positive_label", cfg.data.positive_label))
 
-# %% ../nbs/05_monitoring.ipynb #66
+# %% ../nbs/05_monitoring.ipynb #65
 def _is_parquet(data) -> bool:
     return isinstance(data, (str, Path)) and Path(data).suffix.lower() in (".parquet", ".pq")
 
@@ -846,12 +846,12 @@ def monitor_batch(cfg: Config,
               **result, "serving_skew": skew}
     return record_decision(cfg, client, record, out)
 
-# %% ../nbs/05_monitoring.ipynb #68
+# %% ../nbs/05_monitoring.ipynb #67
 _PAGE_CSS = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}"
              "td,th{border:1px solid #ccc;padding:3px 9px;text-align:left}th{background:#f3f3f3}.ok{color:#1e7b34}.investigate{color:#b36b00}"
              ".retrain{color:#c0392b}.yes{color:#c0392b;font-weight:600}")
 
-# %% ../nbs/05_monitoring.ipynb #69
+# %% ../nbs/05_monitoring.ipynb #68
 def render_monitoring_report(decision_path_or_dir: str | Path) -> Path:
     "Write monitoring.html beside a decision.json (given the file or its folder); returns its path."
     p = Path(decision_path_or_dir)
@@ -872,7 +872,7 @@ def render_monitoring_report(decision_path_or_dir: str | Path) -> Path:
     target.write_text(html, encoding="utf-8")
     return target
 
-# %% ../nbs/05_monitoring.ipynb #71
+# %% ../nbs/05_monitoring.ipynb #70
 def monitor_periods(cfg: Config, batches: dict[str, pd.DataFrame], out: str | Path, model: str | None = None, labels: bool = True) -> pd.DataFrame:
     "Monitor each batch in order (batch id = its name); the decisions as a table."
     for name, batch in batches.items():
