@@ -37,10 +37,10 @@ __all__ = ['FAIRNESS_SUMMARY', 'FAIRNESS_GATES', 'THRESHOLDS', 'NO_THRESHOLD', '
            'importance_table', 'most_wrong_row', 'explanation_of', 'file_sha256', 'untrusted_types',
            'temporary_environment', 'ModelIntegrityError', 'verify_model_files', 'LoadedModel', 'resolve_version',
            'load_model_version', 'alias_version', 'champion_metrics', 'champion_note', 'gate', 'not_evaluated',
-           'check_gates', 'failed_gates', 'evaluated_gates', 'gate_table', 'gates_markdown', 'pip_requirements',
-           'trusted_types_for', 'log_model', 'gate_tags', 'register_version', 'hyperparameters', 'config_params',
-           'log_params', 'reference_outputs', 'version_tags', 'limitations', 'model_card_html', 'card_data',
-           'evaluation_summary']
+           'check_gates', 'baseline_against', 'failed_gates', 'evaluated_gates', 'gate_table', 'gates_markdown',
+           'pip_requirements', 'trusted_types_for', 'log_model', 'gate_tags', 'register_version', 'hyperparameters',
+           'config_params', 'log_params', 'reference_outputs', 'version_tags', 'limitations', 'model_card_html',
+           'card_data', 'evaluation_summary']
 
 # %% ../nbs/04_evaluation.ipynb #7
 @dataclass
@@ -680,6 +680,13 @@ def check_gates(cfg: Config,
     if g.max_missing_share is not None:
         out.append(gate("max_missing_share", max_missing_share, g.max_missing_share, False))
     return out
+
+def baseline_against(baseline: dict, chosen: str) -> dict:
+    "The bar the chosen model is measured against: the best baseline other than itself (the simple baseline, when chosen, faces the dummy)."
+    metric = baseline["primary_metric"]
+    others = {name: scores[metric] for name, scores in baseline["models"].items() if name != chosen}
+    best = max(others, key=others.get) if higher_is_better(metric) else min(others, key=others.get)
+    return {**baseline, "best": best, "best_score": float(others[best])}
 
 def failed_gates(gates: list[dict]) -> list[str]:
     "The names of the gates that were evaluated and failed."
