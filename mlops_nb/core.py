@@ -622,8 +622,11 @@ def esc(value: Any) -> str:
     return str(value).translate(_ESCAPES)
 
 def code(value: Any) -> str:
-    "A user string as inline code in Markdown: escaped, in `<code>` (Markdown backticks would show the escapes)."
-    return f"<code>{esc(value)}</code>"
+    "A user string as inline code in Markdown: a code span (its content is literal text, HTML included), on one line."
+    text = str(value).replace("\n", " ")
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 class Html(str):
     "Markup we built ourselves, already escaped: `html_table` puts it in a cell as it is."
