@@ -30,15 +30,15 @@ __all__ = ['NO_VERSION', 'SMALL_REFERENCE_ROWS', 'DRIFT_TESTS', 'BLOCKING_ANOMAL
            'wasserstein_drift', 'level_weights', 'jensenshannon_drift', 'psi_drift', 'default_test', 'column_drift',
            'drift_report', 'dataset_drift', 'schema_anomalies', 'validate_batch', 'anomaly_table', 'weighted_metrics',
            'expected_metrics', 'multiclass_metrics', 'regression_metrics', 'measured_performance',
-           'estimated_performance', 'inference_log_record', 'append_inference_log', 'read_inference_log', 'join_labels',
-           'decision_findings', 'retraining_decision', 'read_batch', 'numeric_column', 'category_counts',
+           'estimated_performance', 'inference_log_record', 'append_inference_log', 'utc_time', 'read_inference_log',
+           'join_labels', 'decision_findings', 'retraining_decision', 'read_batch', 'numeric_column', 'category_counts',
            'chunked_drift_report', 'assess_parquet', 'model_outputs', 'prediction_values', 'assess_batch',
-           'new_batch_id', 'monitoring_history', 'last_retrain', 'log_monitoring_run', 'record_decision',
-           'load_monitored_batch', 'assess_monitored_batch', 'decision_record', 'monitor_batch', 'batches_over_time',
-           'monitor_periods', 'plot_history', 'monitored_batch', 'assess_scope', 'scope_decision', 'decision_summary',
-           'drift_table', 'plot_drift', 'anomaly_view', 'performance_table', 'drift_thresholds', 'decision_policy',
-           'backtest_slices', 'backtest', 'false_alarms', 'false_alarm_summary', 'estimate_check', 'monitoring_results',
-           'finish_monitoring']
+           'safe_batch_id', 'new_batch_id', 'monitoring_history', 'last_retrain', 'log_monitoring_run',
+           'record_decision', 'load_monitored_batch', 'assess_monitored_batch', 'decision_record', 'monitor_batch',
+           'batches_over_time', 'monitor_periods', 'plot_history', 'monitored_batch', 'assess_scope', 'scope_decision',
+           'decision_summary', 'drift_table', 'plot_drift', 'anomaly_view', 'performance_table', 'drift_thresholds',
+           'decision_policy', 'backtest_slices', 'backtest', 'false_alarms', 'false_alarm_summary', 'estimate_check',
+           'monitoring_results', 'finish_monitoring']
 
 # %% ../nbs/05_monitoring.ipynb #6
 def apply_version_task(cfg: Config, reference: dict) -> Config:
@@ -555,7 +555,9 @@ def _log_record(line: str, where: str) -> dict:
     return rec
 
 # %% ../nbs/05_monitoring.ipynb #41
-def _utc(value, name: str) -> pd.Timestamp | None:
+def utc_time(value,  # an ISO time (naive: UTC) or a datetime, or None
+             name: str,  # the option it came from, for the error
+            ) -> pd.Timestamp | None:
     "A time bound as a UTC timestamp (naive times are taken as UTC)."
     if value is None: return None
     try: t = pd.Timestamp(value)
@@ -578,7 +580,7 @@ def read_inference_log(path: str | Path,  # a .jsonl file or a folder of them
     fields["request_id"], fields["model_version"] = fields["request_id"].astype(str), fields["model_version"].astype("string")
     fields["row"] = pd.to_numeric(fields["row"]).fillna(0).astype(int)
     frame = pd.concat([inputs, fields], axis=1)
-    lo, hi = _utc(since, "since"), _utc(until, "until")
+    lo, hi = utc_time(since, "since"), utc_time(until, "until")
     keep = frame["time"].between(lo or pd.Timestamp.min.tz_localize("UTC"), hi or pd.Timestamp.max.tz_localize("UTC"), inclusive="left")
     return frame[keep].sort_values("time", kind="stable").reset_index(drop=True)
 
@@ -865,11 +867,13 @@ def _assessment(columns: pd.DataFrame, rows: int, reference: dict, cfg: Config,
     return out
 
 # %% ../nbs/05_monitoring.ipynb #58
-def _safe_id(batch_id: str) -> str:
+def safe_batch_id(batch_id: str) -> str:
     "A batch id usable as a folder name."
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", batch_id or ""):
         raise ConfigError(f"batch_id {batch_id!r}: use letters, digits, '_', '.', '-' (at most 128, not starting with '.' or '-')")
     return batch_id
+
+_safe_id = safe_batch_id  # the name 06a_spark imports
 
 def new_batch_id() -> str:
     "A sortable, unique batch id: UTC time plus a short random suffix."
@@ -1006,7 +1010,7 @@ def monitor_batch(cfg: Config,
     loaded = resolve_model(client, cfg, model)
     reference = loaded.reference_stats()
     apply_version_task(cfg, reference)
-    batch_id = _safe_id(batch_id or new_batch_id())
+    batch_id = safe_batch_id(batch_id or new_batch_id())
     batch, source = load_monitored_batch(cfg, loaded, data, inference_log, labels, since, until)
     result = assess_monitored_batch(batch, loaded, reference, cfg, labels, methods, inference_log is not None, batch_rows)
     last = last_retrain(client, cfg, out, loaded.name)
@@ -1085,7 +1089,7 @@ def scope_decision(scope: MonitoringScope, result: dict | None, source: dict | N
     if not scope.batch_mode:
         return decision_record(result, scope.config, scope.loaded, "test-split", source)
     last = last_retrain(scope.client, scope.config, out, scope.loaded.name)
-    record = decision_record(result, scope.config, scope.loaded, _safe_id(batch_id or new_batch_id()), source, requested, last)
+    record = decision_record(result, scope.config, scope.loaded, safe_batch_id(batch_id or new_batch_id()), source, requested, last)
     return record_decision(scope.config, scope.client, record, out)
 
 # %% ../nbs/05_monitoring.ipynb #75
