@@ -1100,7 +1100,7 @@ def decision_summary(decision: dict | None) -> str:
     what = ("The test split monitored as a batch" if decision["source"]["kind"] == "test split"
             else f"Batch {code(decision['batch_id'])}")
     reasons = "\n".join(f"- {esc(r)}" for r in decision["reasons"])
-    return (f"{what}: {decision['rows']:,} rows ({decision['labelled_rows']:,} labelled), model {esc(decision['model']['uri'])}.\n\n"
+    return (f"{what}: {decision['rows']:,} rows ({decision['labelled_rows']:,} labelled), version {esc(decision['model']['uri'])}.\n\n"
             f"**Decision: {decision['decision']}**\n\n{reasons}")
 
 # %% ../nbs/05_monitoring.ipynb #78
