@@ -100,7 +100,7 @@ def version_summary(scope: MonitoringScope) -> str:
         return NO_VERSION
     loaded, reference = scope.loaded, scope.reference
     task = reference.get("task", "binary")
-    label = f", positive label {code(reference.get('positive_label'))}" if task == "binary" else ""
+    label = f", positive label **{esc(reference.get('positive_label'))}**" if task == "binary" else ""
     classes = f", classes {esc(', '.join(map(str, reference.get('classes') or [])))}" if task == "multiclass" else ""
     aliases = esc(", ".join(loaded.aliases) or "none")
     return (f"Monitoring **{esc(loaded.uri)}** (aliases: {aliases}; task: {task}{label}{classes}). "
@@ -1098,7 +1098,7 @@ def decision_summary(decision: dict | None) -> str:
     if decision is None:
         return NO_VERSION
     what = ("The test split monitored as a batch" if decision["source"]["kind"] == "test split"
-            else f"Batch {code(decision['batch_id'])}")
+            else f"Batch **{esc(decision['batch_id'])}**")
     reasons = "\n".join(f"- {esc(r)}" for r in decision["reasons"])
     return (f"{what}: {decision['rows']:,} rows ({decision['labelled_rows']:,} labelled), version {esc(decision['model']['uri'])}.\n\n"
             f"**Decision: {decision['decision']}**\n\n{reasons}")
@@ -1345,7 +1345,7 @@ def finish_monitoring(scope: MonitoringScope, decision: dict | None, results: di
                      ) -> str:
     "Write the training run's results (`finish_stage`); for a batch, say where its decision is. Markdown."
     if scope.batch_mode:
-        return (f"Decision recorded in {code(Path(out) / 'monitoring' / decision['batch_id'] / 'decision.json')} "
-                f"and in the MLflow run {code(decision['mlflow_run_id'])}.")
+        return (f"Decision recorded in {esc(Path(out) / 'monitoring' / decision['batch_id'] / 'decision.json')} "
+                f"and in the MLflow run {esc(decision['mlflow_run_id'])}.")
     path = finish_stage(scope.context, "monitoring", results)
-    return f"Results written to {code(path)}."
+    return f"Results written to {esc(path)}."
