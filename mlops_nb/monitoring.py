@@ -118,10 +118,15 @@ def _aligned_counts(reference: dict,  # one categorical column's reference stati
                     values,  # the batch's values, or their counts per category (a `Counter`, from a file read in chunks)
                    ) -> tuple[np.ndarray, np.ndarray]:
     "Reference and batch counts per category over the union of their categories (compared as text)."
-    ref = pd.Series(reference.get("counts", {}), dtype=float)
-    cur = (pd.Series(values, dtype=float) if isinstance(values, Counter) else pd.Series(values).dropna().astype(str).value_counts().astype(float))
+    ref, cur = pd.Series(reference.get("counts", {}), dtype=float), _category_counts(values)
     keys = sorted(set(ref.index) | set(cur.index))
     return ref.reindex(keys, fill_value=0).to_numpy(), cur.reindex(keys, fill_value=0).to_numpy()
+
+def _category_counts(values) -> pd.Series:
+    "The batch's count per category (as text), from its values or from their counts (a `Counter`)."
+    if isinstance(values, Counter):
+        return pd.Series(values, dtype=float)
+    return pd.Series(values).dropna().astype(str).value_counts().astype(float)
 
 # %% ../nbs/05_monitoring.ipynb #13
 def ks_drift(reference: dict, values) -> float:
@@ -413,9 +418,11 @@ def multiclass_metrics(y,  # the true class of each row (text); None: expected f
     P, d = probabilities.to_numpy(dtype=float), np.asarray(predictions).astype(str)
     classes = [str(c) for c in probabilities.columns]
     truth = None if y is None else np.asarray(y).astype(str)
-    per_class = [expected_metrics(P[:, i], d == k) if truth is None else weighted_metrics(truth == k, P[:, i], d == k)
+    per_class = [expected_metrics(P[:, i], d == k) if truth is None
+                 else weighted_metrics(truth == k, P[:, i], d == k)
                  for i, k in enumerate(classes)]
-    seen = [m for m in per_class if m["tp"] + m["fn"] + m["fp"] > 0]  # classes present or predicted, as scikit-learn's macro F1
+    # classes present or predicted, as scikit-learn's macro F1 counts them
+    seen = [m for m in per_class if m["tp"] + m["fn"] + m["fp"] > 0]
     rows = np.arange(len(d))
     picked = P[rows, pd.Index(classes).get_indexer(d)] if truth is None else None
     hit = P[rows, pd.Index(classes).get_indexer(truth)] if truth is not None else None
@@ -425,7 +432,8 @@ def multiclass_metrics(y,  # the true class of each row (text); None: expected f
             "f1": float(np.mean([m["f1"] for m in seen])) if seen else 0.0,
             "accuracy": float(np.mean(picked)) if truth is None else float(np.mean(truth == d)),
             "balanced_accuracy": float(np.mean([m["recall"] for m in per_class if m["tp"] + m["fn"] > 0])),
-            "log_loss": float(np.mean(entropy)) if truth is None else float(np.mean(-np.log(np.clip(hit, 1e-15, 1))))}
+            "log_loss": (float(np.mean(entropy)) if truth is None
+                         else float(np.mean(-np.log(np.clip(hit, 1e-15, 1)))))}
 
 # %% ../nbs/05_monitoring.ipynb #33
 def regression_metrics(y,  # the true values
@@ -792,7 +800,7 @@ def model_outputs(loaded,  # the monitored `LoadedModel`
                   batch: pd.DataFrame,  # validated, numeric columns as numbers
                   from_log: bool,  # the batch is an inference log (its logged outputs are monitored)
                  ) -> tuple[dict, dict | None]:
-    "The model's outputs on the batch (`evaluation.predict_outputs`) and, for a two-class inference log, the logged ones and the serving skew."
+    "The model's outputs on the batch (`evaluation.predict_outputs`; a two-class inference log: the logged ones) and the serving skew."
     from mlops_nb.evaluation import predict_outputs
     outputs = predict_outputs(loaded.model, batch[list(loaded.model.feature_names_in_)])
     if not from_log or outputs["task"] != "binary":
@@ -805,17 +813,23 @@ def model_outputs(loaded,  # the monitored `LoadedModel`
     return logged, _serving_skew(outputs["score"], logged["score"])
 
 def prediction_values(outputs: dict) -> np.ndarray:
-    "What prediction drift compares with the reference: the positive-class probability (two classes), else the predicted class or value."
+    "What prediction drift compares: the positive-class probability (two classes), else the predicted class or value."
     return outputs["score"] if outputs["task"] == "binary" else outputs["prediction"]
 
 def _subset(outputs: dict, mask: np.ndarray) -> dict:
     "The outputs of the rows where `mask` holds."
-    pick = lambda v: None if v is None else (v.iloc[mask] if isinstance(v, pd.DataFrame) else np.asarray(v)[mask])
+    def pick(value):
+        if value is None:
+            return None
+        return value.iloc[mask] if isinstance(value, pd.DataFrame) else np.asarray(value)[mask]
     return {k: v if k == "task" else pick(v) for k, v in outputs.items()}
 
 def _concat_outputs(parts: list[dict]) -> dict:
     "The outputs of consecutive chunks as one."
-    join = lambda vs: None if vs[0] is None else (pd.concat(vs, ignore_index=True) if isinstance(vs[0], pd.DataFrame) else np.concatenate(vs))
+    def join(values):
+        if values[0] is None:
+            return None
+        return pd.concat(values, ignore_index=True) if isinstance(values[0], pd.DataFrame) else np.concatenate(values)
     return {k: parts[0][k] if k == "task" else join([p[k] for p in parts]) for k in parts[0]}
 
 # %% ../nbs/05_monitoring.ipynb #57
@@ -1076,7 +1090,8 @@ def assess_scope(scope: MonitoringScope, batch, labels: bool = False, inference_
     if scope.loaded is None:
         return None
     labelled = labels or not scope.batch_mode
-    return assess_monitored_batch(batch, scope.loaded, scope.reference, scope.config, labelled, from_log=inference_log is not None)
+    return assess_monitored_batch(batch, scope.loaded, scope.reference, scope.config, labelled,
+                                  from_log=inference_log is not None)
 
 def scope_decision(scope: MonitoringScope, result: dict | None, source: dict | None,
                    batch_id: str | None = None,  # the BATCH_ID parameter
@@ -1089,7 +1104,8 @@ def scope_decision(scope: MonitoringScope, result: dict | None, source: dict | N
     if not scope.batch_mode:
         return decision_record(result, scope.config, scope.loaded, "test-split", source)
     last = last_retrain(scope.client, scope.config, out, scope.loaded.name)
-    record = decision_record(result, scope.config, scope.loaded, safe_batch_id(batch_id or new_batch_id()), source, requested, last)
+    name = safe_batch_id(batch_id or new_batch_id())
+    record = decision_record(result, scope.config, scope.loaded, name, source, requested, last)
     return record_decision(scope.config, scope.client, record, out)
 
 # %% ../nbs/05_monitoring.ipynb #75
@@ -1100,8 +1116,8 @@ def decision_summary(decision: dict | None) -> str:
     what = ("The test split monitored as a batch" if decision["source"]["kind"] == "test split"
             else f"Batch **{esc(decision['batch_id'])}**")
     reasons = "\n".join(f"- {esc(r)}" for r in decision["reasons"])
-    return (f"{what}: {decision['rows']:,} rows ({decision['labelled_rows']:,} labelled), version {esc(decision['model']['uri'])}.\n\n"
-            f"**Decision: {decision['decision']}**\n\n{reasons}")
+    rows = f"{decision['rows']:,} rows ({decision['labelled_rows']:,} labelled)"
+    return f"{what}: {rows}, version {esc(decision['model']['uri'])}.\n\n**Decision: {decision['decision']}**\n\n{reasons}"
 
 # %% ../nbs/05_monitoring.ipynb #78
 def drift_table(decision: dict | None,  # from `scope_decision`
@@ -1110,9 +1126,10 @@ def drift_table(decision: dict | None,  # from `scope_decision`
     "Test, score, threshold and drifted for each input column (drifted first), the prediction and the label."
     if decision is None:
         return None
-    columns = pd.DataFrame.from_dict(decision["columns"], orient="index", columns=["test", "score", "threshold", "drifted"])
-    outputs = {name: decision[key] for key, name in (("prediction_drift", "(prediction)"), ("label_drift", f"(label: {target})"))
-               if decision.get(key)}
+    fields = ["test", "score", "threshold", "drifted"]
+    columns = pd.DataFrame.from_dict(decision["columns"], orient="index", columns=fields)
+    names = {"prediction_drift": "(prediction)", "label_drift": f"(label: {target})"}
+    outputs = {name: decision[key] for key, name in names.items() if decision.get(key)}
     extra = pd.DataFrame.from_dict(outputs, orient="index", columns=columns.columns)
     ordered = columns.sort_values("drifted", ascending=False, kind="stable")
     return pd.concat([ordered, extra]).rename_axis("column") if len(extra) else ordered.rename_axis("column")
@@ -1130,20 +1147,24 @@ def _batch_column(batch: pd.DataFrame | Path, column: str, kind: str, cfg: Confi
 def _plot_numeric(ax, reference: dict, values) -> None:
     "The reference's distribution from its stored quantiles (filled) and the batch's (line), as shares per bin."
     x, q = _numbers(values), np.asarray(reference["quantiles"], dtype=float)
-    edges = np.histogram_bin_edges([reference["min"], reference["max"], *([x.min(), x.max()] if len(x) else [])], bins=20)
+    ends = [reference["min"], reference["max"], *([x.min(), x.max()] if len(x) else [])]
+    edges = np.histogram_bin_edges(ends, bins=20)
     weight = level_weights(quantile_levels(reference))
-    ax.stairs(np.histogram(q, edges, weights=weight)[0] / weight.sum(), edges, fill=True, alpha=0.35, color="#4C72B0", label="reference")
+    shares = np.histogram(q, edges, weights=weight)[0] / weight.sum()
+    ax.stairs(shares, edges, fill=True, alpha=0.35, color="#4C72B0", label="reference")
     if len(x):
         ax.stairs(np.histogram(x, edges)[0] / len(x), edges, color="#C44E52", lw=1.6, label="batch")
 
 def _plot_categories(ax, reference: dict, values, top: int = 8) -> None:
     "Shares of the most frequent categories: reference (stored counts) and batch, side by side."
-    ref = pd.Series(reference.get("counts", {}), dtype=float)
-    cur = pd.Series(values, dtype=float) if isinstance(values, Counter) else pd.Series(values).dropna().astype(str).value_counts().astype(float)
-    keys = (ref / max(ref.sum(), 1)).add(cur / max(cur.sum(), 1), fill_value=0).sort_values(ascending=False).index[:top]
+    ref, cur = pd.Series(reference.get("counts", {}), dtype=float), _category_counts(values)
+    keys = sorted(set(ref.index) | set(cur.index))
+    ref = ref.reindex(keys, fill_value=0) / max(ref.sum(), 1)
+    cur = cur.reindex(keys, fill_value=0) / max(cur.sum(), 1)
+    keys = ref.add(cur).sort_values(ascending=False).index[:top]
     at = np.arange(len(keys))
-    ax.barh(at - 0.2, (ref / max(ref.sum(), 1)).reindex(keys, fill_value=0), 0.4, color="#4C72B0", alpha=0.6, label="reference")
-    ax.barh(at + 0.2, (cur / max(cur.sum(), 1)).reindex(keys, fill_value=0), 0.4, color="#C44E52", label="batch")
+    ax.barh(at - 0.2, ref[keys], 0.4, color="#4C72B0", alpha=0.6, label="reference")
+    ax.barh(at + 0.2, cur[keys], 0.4, color="#C44E52", label="batch")
     ax.set_yticks(at, [plot_text(k, 18) for k in keys], fontsize=7)
     ax.invert_yaxis()
 
@@ -1218,10 +1239,14 @@ def decision_policy(cfg: Config) -> pd.DataFrame:
     from mlops_nb.models import higher_is_better
     metric, bar, m = cfg.model.primary_metric, primary_metric_bar(cfg), cfg.monitoring
     gate = ("not evaluated (no bar for this metric)" if bar is None
-            else f"{metric} {'≥' if higher_is_better(metric) else '≤'} {bar:g}: measured fails → retrain, estimated fails → investigate")
-    rows = [("monitoring.drift_share", f"{m.drift_share:g}", "dataset drift (→ retrain) when this share of columns drifts"),
-            ("monitoring.min_batch_rows", f"{m.min_batch_rows:,}", "smaller batches: at most investigate, never retrain"),
-            ("monitoring.retrain_cooldown_days", f"{m.retrain_cooldown_days:g}", "after a retrain decision, retrain is held back this long"),
+            else f"{metric} {'≥' if higher_is_better(metric) else '≤'} {bar:g}: "
+                 "measured fails → retrain, estimated fails → investigate")
+    rows = [("monitoring.drift_share", f"{m.drift_share:g}",
+             "dataset drift (→ retrain) when this share of columns drifts"),
+            ("monitoring.min_batch_rows", f"{m.min_batch_rows:,}",
+             "smaller batches: at most investigate, never retrain"),
+            ("monitoring.retrain_cooldown_days", f"{m.retrain_cooldown_days:g}",
+             "after a retrain decision, retrain is held back this long"),
             ("gates.min_primary_metric", str(cfg.gates.min_primary_metric), gate)]
     return pd.DataFrame(rows, columns=["setting", "value", "rule"]).set_index("setting")
 
@@ -1266,7 +1291,7 @@ def backtest(scope: MonitoringScope, test: pd.DataFrame | None):
 def false_alarms(scope: MonitoringScope, test: pd.DataFrame | None,
                  resamples: int = 50,  # seeded resamples of the test split
                 ) -> pd.DataFrame | None:
-    "Per resample of the test split at `monitoring.min_batch_rows` rows: the share of columns flagged, dataset drift, each column's flag."
+    "Per seeded resample of the test split at `monitoring.min_batch_rows` rows: columns flagged, their share, dataset drift."
     if scope.loaded is None or scope.batch_mode:
         return None
     cfg, size = scope.config, scope.config.monitoring.min_batch_rows
@@ -1287,10 +1312,12 @@ def false_alarm_summary(scope: MonitoringScope, alarms: pd.DataFrame | None):
     if alarms is None:
         return Markdown(BASELINE_ONLY)
     m = scope.config.monitoring
-    display(Markdown(f"At **{m.min_batch_rows:,} rows** (`monitoring.min_batch_rows`), **{alarms['dataset drift'].mean():.0%}** of "
-                     f"{len(alarms)} unshifted resamples showed dataset drift (`monitoring.drift_share` = {m.drift_share:g}); "
-                     f"on average **{alarms['drift share'].mean():.1%}** of the columns were flagged."))
-    return alarms.drop(columns=["drift share", "dataset drift"]).mean().rename("flagged in resamples").to_frame().rename_axis("column")
+    rate, share = alarms["dataset drift"].mean(), alarms["drift share"].mean()
+    display(Markdown(f"At **{m.min_batch_rows:,} rows** (`monitoring.min_batch_rows`), **{rate:.0%}** of {len(alarms)} "
+                     f"unshifted resamples showed dataset drift (`monitoring.drift_share` = {m.drift_share:g}); "
+                     f"on average **{share:.1%}** of the columns were flagged."))
+    flags = alarms.drop(columns=["drift share", "dataset drift"]).mean()
+    return flags.rename("flagged in resamples").to_frame().rename_axis("column")
 
 # %% ../nbs/05_monitoring.ipynb #104
 def estimate_check(scope: MonitoringScope, test: pd.DataFrame | None,
@@ -1309,10 +1336,12 @@ def estimate_check(scope: MonitoringScope, test: pd.DataFrame | None,
     outputs = predict_outputs(scope.loaded.model, test[list(scope.loaded.model.feature_names_in_)])
     y, rng = target_vector(test, scope.config).to_numpy(), np.random.default_rng(scope.config.split.seed)
     measured, estimated = measured_performance(y, outputs), estimated_performance(outputs)
-    metrics = [k for k in measured if k not in ("rows", "tp", "fp", "fn", "tn", "positive_rate") and measured[k] is not None]
-    draws = pd.DataFrame([measured_performance(y[i], _subset(outputs, i))
-                          for i in (rng.integers(0, len(y), len(y)) for _ in range(resamples))])[metrics].astype(float)
-    table = pd.DataFrame({"measured": pd.Series(measured)[metrics], "estimated": pd.Series(estimated)[metrics]}).astype(float)
+    counts = ("rows", "tp", "fp", "fn", "tn", "positive_rate")
+    metrics = [k for k in measured if k not in counts and measured[k] is not None]
+    rows = (rng.integers(0, len(y), len(y)) for _ in range(resamples))
+    draws = pd.DataFrame([measured_performance(y[i], _subset(outputs, i)) for i in rows])[metrics].astype(float)
+    table = pd.DataFrame({"measured": pd.Series(measured)[metrics],
+                          "estimated": pd.Series(estimated)[metrics]}).astype(float)
     table["difference"] = table["estimated"] - table["measured"]
     table["measured 95% low"], table["measured 95% high"] = draws.quantile(0.025), draws.quantile(0.975)
     table["estimate within"] = table["estimated"].between(table["measured 95% low"], table["measured 95% high"])
@@ -1329,15 +1358,18 @@ def monitoring_results(scope: MonitoringScope, decision: dict | None, alarms: pd
         return {"version": scope.loaded.version, "batch_id": decision["batch_id"], "decision": decision["decision"]}
     metric = scope.config.model.primary_metric
     check = estimates if isinstance(estimates, pd.DataFrame) else None
-    metrics = {"test_split_drift_share": decision["drift_share"], "test_split_dataset_drift": float(decision["dataset_drift"]),
-               "false_alarm_rate": float(alarms["dataset drift"].mean()), "false_alarm_column_share": float(alarms["drift share"].mean())}
+    metrics = {"test_split_drift_share": decision["drift_share"],
+               "test_split_dataset_drift": float(decision["dataset_drift"]),
+               "false_alarm_rate": float(alarms["dataset drift"].mean()),
+               "false_alarm_column_share": float(alarms["drift share"].mean())}
     if check is not None and metric in check.index:
         metrics[f"estimate_difference_{metric}"] = float(check.loc[metric, "difference"])
+    kept = ("decision", "reasons", "rows", "drift_share", "dataset_drift", "performance", "estimated_performance")
+    false_alarms = {"batch_rows": scope.config.monitoring.min_batch_rows, "resamples": len(alarms),
+                    "dataset_drift_rate": metrics["false_alarm_rate"],
+                    "mean_column_share": metrics["false_alarm_column_share"]}
     return {"version": scope.loaded.version, "model_uri": scope.loaded.uri, "task": decision["task"],
-            "test_split": {k: decision[k] for k in ("decision", "reasons", "rows", "drift_share", "dataset_drift", "performance",
-                                                    "estimated_performance")},
-            "false_alarms": {"batch_rows": scope.config.monitoring.min_batch_rows, "resamples": len(alarms),
-                             "dataset_drift_rate": metrics["false_alarm_rate"], "mean_column_share": metrics["false_alarm_column_share"]},
+            "test_split": {k: decision[k] for k in kept}, "false_alarms": false_alarms,
             "estimate_check": None if check is None else check.reset_index().to_dict("records"), "metrics": metrics}
 
 def finish_monitoring(scope: MonitoringScope, decision: dict | None, results: dict,

@@ -484,7 +484,8 @@ def run_pipeline(config: str | Path | None = None,  # YAML config; None for the 
     return _finish_run(ctx, done, status, reports)
 
 # %% ../nbs/07_pipeline.ipynb #53
-MONITORING_PARAMETERS = ("CONFIG", "RUN_DIR", "BATCH", "INFERENCE_LOG", "LABELS", "MODEL", "BATCH_ID", "SINCE", "UNTIL", "OUT")
+MONITORING_PARAMETERS = ("CONFIG", "RUN_DIR", "BATCH", "INFERENCE_LOG", "LABELS", "MODEL", "BATCH_ID", "SINCE", "UNTIL",
+                         "OUT")
 
 def _existing(path: str | Path | None, what: str) -> str | None:
     "An absolute path that exists, or `ConfigError` naming it."
@@ -528,7 +529,7 @@ def _error_classes(base: type = MlopsError) -> dict[str, type]:
     return found
 
 def stage_error(stage: str, cause: str) -> MlopsError:
-    "The error a stage's failure cause stands for: one of ours keeps its class (and exit code); anything else is `StageFailed`."
+    "The error a stage's failure cause stands for: ours keep their class (and exit code); anything else is `StageFailed`."
     name, sep, message = cause.partition(": ")
     known = _error_classes()
     if sep and name in known:
@@ -547,7 +548,7 @@ def monitor_notebook(config: str | Path | None = None,  # YAML config; None for 
                      since: str | None = None, until: str | None = None,  # the inference log's window
                      notebooks: str | Path | None = None,  # where the notebooks are
                     ) -> dict:
-    "Execute the monitoring notebook for one batch into `out/monitoring/<batch_id>/`; return its decision (raise its error)."
+    "Execute the monitoring notebook for one batch into `out/monitoring/<batch_id>/`; return its decision, or raise its error."
     from mlops_nb.monitoring import new_batch_id, safe_batch_id
     cfg = load_config(config, overrides)
     batch_id = safe_batch_id(batch_id or new_batch_id())
