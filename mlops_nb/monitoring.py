@@ -36,9 +36,9 @@ __all__ = ['NO_VERSION', 'SMALL_REFERENCE_ROWS', 'DRIFT_TESTS', 'BLOCKING_ANOMAL
            'safe_batch_id', 'new_batch_id', 'monitoring_history', 'last_retrain', 'log_monitoring_run',
            'record_decision', 'load_monitored_batch', 'assess_monitored_batch', 'decision_record', 'monitor_batch',
            'batches_over_time', 'monitor_periods', 'plot_history', 'monitored_batch', 'assess_scope', 'scope_decision',
-           'decision_summary', 'drift_table', 'plot_drift', 'anomaly_view', 'performance_table', 'drift_thresholds',
-           'decision_policy', 'backtest_slices', 'backtest', 'false_alarms', 'false_alarm_summary', 'estimate_check',
-           'monitoring_results', 'finish_monitoring']
+           'decision_summary', 'drift_table', 'plot_drift', 'anomaly_view', 'performance_table', 'serving_skew_view',
+           'drift_thresholds', 'decision_policy', 'backtest_slices', 'backtest', 'false_alarms', 'false_alarm_summary',
+           'estimate_check', 'monitoring_results', 'finish_monitoring']
 
 # %% ../nbs/05_monitoring.ipynb #6
 def apply_version_task(cfg: Config, reference: dict) -> Config:
@@ -1117,7 +1117,16 @@ def decision_summary(decision: dict | None) -> str:
             else f"Batch **{esc(decision['batch_id'])}**")
     reasons = "\n".join(f"- {esc(r)}" for r in decision["reasons"])
     rows = f"{decision['rows']:,} rows ({decision['labelled_rows']:,} labelled)"
-    return f"{what}: {rows}, version {esc(decision['model']['uri'])}.\n\n**Decision: {decision['decision']}**\n\n{reasons}"
+    return (f"{what}: {rows}, version {esc(decision['model']['uri'])}.{_source_note(decision['source'])}\n\n"
+            f"**Decision: {decision['decision']}**\n\n{reasons}")
+
+def _source_note(source: dict) -> str:
+    "Where an inference log's rows came from, in one sentence (nothing for a file or the test split)."
+    if source.get("kind") != "inference_log":
+        return ""
+    window = f" between {esc(source['since'] or 'the start')} and {esc(source['until'] or 'now')}"
+    return (f" Read from the inference log {esc(source['path'])}{window}: {source['rows_read']:,} rows, of which "
+            f"{source['failed_requests']:,} failed requests and {source['other_models']:,} rows of other versions were left out.")
 
 # %% ../nbs/05_monitoring.ipynb #78
 def drift_table(decision: dict | None,  # from `scope_decision`
@@ -1216,7 +1225,14 @@ def performance_table(decision: dict | None) -> pd.DataFrame | None:
         return table.rename_axis("metric")
     return table.assign(difference=table["estimated"] - table["measured"]).rename_axis("metric")
 
-# %% ../nbs/05_monitoring.ipynb #91
+# %% ../nbs/05_monitoring.ipynb #87
+def serving_skew_view(decision: dict | None) -> pd.DataFrame | None:
+    "An inference log's logged probabilities against the registered model's on the same inputs (nothing otherwise)."
+    if decision is None or not decision.get("serving_skew"):
+        return None
+    return pd.DataFrame([decision["serving_skew"]], index=pd.Index(["serving skew"], name="check"))
+
+# %% ../nbs/05_monitoring.ipynb #94
 def drift_thresholds(scope: MonitoringScope) -> pd.DataFrame | None:
     "Each tested column's kind, test and threshold, and when it counts as drifted; the prediction and the label too."
     if scope.loaded is None:
@@ -1250,7 +1266,7 @@ def decision_policy(cfg: Config) -> pd.DataFrame:
             ("gates.min_primary_metric", str(cfg.gates.min_primary_metric), gate)]
     return pd.DataFrame(rows, columns=["setting", "value", "rule"]).set_index("setting")
 
-# %% ../nbs/05_monitoring.ipynb #96
+# %% ../nbs/05_monitoring.ipynb #99
 BASELINE_ONLY = "Part of a training run's monitoring baseline; not computed for a batch."
 
 def backtest_slices(test: pd.DataFrame,  # the test split
@@ -1268,7 +1284,7 @@ def backtest_slices(test: pd.DataFrame,  # the test split
     name = lambda g: str(g[0]) if len(g) == 1 else f"{g[0]} to {g[-1]}"
     return {name(g): test[test[t].isin(g)].reset_index(drop=True) for g in groups}
 
-# %% ../nbs/05_monitoring.ipynb #98
+# %% ../nbs/05_monitoring.ipynb #101
 def backtest(scope: MonitoringScope, test: pd.DataFrame | None):
     "Each held-out slice of the test split monitored as a labelled batch: drift, primary metric, the decision."
     from IPython.display import Markdown
@@ -1287,7 +1303,7 @@ def backtest(scope: MonitoringScope, test: pd.DataFrame | None):
                      "first reason": reasons[0]})
     return pd.DataFrame(rows).set_index("slice")
 
-# %% ../nbs/05_monitoring.ipynb #101
+# %% ../nbs/05_monitoring.ipynb #104
 def false_alarms(scope: MonitoringScope, test: pd.DataFrame | None,
                  resamples: int = 50,  # seeded resamples of the test split
                 ) -> pd.DataFrame | None:
@@ -1319,7 +1335,7 @@ def false_alarm_summary(scope: MonitoringScope, alarms: pd.DataFrame | None):
     flags = alarms.drop(columns=["drift share", "dataset drift"]).mean()
     return flags.rename("flagged in resamples").to_frame().rename_axis("column")
 
-# %% ../nbs/05_monitoring.ipynb #104
+# %% ../nbs/05_monitoring.ipynb #107
 def estimate_check(scope: MonitoringScope, test: pd.DataFrame | None,
                    resamples: int = 100,  # bootstrap resamples of the measured metrics
                   ):
@@ -1347,7 +1363,7 @@ def estimate_check(scope: MonitoringScope, test: pd.DataFrame | None,
     table["estimate within"] = table["estimated"].between(table["measured 95% low"], table["measured 95% high"])
     return table.rename_axis("metric")
 
-# %% ../nbs/05_monitoring.ipynb #107
+# %% ../nbs/05_monitoring.ipynb #110
 def monitoring_results(scope: MonitoringScope, decision: dict | None, alarms: pd.DataFrame | None,
                        estimates,  # from `estimate_check`
                       ) -> dict:
