@@ -507,12 +507,12 @@ def monitoring_parameters(config: Path,  # the resolved config the notebook read
                          ) -> dict:
     "The monitoring notebook's parameters for one batch, each checked (papermill would accept anything)."
     from mlops_nb.monitoring import safe_batch_id, utc_time
-    from mlops_nb.registry import parse_model_spec
     if data is None and inference_log is None:
         raise ConfigError("monitor: give a batch file (DATA) or --inference-log")
     if inference_log is not None and data is not None and not labels:
         raise ConfigError("monitor: with --inference-log, DATA is its labels: add --labels or leave DATA out")
     if model is not None:
+        from mlops_nb.registry import parse_model_spec  # here: the registry's imports cost seconds
         parse_model_spec(model)
     utc_time(since, "--since")
     utc_time(until, "--until")
