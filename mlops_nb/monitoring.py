@@ -1337,7 +1337,8 @@ def false_alarm_summary(scope: MonitoringScope, alarms: pd.DataFrame | None):
 
 # %% ../nbs/05_monitoring.ipynb #107
 def estimate_check(scope: MonitoringScope, test: pd.DataFrame | None,
-                   resamples: int = 100,  # bootstrap resamples of the measured metrics
+                   resamples: int = 100,  # bootstrap resamples of the measured metrics (fewer on a large split)
+                   row_budget: int = 2_000_000,  # at most this many resampled rows in all (at least 20 resamples)
                   ):
     "Measured and estimated metrics on the test split, their difference, and the measured values' 95% bootstrap interval."
     from IPython.display import Markdown
@@ -1354,7 +1355,7 @@ def estimate_check(scope: MonitoringScope, test: pd.DataFrame | None,
     measured, estimated = measured_performance(y, outputs), estimated_performance(outputs)
     counts = ("rows", "tp", "fp", "fn", "tn", "positive_rate")
     metrics = [k for k in measured if k not in counts and measured[k] is not None]
-    rows = (rng.integers(0, len(y), len(y)) for _ in range(resamples))
+    rows = (rng.integers(0, len(y), len(y)) for _ in range(max(20, min(resamples, row_budget // len(y)))))
     draws = pd.DataFrame([measured_performance(y[i], _subset(outputs, i)) for i in rows])[metrics].astype(float)
     table = pd.DataFrame({"measured": pd.Series(measured)[metrics],
                           "estimated": pd.Series(estimated)[metrics]}).astype(float)
