@@ -13,8 +13,8 @@ import typer
 from .core import MlopsError
 
 # %% auto #0
-__all__ = ['app', 'DECISION_EXIT_CODES', 'guarded', 'run', 'validate', 'monitor', 'reproduce', 'report', 'promote', 'serve',
-           'score', 'main']
+__all__ = ['app', 'DECISION_EXIT_CODES', 'guarded', 'run', 'validate', 'monitor', 'reproduce', 'compare', 'report', 'promote',
+           'serve', 'score', 'main']
 
 # %% ../nbs/08_cli.ipynb #6
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -144,6 +144,20 @@ def reproduce(run_id: str = typer.Argument(..., help="The run to reproduce (a fo
         if not table["identical"].all():
             raise MlopsError(f"metrics differ from run {run_id}: " + ", ".join(table.index[~table["identical"]]))
         typer.echo(f"reproduced {run_id} as {table.attrs['reproduced']}: every metric identical")
+    guarded(body)
+
+@app.command()
+def compare(run_a: str = typer.Argument(..., help="A run id (a folder name under the reports folder)."),
+            run_b: str = typer.Argument(..., help="The run to compare it with."),
+            out: Path = typer.Option(Path("reports"), "--out", help="Reports folder.")):
+    "Put two runs side by side: the settings that differ, metrics, fairness and gates; writes an HTML page."
+    from mlops_nb.pipeline import compare_runs
+    def body():
+        found = compare_runs(run_a, run_b, out)
+        differ = found["settings that differ"]
+        typer.echo(f"{len(differ)} setting(s) differ" + (": " + ", ".join(differ.index) if len(differ) else ""))
+        typer.echo(found["metrics"].to_string())
+        typer.echo(f"comparison: {found['html'].resolve()}")
     guarded(body)
 
 @app.command()

@@ -26,8 +26,8 @@ __all__ = ['Task', 'CLASSIFICATION_METRICS', 'REGRESSION_METRICS', 'Metric', 'BU
            'apply_task', 'primary_metric_bar', 'apply_overrides', 'load_config', 'resolve_path', 'tracking_uri',
            'config_hash', 'resolved_config', 'fingerprint_data', 'git_commit', 'package_version', 'new_run_id',
            'RunContext', 'write_json', 'read_json', 'run_context', 'scratch_context', 'mlflow_client', 'experiment_id',
-           'lineage_tags', 'start_parent_run', 'stage_run_id', 'log_batch', 'retry', 'utc_now', 'finish_stage', 'esc',
-           'code', 'Html', 'html_table', 'md']
+           'lineage_tags', 'start_parent_run', 'stage_run_id', 'metric_key', 'flatten', 'flat_metrics', 'log_batch',
+           'retry', 'utc_now', 'finish_stage', 'esc', 'code', 'Html', 'html_table', 'md']
 
 # %% ../nbs/00_core.ipynb #6
 class MlopsError(Exception):
@@ -546,27 +546,40 @@ def stage_run_id(ctx: RunContext, stage: str) -> str:
 # %% ../nbs/00_core.ipynb #51
 _METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-. ]")  # no "/" either: MLflow refuses names that resolve like paths
 
-def _flat_metrics(d: dict, prefix: str = "") -> dict:
-    "Nested numbers as flat `a.b.c` metric names, characters MLflow refuses replaced by `_`."
+def metric_key(name) -> str:
+    "A valid MLflow metric name: characters other than letters, digits and '_-. ' become '_' (an intersection's ' × ': '_x_')."
+    return _METRIC_NAME.sub("_", str(name).replace(" × ", "_x_"))
+
+def flatten(mapping: dict, prefix: str = "") -> dict:
+    "Nested mappings as one level, keys joined with dots: `{'a': {'b': 1}}` -> `{'a.b': 1}`."
     out = {}
-    for k, v in d.items():
-        key = _METRIC_NAME.sub("_", f"{prefix}{k}")
-        if isinstance(v, dict): out.update(_flat_metrics(v, key + "."))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool) and pd.notna(v): out[key] = float(v)
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
     return out
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)) and pd.notna(value)
+
+def flat_metrics(d: dict, prefix: str = "") -> dict:
+    "Nested numbers as flat `a.b.c` metric names, characters MLflow refuses replaced by `_`."
+    return {metric_key(k): float(v) for k, v in flatten(d, prefix).items() if _is_number(v)}
 
 def log_batch(ctx: RunContext, run_id: str, metrics: dict = None, params: dict = None, tags: dict = None):
     "Log metrics, params and tags to a run in one call, retrying while the store is locked."
     from mlflow.entities import Metric, Param, RunTag
     now = int(time.time() * 1000)
-    m = [Metric(k, v, now, 0) for k, v in _flat_metrics(metrics or {}).items()]
+    m = [Metric(k, v, now, 0) for k, v in flat_metrics(metrics or {}).items()]
     p = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
     t = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
     client = mlflow_client(ctx.tracking_uri)
     for i in range(0, max(len(m), len(p), len(t), 1), 100):
         retry(lambda: client.log_batch(run_id, metrics=m[i:i+100], params=p[i:i+100], tags=t[i:i+100]))
 
-# %% ../nbs/00_core.ipynb #52
+# %% ../nbs/00_core.ipynb #53
 STORE_BUSY = ("locked", "busy")  # what a locked or busy tracking store says in its errors
 
 def retry(fn,  # a call without arguments, e.g. `lambda: client.log_batch(...)`
@@ -588,7 +601,7 @@ def utc_now() -> str:
     "The time now in UTC, ISO 8601 to the second (as promotions and the scoring service record it)."
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
-# %% ../nbs/00_core.ipynb #40
+# %% ../nbs/00_core.ipynb #55
 def finish_stage(ctx: RunContext, stage: str,  # stage name, e.g. 'eda'
                  results: dict,  # JSON-able results; numbers under 'metrics' are logged as metrics
                 ) -> Path:
@@ -600,7 +613,7 @@ def finish_stage(ctx: RunContext, stage: str,  # stage name, e.g. 'eda'
     mlflow_client(ctx.tracking_uri).log_artifact(run_id, str(path))
     return path
 
-# %% ../nbs/00_core.ipynb #54
+# %% ../nbs/00_core.ipynb #57
 _ESCAPES = str.maketrans({**{c: f"&#{ord(c)};" for c in "\\`*_[]|#~$"},
                           "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"})
 

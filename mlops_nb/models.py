@@ -21,7 +21,7 @@ from .eda import HIGH_CARDINALITY, RARE_CATEGORY_ROWS, is_positive
 __all__ = ['FOREST_MAX_ROWS', 'BUILTIN_MODELS', 'SCALED_MODULES', 'METRIC_SCORERS', 'feature_types', 'model_columns',
            'feature_table', 'make_preprocessor', 'builtin_model', 'import_estimator', 'own_model', 'candidate_name',
            'make_model', 'needs_scaling', 'estimator_pipeline', 'build_pipeline', 'higher_is_better', 'target_vector',
-           'cv_splitter', 'fitting_threads', 'cv_sample', 'cross_validate_model', 'search_candidate']
+           'cv_splitter', 'fitting_threads', 'cv_sample', 'cross_validated', 'cross_validate_model', 'search_candidate']
 
 # %% ../nbs/01a_models.ipynb #5
 def feature_types(schema: dict,  # from `load_schema`
@@ -226,17 +226,32 @@ def cv_sample(train: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     return train if limit is None or len(train) <= limit else train.sample(n=limit, random_state=cfg.split.seed)
 
 # %% ../nbs/01a_models.ipynb #32
-def cross_validate_model(pipeline: Pipeline, X: pd.DataFrame, y: pd.Series, cfg: Config) -> dict:
-    "Mean and standard deviation over the folds of each metric of the task (losses and errors as positive numbers)."
+def cross_validated(pipeline: Pipeline, X: pd.DataFrame, y: pd.Series, cfg: Config) -> tuple[dict, np.ndarray]:
+    "The task's metrics over the folds (mean and standard deviation) and each row's out-of-fold output."
     from sklearn.model_selection import cross_validate
     scorers = METRIC_SCORERS[cfg.data.task]
     with fitting_threads(len(X)):
-        scores = cross_validate(pipeline, X, y, cv=cv_splitter(y, cfg), scoring=scorers, error_score="raise")
+        scores = cross_validate(pipeline, X, y, cv=cv_splitter(y, cfg), scoring=scorers, error_score="raise",
+                                return_estimator=True, return_indices=True)
     out = {}
     for metric in scorers:
         values = scores[f"test_{metric}"] * (1 if higher_is_better(metric) else -1)
         out[metric], out[f"{metric}_std"] = float(values.mean()), float(values.std(ddof=1))
-    return out
+    return out, _out_of_fold(scores, X, cfg.data.task)
+
+def _out_of_fold(scores: dict, X: pd.DataFrame, task: str) -> np.ndarray:
+    "Each row's output from the fold model that did not see it: probabilities (classes) or values."
+    outputs = None
+    for estimator, rows in zip(scores["estimator"], scores["indices"]["test"]):
+        predicted = estimator.predict(X.iloc[rows]) if task == "regression" else estimator.predict_proba(X.iloc[rows])
+        if outputs is None:
+            outputs = np.zeros((len(X),) + predicted.shape[1:])
+        outputs[rows] = predicted
+    return outputs
+
+def cross_validate_model(pipeline: Pipeline, X: pd.DataFrame, y: pd.Series, cfg: Config) -> dict:
+    "Mean and standard deviation over the folds of each metric of the task (losses and errors as positive numbers)."
+    return cross_validated(pipeline, X, y, cfg)[0]
 
 # %% ../nbs/01a_models.ipynb #37
 def search_candidate(pipeline: Pipeline, candidate: CandidateConfig, X: pd.DataFrame, y: pd.Series,

@@ -12,7 +12,7 @@ import pandas as pd
 from jupyter_core.utils import run_sync
 import yaml
 
-from .core import (ConfigError, DataValidationError, Html, MlopsError, RunContext, _flat_metrics, esc, html_table, load_config, log_batch,
+from .core import (ConfigError, DataValidationError, Html, MlopsError, RunContext, esc, flat_metrics, flatten, html_table, load_config, log_batch,
                            mlflow_client, new_run_id, read_json, resolved_config, run_context, stage_run_id, tracking_uri,
                            write_json)
 
@@ -22,7 +22,7 @@ __all__ = ['STAGES', 'STAGE_PARAMETERS', 'MONITORING_PARAMETERS', 'StageFailed',
            'execute_stage', 'render_html', 'build_summary', 'run_index_html', 'load_summaries', 'dashboard_html',
            'write_dashboard', 'gates_junit', 'prepare_run', 'resume_run', 'stage_time_limit', 'retire_run_versions',
            'failed_stage', 'record_data_settings', 'run_pipeline', 'monitoring_parameters', 'stage_error',
-           'monitor_notebook', 'reproduce_run']
+           'monitor_notebook', 'reproduce_run', 'compare_runs']
 
 # %% ../nbs/07_pipeline.ipynb #6
 STAGES = {"eda": "01_eda.ipynb", "rai": "02_rai.ipynb", "baseline": "03_baseline.ipynb",
@@ -307,7 +307,15 @@ def _monitoring_section(reports: Path) -> str:
 
 def dashboard_html(reports: Path) -> str:
     "The history dashboard: every run (status, test metrics, model version, gates) and every monitored batch."
-    return _page("mlops_nb runs", f"<h1>Runs</h1>{html_table(_runs_table(reports))}<h2>Monitoring</h2>{_monitoring_section(reports)}")
+    return _page("mlops_nb runs", f"<h1>Runs</h1>{html_table(_runs_table(reports))}<h2>Comparisons</h2>{_comparisons_section(reports)}"
+                                  f"<h2>Monitoring</h2>{_monitoring_section(reports)}")
+
+def _comparisons_section(reports: Path) -> str:
+    "Links to the comparison pages `mlops-nb compare` wrote, newest first."
+    pages = sorted(Path(reports).glob("compare/*.html"), key=lambda p: p.stat().st_mtime, reverse=True)
+    if not pages:
+        return "<p>No comparisons yet (<code>mlops-nb compare RUN_A RUN_B</code>).</p>"
+    return "<ul>" + "".join(f'<li><a href="compare/{esc(p.name)}">{esc(p.stem.replace("_vs_", " vs "))}</a></li>' for p in pages) + "</ul>"
 
 def write_dashboard(reports: Path) -> Path:
     "Rebuild `reports/index.html`."
@@ -578,7 +586,7 @@ def _comparable_metrics(run_dir: Path, summary: dict) -> dict:
     for stage in summary.get("stages", {}):
         p = run_dir / f"{stage}.json"
         if p.exists():
-            out.update(_flat_metrics(read_json(p).get("metrics", {}), f"{stage}."))
+            out.update(flat_metrics(read_json(p).get("metrics", {}), f"{stage}."))
     return out
 
 # %% ../nbs/07_pipeline.ipynb #60
@@ -600,3 +608,43 @@ def reproduce_run(run_id: str, reports: str | Path = "reports", progress=print) 
     table["identical"] = (table["original"] - table["reproduced"]).abs().fillna(float("inf")) < 1e-9
     table.attrs.update(original=run_id, reproduced=new["run_id"], status=new["status"])
     return table
+
+# %% ../nbs/07_pipeline.ipynb #62
+def _run_parts(reports: Path, run_id: str) -> tuple[dict, dict]:
+    "A run's summary and its resolved config, flattened; `ConfigError` when there is no such run."
+    run_dir = Path(reports) / run_id
+    if not (run_dir / "summary.json").exists():
+        raise ConfigError(f"compare: no run {run_id!r} in {Path(reports).resolve()}")
+    return read_json(run_dir / "summary.json"), flatten(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
+
+def _side_by_side(a: dict, b: dict, names: tuple[str, str], only_differences: bool = False) -> pd.DataFrame:
+    "Two flat mappings as a table with one column per run (and the difference for numbers)."
+    table = pd.DataFrame({names[0]: pd.Series(a, dtype=object), names[1]: pd.Series(b, dtype=object)})
+    if only_differences:
+        table = table[table[names[0]].map(repr) != table[names[1]].map(repr)]  # repr: None equals None
+    numbers = table.map(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)).all(axis=1)
+    table["difference"] = [b - a if ok else None for a, b, ok in zip(table[names[0]], table[names[1]], numbers)]
+    return table.rename_axis("item")
+
+def _gates_by_name(summary: dict) -> dict:
+    gates = summary.get("gates", []) + summary.get("gates_not_evaluated", [])
+    status = {True: "pass", False: "FAIL", None: "not evaluated"}
+    return {g["name"]: f"{status[g.get('passed')]} ({g.get('value')} vs {g.get('threshold')})" for g in gates}
+
+# %% ../nbs/07_pipeline.ipynb #63
+def compare_runs(a: str, b: str,  # two run ids (folders of the reports folder)
+                 reports: str | Path = "reports") -> dict:
+    "The two runs' config differences, metrics, fairness and gates side by side; writes the comparison page."
+    (sa, ca), (sb, cb) = _run_parts(reports, a), _run_parts(reports, b)
+    names = (a, b)
+    tables = {"settings that differ": _side_by_side(ca, cb, names, only_differences=True),
+              "metrics": _side_by_side(sa.get("metrics", {}), sb.get("metrics", {}), names),
+              "fairness": _side_by_side(flatten(sa.get("fairness", {})), flatten(sb.get("fairness", {})), names),
+              "gates": _side_by_side(_gates_by_name(sa), _gates_by_name(sb), names).drop(columns="difference")}
+    body = f'<p><a href="../index.html">&larr; all runs</a></p><h1>{esc(a)} vs {esc(b)}</h1>'
+    body += "".join(f"<h2>{esc(title.capitalize())}</h2>{html_table(table)}" for title, table in tables.items())
+    path = Path(reports) / "compare" / f"{a}_vs_{b}.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(_page(f"{a} vs {b}", body), encoding="utf-8")
+    write_dashboard(reports)
+    return {"html": path, **tables}

@@ -14,7 +14,7 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import chi2_contingency, kstwo
 
 from .core import Config, ConfigError, DataValidationError, MlopsError, finish_stage, md, mlflow_client, run_context, tracking_uri
-from .evaluation import CHAMPION, _environment, decisions, load_model_version, pip_requirements, positive_scores
+from .evaluation import CHAMPION, decisions, load_model_version, pip_requirements, positive_scores, temporary_environment
 from .monitoring import (DRIFT_TESTS, _column_reference, _override, dataset_drift, default_test, ks_drift, level_weights,
                                  quantile_levels)
 from .registry import parse_model_spec, resolve_model
@@ -76,7 +76,7 @@ def _scoring_pyfunc(loaded, folder: Path) -> Path:
 def _scoring_udf(spark, loaded, folder: Path):
     "A `spark_udf` of the wrapper of a verified model version: a struct of `probability` and `prediction` per row."
     import mlflow.pyfunc
-    with _environment(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
+    with temporary_environment(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
         return mlflow.pyfunc.spark_udf(spark, str(_scoring_pyfunc(loaded, folder)), result_type="probability double, prediction long",
                                        env_manager="local", extra_env={"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"})
 

@@ -137,11 +137,12 @@ def test_reference_statistics_stored_with_the_version_match_the_training_split(r
     scores = positive_scores(loaded.model, train[model_columns(schema)])
     expected = json.loads(json.dumps(_jsonable(reference_statistics(train, schema, scores=scores, seed=a["cfg"].split.seed))))
     stored = loaded.reference_stats()
+    assert stored.pop("threshold") == 0.5  # the decision threshold the version was registered with (model.threshold)
     assert stored == expected
     assert stored["rows"] == len(train) and stored["prediction"]["count"] == len(train)
     assert loaded.tags["mlops_nb.reference_stats"] == REFERENCE_STATS_PATH
     run_copy = client.download_artifacts(a["results"]["model"]["run_id"], REFERENCE_STATS, str(a["run_dir"]))
-    assert read_json(run_copy) == expected
+    assert read_json(run_copy) == {**expected, "threshold": 0.5}
 
 
 def test_a_tampered_model_file_is_refused_with_the_model_uri(registry):

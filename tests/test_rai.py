@@ -261,7 +261,7 @@ def test_notebook_runs_with_the_injected_config(tmp_path):
     assert stated["rai.intended_use"]["text"] == "<b>triage</b> of cases | by staff" and not stated["rai.stakeholders"]["stated"]
     assert r["metrics"]["assessment_items_stated"] == 2
     metrics = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db").get_run(r["mlflow_run_id"]).data.metrics
-    assert metrics["rows"] == 640 and metrics["small_groups"] == len(r["small_groups"]) and "base_rate_gap.colour_x_sex" in metrics
+    assert metrics["rows"] == 640 and metrics["small_groups"] == len(r["small_groups"]) and "outcome_gap.colour_x_sex" in metrics
     outputs = [o for c in nbformat.read(out, as_version=4).cells for o in c.get("outputs", [])]
     markdown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
     assert "&lt;b&gt;triage&lt;/b&gt;" in markdown and "<b>triage" not in markdown  # config text is escaped
