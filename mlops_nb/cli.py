@@ -83,6 +83,14 @@ def validate(data: Path = typer.Argument(..., help="CSV or Parquet file to check
 # %% ../nbs/08_cli.ipynb #11
 DECISION_EXIT_CODES = {"ok": 0, "investigate": 5, "retrain": 6}
 
+def _batch_report(out: Path, batch_id: str | None) -> None:
+    "Say where a batch's report is, when there is one."
+    if batch_id is None:
+        return
+    html = Path(out).resolve() / "monitoring" / batch_id / "monitoring.html"
+    if html.is_file():
+        typer.echo(f"report: {html}")
+
 @app.command()
 def monitor(data: Optional[Path] = typer.Argument(None, help="Batch file (CSV/Parquet); with --inference-log: its labels."),
             config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: built-in)."),
@@ -98,21 +106,27 @@ def monitor(data: Optional[Path] = typer.Argument(None, help="Batch file (CSV/Pa
             engine: str = typer.Option("pandas", "--engine", help="pandas, or spark (a large Parquet batch; drift only, no performance)."),
             master: str = typer.Option("local[2]", "--master", help="Spark master for --engine spark.")):
     "Drift, anomalies, performance and the retraining decision for a batch; exit 0 ok, 5 investigate, 6 retrain."
-    from mlops_nb.core import ConfigError, load_config
-    from mlops_nb.monitoring import monitor_batch
-    from mlops_nb.pipeline import write_dashboard
+    from mlops_nb.core import ConfigError, MlopsError, load_config
+    from mlops_nb.monitoring import new_batch_id, safe_batch_id
+    from mlops_nb.pipeline import monitor_notebook, write_dashboard
     def body():
         cfg = load_config(config, set_)
         if engine not in ("pandas", "spark"): raise ConfigError(f"--engine: 'pandas' or 'spark', got {engine!r}")
+        name = safe_batch_id(batch_id or new_batch_id())
         if engine == "spark":
             if inference_log or labels: raise ConfigError("--engine spark monitors a Parquet batch: no --inference-log or --labels")
             from mlops_nb.spark import monitor_batch_spark
-            d = monitor_batch_spark(cfg, data, model, out, batch_id, master=master)
-        else: d = monitor_batch(cfg, data, inference_log, labels, model, out, batch_id, since=since, until=until)
+            d = monitor_batch_spark(cfg, data, model, out, name, master=master)
+        else:
+            try:
+                d = monitor_notebook(config, set_, data, inference_log, labels, model, out, name, since, until)
+            except MlopsError:
+                _batch_report(out, name)
+                raise
         write_dashboard(out)
         folder = Path(out).resolve() / "monitoring" / d["batch_id"]
         typer.echo(f"decision: {d['decision']} ({'; '.join(d['reasons'][:3]) or 'no reasons'})", err=True)
-        typer.echo(f"report: {folder / 'monitoring.html'}")
+        _batch_report(out, d["batch_id"])
         typer.echo(f"decision.json: {folder / 'decision.json'}")
         return 0 if exit_zero else DECISION_EXIT_CODES[d["decision"]]
     code = guarded(body)

@@ -13,14 +13,16 @@ from jupyter_core.utils import run_sync
 import yaml
 
 from .core import (ConfigError, DataValidationError, Html, MlopsError, RunContext, esc, flat_metrics, flatten, html_table, load_config, log_batch,
-                           mlflow_client, new_run_id, read_json, resolved_config, run_context, stage_run_id, write_json)
+                           mlflow_client, new_run_id, read_json, resolved_config, run_context, stage_run_id, tracking_uri,
+                           write_json)
 
 # %% auto #0
-__all__ = ['STAGES', 'STAGE_PARAMETERS', 'StageFailed', 'notebooks_dir', 'select_stages', 'check_notebook_parameters',
-           'add_failure_banner', 'cell_directives', 'is_check_cell', 'without_checks', 'execute_stage', 'render_html',
-           'build_summary', 'run_index_html', 'load_summaries', 'dashboard_html', 'write_dashboard', 'gates_junit',
-           'prepare_run', 'resume_run', 'stage_time_limit', 'retire_run_versions', 'failed_stage',
-           'record_data_settings', 'run_pipeline', 'reproduce_run', 'compare_runs']
+__all__ = ['STAGES', 'STAGE_PARAMETERS', 'MONITORING_PARAMETERS', 'StageFailed', 'notebooks_dir', 'select_stages',
+           'check_notebook_parameters', 'add_failure_banner', 'cell_directives', 'is_check_cell', 'without_checks',
+           'execute_stage', 'render_html', 'build_summary', 'run_index_html', 'load_summaries', 'dashboard_html',
+           'write_dashboard', 'gates_junit', 'prepare_run', 'resume_run', 'stage_time_limit', 'retire_run_versions',
+           'failed_stage', 'record_data_settings', 'run_pipeline', 'monitoring_parameters', 'stage_error',
+           'monitor_notebook', 'reproduce_run', 'compare_runs']
 
 # %% ../nbs/07_pipeline.ipynb #6
 STAGES = {"eda": "01_eda.ipynb", "rai": "02_rai.ipynb", "baseline": "03_baseline.ipynb",
@@ -490,6 +492,94 @@ def run_pipeline(config: str | Path | None = None,  # YAML config; None for the 
     return _finish_run(ctx, done, status, reports)
 
 # %% ../nbs/07_pipeline.ipynb #53
+MONITORING_PARAMETERS = ("CONFIG", "RUN_DIR", "BATCH", "INFERENCE_LOG", "LABELS", "MODEL", "BATCH_ID", "SINCE", "UNTIL",
+                         "OUT")
+
+def _existing(path: str | Path | None, what: str) -> str | None:
+    "An absolute path that exists, or `ConfigError` naming it."
+    if path is None:
+        return None
+    p = Path(path).resolve()
+    if not p.exists():
+        raise ConfigError(f"{what} not found: {path}")
+    return str(p)
+
+def monitoring_parameters(config: Path,  # the resolved config the notebook reads
+                          out: Path,  # the reports folder
+                          batch_id: str,
+                          data: str | Path | None = None,  # the batch (with an inference log: its labels)
+                          inference_log: str | Path | None = None,
+                          labels: bool = False,
+                          model: str | None = None,  # NAME@ALIAS or NAME/VERSION
+                          since: str | None = None, until: str | None = None,
+                         ) -> dict:
+    "The monitoring notebook's parameters for one batch, each checked (papermill would accept anything)."
+    from mlops_nb.monitoring import safe_batch_id, utc_time
+    if data is None and inference_log is None:
+        raise ConfigError("monitor: give a batch file (DATA) or --inference-log")
+    if inference_log is not None and data is not None and not labels:
+        raise ConfigError("monitor: with --inference-log, DATA is its labels: add --labels or leave DATA out")
+    if model is not None:
+        from mlops_nb.registry import parse_model_spec  # here: the registry's imports cost seconds
+        parse_model_spec(model)
+    utc_time(since, "--since")
+    utc_time(until, "--until")
+    return {"CONFIG": str(config), "RUN_DIR": None, "BATCH": _existing(data, "batch file"),
+            "INFERENCE_LOG": _existing(inference_log, "inference log"), "LABELS": bool(labels), "MODEL": model,
+            "BATCH_ID": safe_batch_id(batch_id), "SINCE": since, "UNTIL": until, "OUT": str(Path(out).resolve())}
+
+# %% ../nbs/07_pipeline.ipynb #55
+def _error_classes(base: type = MlopsError) -> dict[str, type]:
+    "Our error classes by name (every subclass of `MlopsError` imported so far)."
+    found = {base.__name__: base}
+    for sub in base.__subclasses__():
+        found |= _error_classes(sub)
+    return found
+
+def stage_error(stage: str, cause: str) -> MlopsError:
+    "The error a stage's failure cause stands for: ours keep their class (and exit code); anything else is `StageFailed`."
+    name, sep, message = cause.partition(": ")
+    known = _error_classes()
+    if sep and name in known:
+        return known[name](message)
+    return StageFailed(f"stage {stage} failed: {cause}")
+
+# %% ../nbs/07_pipeline.ipynb #57
+def monitor_notebook(config: str | Path | None = None,  # YAML config; None for the built-in defaults
+                     overrides: list[str] | tuple = (),  # `key.path=value` items
+                     data: str | Path | None = None,  # the batch file (with an inference log: its labels)
+                     inference_log: str | Path | None = None,  # a .jsonl file or folder from the scoring service
+                     labels: bool = False,  # the batch carries the target
+                     model: str | None = None,  # NAME@ALIAS or NAME/VERSION; default the champion, else the challenger
+                     out: str | Path = "reports",  # the reports folder
+                     batch_id: str | None = None,  # default: UTC time plus a random suffix
+                     since: str | None = None, until: str | None = None,  # the inference log's window
+                     notebooks: str | Path | None = None,  # where the notebooks are
+                    ) -> dict:
+    "Execute the monitoring notebook for one batch into `out/monitoring/<batch_id>/`; return its decision, or raise its error."
+    from mlops_nb.monitoring import new_batch_id, safe_batch_id
+    cfg = load_config(config, overrides)
+    batch_id = safe_batch_id(batch_id or new_batch_id())
+    folder = Path(out).resolve() / "monitoring" / batch_id
+    config_path = folder / "config.yaml"
+    params = monitoring_parameters(config_path, Path(out), batch_id, data, inference_log, labels, model, since, until)
+    _writable_dir(folder)
+    config_path.write_text(yaml.safe_dump(resolved_config(cfg), sort_keys=False))
+    (folder / "decision.json").unlink(missing_ok=True)  # a batch id used again: no stale decision
+    out_nb = folder / "monitoring.ipynb"
+    notebook = (Path(notebooks) if notebooks else notebooks_dir()) / STAGES["monitoring"]
+    limit = cfg.pipeline.stage_timeouts.get("monitoring", cfg.pipeline.stage_timeout)
+    error = execute_stage("monitoring", notebook, out_nb, params, limit)
+    html = render_html(out_nb, folder / "monitoring.html", title=f"{cfg.name}: monitoring {batch_id}")
+    if error:
+        raise stage_error("monitoring", error)
+    decision = read_json(folder / "decision.json")
+    client = mlflow_client(tracking_uri(cfg))
+    for path in (html, out_nb):
+        client.log_artifact(decision["mlflow_run_id"], str(path))
+    return decision
+
+# %% ../nbs/07_pipeline.ipynb #59
 def _comparable_metrics(run_dir: Path, summary: dict) -> dict:
     "The summary metrics and every stage's metrics, nested ones flattened (`stage.model.metric`)."
     out = dict(summary.get("metrics", {}))
@@ -499,7 +589,7 @@ def _comparable_metrics(run_dir: Path, summary: dict) -> dict:
             out.update(flat_metrics(read_json(p).get("metrics", {}), f"{stage}."))
     return out
 
-# %% ../nbs/07_pipeline.ipynb #54
+# %% ../nbs/07_pipeline.ipynb #60
 def reproduce_run(run_id: str, reports: str | Path = "reports", progress=print) -> pd.DataFrame:
     "Re-run a past run from its stored config; the metrics side by side (refuses if the data changed)."
     from mlops_nb.eda import load_dataset
@@ -519,7 +609,7 @@ def reproduce_run(run_id: str, reports: str | Path = "reports", progress=print) 
     table.attrs.update(original=run_id, reproduced=new["run_id"], status=new["status"])
     return table
 
-# %% ../nbs/07_pipeline.ipynb #56
+# %% ../nbs/07_pipeline.ipynb #62
 def _run_parts(reports: Path, run_id: str) -> tuple[dict, dict]:
     "A run's summary and its resolved config, flattened; `ConfigError` when there is no such run."
     run_dir = Path(reports) / run_id
@@ -541,7 +631,7 @@ def _gates_by_name(summary: dict) -> dict:
     status = {True: "pass", False: "FAIL", None: "not evaluated"}
     return {g["name"]: f"{status[g.get('passed')]} ({g.get('value')} vs {g.get('threshold')})" for g in gates}
 
-# %% ../nbs/07_pipeline.ipynb #57
+# %% ../nbs/07_pipeline.ipynb #63
 def compare_runs(a: str, b: str,  # two run ids (folders of the reports folder)
                  reports: str | Path = "reports") -> dict:
     "The two runs' config differences, metrics, fairness and gates side by side; writes the comparison page."

@@ -1,6 +1,9 @@
 """Monitoring: drift scores equal scipy's, dataset drift, decisions (minimum size, cooldown), estimated vs measured
-performance, bad batches, the inference log and its labels. Real MLflow store in tmp_path, seeded synthetic data."""
+performance, bad batches, the inference log and its labels; a batch's report is the executed monitoring notebook
+(`mlops-nb monitor`), and in a training run the notebook is the baseline of the run's version; binary, multiclass and
+regression versions monitored. Real MLflow store in tmp_path, seeded synthetic data and data that packages ship."""
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import chi2_contingency, ks_2samp, wasserstein_distance
 
-from conftest import read_json, write_config
+from conftest import read_json, run_cli, write_config
 from mlops_nb.models import build_pipeline, model_columns, target_vector
 from mlops_nb.core import ConfigError, DataValidationError, MlopsError, apply_task, load_config, run_context
 from mlops_nb.eda import QUANTILE_LEVELS, load_data, reference_statistics
@@ -74,7 +77,7 @@ def test_two_shifted_columns_drift_and_scores_equal_scipy(project, tmp_path):
     run = project.client.get_run(d["mlflow_run_id"])
     assert run.data.tags["mlops_nb.kind"] == "monitoring" and run.data.metrics["drift_share"] == 0.4
     assert run.data.tags["mlops_nb.decision"] == d["decision"]
-    assert (tmp_path / "monitoring" / "shifted" / "monitoring.html").is_file()
+    assert [p.name for p in (tmp_path / "monitoring" / "shifted").iterdir()] == ["decision.json"]  # the report is the notebook's
 
 
 def test_large_reference_uses_distances_that_match_scipy_on_raw_data():
@@ -151,15 +154,6 @@ def test_bad_batch_files_and_arguments(project, tmp_path):
     with pytest.raises(ConfigError, match="unknown column"): monitor_batch(project.cfg, project.ref, methods={"x9": "psi"}, out=tmp_path)
     with pytest.raises(ConfigError, match="batch_id"): monitor_batch(project.cfg, project.ref, batch_id="../x", out=tmp_path)
     with pytest.raises(MlopsError, match="nope"): monitor_batch(project.cfg, project.ref, model="nope@champion", out=tmp_path)
-
-
-def test_html_report_escapes_data_values(project, tmp_path):
-    batch = project.ref.head(250).assign(c1=["<script>alert(1)</script>"] + ["a"] * 249)
-    d = monitor_batch(project.cfg, batch, out=tmp_path, batch_id="xss", methods={"x1": {"test": "psi", "threshold": 0.3}})
-    assert d["anomalies"]["c1"]["unseen_categories"]["rows"] == 1 and d["decision"] == "investigate"
-    assert d["columns"]["x1"]["test"] == "psi" and d["columns"]["x1"]["threshold"] == 0.3
-    html = (tmp_path / "monitoring" / "xss" / "monitoring.html").read_text()
-    assert "<script>" not in html and "&lt;script&gt;" in html and "investigate" in html
 
 
 LOG = """\
@@ -338,3 +332,136 @@ def test_the_inference_log_lines_are_those_of_the_old_writer(tmp_path):
     pd.testing.assert_frame_equal(read_inference_log(tmp_path / "new.jsonl"), read_inference_log(tmp_path / "old.jsonl"))
     assert append_inference_log(tmp_path / "empty.jsonl", rows.iloc[:0], [], [], "r-2") == 0
     assert append_inference_log(tmp_path / "nocols.jsonl", pd.DataFrame(index=range(2)), [0.5, 0.5], [1, 1], "r-3") == 2
+
+
+# --- `mlops-nb monitor`: the batch's report is the executed monitoring notebook ---------------------------------------
+
+DECISION_KEYS = {"decision", "reasons", "batch_id", "time", "model", "source", "rows", "reference_rows", "task", "dataset_drift",
+                 "drift_share", "drift_share_threshold", "columns", "excluded_columns", "prediction_drift", "label_drift",
+                 "anomalies", "performance", "labelled_rows", "estimated_performance", "assumptions", "serving_skew", "mlflow_run_id"}
+
+
+@pytest.fixture(scope="module")
+def monitored(project):
+    "Three batches through `mlops-nb monitor`: one with a hostile category (investigate), one drifted (retrain), one bad."
+    folder = project.folder
+    project.ref.head(250).assign(c1=["<script>alert(1)</script>"] + ["a"] * 249).to_csv(folder / "xss.csv", index=False)
+    synthetic(300, seed=8, x2_shift=4.0, c1_p=(0.1, 0.1, 0.8)).assign(x1=lambda d: d.x1 + 2).to_csv(folder / "drifted.csv", index=False)
+    project.ref.head(250).drop(columns=["x2"]).to_csv(folder / "bad.csv", index=False)
+    run = lambda *args: run_cli("monitor", "--config", project.config, *args, cwd=folder, timeout=600)
+    return {"xss": run(folder / "xss.csv", "--labels", "--batch-id", "xss"),
+            "drifted": run(folder / "drifted.csv", "--batch-id", "drifted", "--set", "monitoring.min_batch_rows=100",
+                       "--set", "monitoring.retrain_cooldown_days=0"),
+            "bad": run(folder / "bad.csv", "--batch-id", "bad"),
+            "reports": folder / "reports"}
+
+
+def test_a_batch_report_is_the_executed_notebook(project, monitored):
+    proc, batch_dir = monitored["xss"], monitored["reports"] / "monitoring" / "xss"
+    assert proc.returncode == 5, proc.stderr  # investigate: an unseen category
+    assert {p.name for p in batch_dir.iterdir()} == {"config.yaml", "decision.json", "monitoring.ipynb", "monitoring.html"}
+    d = read_json(batch_dir / "decision.json")
+    assert set(d) == DECISION_KEYS and d["decision"] == "investigate" and d["labelled_rows"] == 250
+    assert d["anomalies"]["c1"]["unseen_categories"]["rows"] == 1 and d["model"]["version"] == project.model["version"]
+    html = (batch_dir / "monitoring.html").read_text()
+    assert f"models:/{project.cfg.model_name}/{project.model['version']}" in html
+    assert html.count('src="data:image/png;base64,') >= 1 and "Decision: investigate" in html
+    assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "http://" not in html.replace("http://www.w3.org", "") and "https://cdn" not in html
+    import nbformat
+    from mlops_nb.pipeline import is_check_cell
+    nb = nbformat.read(batch_dir / "monitoring.ipynb", as_version=4)
+    assert not any(is_check_cell(c) for c in nb.cells)  # the checks stay out of a user's batch
+    injected = [c.source for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])][0]
+    assert "BATCH_ID = \"xss\"" in injected and "LABELS = True" in injected
+    artifacts = {a.path for a in project.client.list_artifacts(d["mlflow_run_id"])}
+    assert artifacts >= {"decision.json", "monitoring.html", "monitoring.ipynb"}
+    assert 'href="monitoring/xss/monitoring.html"' in (monitored["reports"] / "index.html").read_text()
+
+
+def test_monitor_exit_codes_follow_the_decision(monitored):
+    assert monitored["drifted"].returncode == 6, monitored["drifted"].stderr
+    d = read_json(monitored["reports"] / "monitoring" / "drifted" / "decision.json")
+    assert d["decision"] == "retrain" and d["dataset_drift"] and d["labelled_rows"] == 0 and d["performance"] == {}
+    assert "decision: retrain" in monitored["drifted"].stderr
+
+
+def test_a_bad_batch_exits_4_and_leaves_the_notebook_with_its_banner(monitored):
+    proc, batch_dir = monitored["bad"], monitored["reports"] / "monitoring" / "bad"
+    assert proc.returncode == 4
+    assert proc.stderr.strip().splitlines() == ["error: x2: column is missing from the batch (the model needs it)"]
+    assert not (batch_dir / "decision.json").exists()
+    html = (batch_dir / "monitoring.html").read_text()
+    assert 'Stage "monitoring" failed.' in html and "x2: column is missing" in html
+    assert "mlops-nb-failure" in (batch_dir / "monitoring.ipynb").read_text()
+    assert f"report: {batch_dir / 'monitoring.html'}" in proc.stdout
+
+
+def test_monitor_refuses_bad_arguments_before_running_the_notebook(project, tmp_path):
+    proc = run_cli("monitor", "--config", project.config, tmp_path / "absent.csv", "--batch-id", "absent", cwd=tmp_path)
+    assert proc.returncode == 2 and "batch file not found" in proc.stderr
+    assert not (tmp_path / "reports" / "monitoring" / "absent").exists()
+    proc = run_cli("monitor", "--config", project.config, project.folder / "reference.csv", "--since", "someday", cwd=tmp_path)
+    assert proc.returncode == 2 and "--since: not a date/time" in proc.stderr
+
+
+def test_monitoring_in_a_training_run_is_the_baseline_of_the_runs_version(project):
+    "The stage notebook, as the pipeline executes it, on a run whose evaluation registered a version."
+    from mlops_nb.pipeline import STAGES, execute_stage, notebooks_dir, render_html
+    run_dir = project.folder / "run"
+    (run_dir / "evaluation.json").write_text(json.dumps({"model": {"version": project.model["version"]}}))
+    out_nb = run_dir / "monitoring.ipynb"
+    error = execute_stage("monitoring", notebooks_dir() / STAGES["monitoring"], out_nb,
+                          {"CONFIG": str(project.config), "RUN_DIR": str(run_dir)})
+    assert error is None, error
+    html = render_html(out_nb, run_dir / "monitoring.html").read_text()
+    assert f"Monitoring <strong>models:/{project.cfg.model_name}/{project.model['version']}</strong>" in html
+    assert "unshifted resamples showed dataset drift" in html and "The test split monitored as a batch" in html
+    results = read_json(run_dir / "monitoring.json")
+    assert results["version"] == project.model["version"] and results["false_alarms"]["batch_rows"] == 200
+    assert 0 <= results["false_alarms"]["dataset_drift_rate"] <= 1 and results["false_alarms"]["resamples"] == 50
+    check = {r["metric"]: r for r in results["estimate_check"]}
+    assert check["roc_auc"]["difference"] == pytest.approx(check["roc_auc"]["estimated"] - check["roc_auc"]["measured"])
+    assert not (run_dir / "monitoring" / "test-split").exists()  # the test split's decision is shown, never recorded
+
+
+def _registered_project(folder: Path, frame: pd.DataFrame, target: str, estimator: str) -> SimpleNamespace:
+    "Fit and register a version of `estimator` on `frame` in a store of its own (what the evaluation stage registers)."
+    frame.to_csv(folder / "data.csv", index=False)
+    config = write_config(folder, data={"source": "data.csv", "target": target})
+    ctx = run_context(config, folder / "run")
+    data, schema = load_data(ctx)
+    X = data[model_columns(schema)]
+    pipeline = build_pipeline(schema, estimator).fit(X, target_vector(data, ctx.config))
+    reference = reference_statistics(data, schema, scores=pipeline.predict(X))
+    model = register_version(ctx, log_model(ctx, pipeline, X, reference), gates=[])
+    return SimpleNamespace(folder=folder, config=config, cfg=ctx.config, pipeline=pipeline, model=model, data=data)
+
+
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+def test_a_multiclass_and_a_regression_batch_are_monitored_with_their_labels(tmp_path, task):
+    from sklearn.datasets import load_diabetes, load_wine
+    loader, estimator = (load_wine, "logistic_regression") if task == "multiclass" else (load_diabetes, "ridge")
+    frame = loader(as_frame=True).frame
+    if task == "multiclass":
+        frame["target"] = frame["target"].map({0: "class_0", 1: "class_1", 2: "class_2"})
+    p = _registered_project(tmp_path, frame, "target", estimator)
+    assert p.cfg.data.task == task
+    frame.sample(120, random_state=1).to_csv(tmp_path / "batch.csv", index=False)
+    proc = run_cli("monitor", "--config", p.config, tmp_path / "batch.csv", "--labels", "--batch-id", "b",
+                   "--set", "monitoring.min_batch_rows=50", cwd=tmp_path, timeout=600)
+    assert proc.returncode in (0, 5), proc.stderr
+    d = read_json(tmp_path / "reports" / "monitoring" / "b" / "decision.json")
+    batch = pd.read_csv(tmp_path / "batch.csv")
+    predicted = p.pipeline.predict(batch[list(p.pipeline.feature_names_in_)])
+    assert d["task"] == task and d["labelled_rows"] == 120 and d["label_drift"] is not None and d["prediction_drift"] is not None
+    html = (tmp_path / "reports" / "monitoring" / "b" / "monitoring.html").read_text()
+    if task == "multiclass":
+        assert d["performance"]["accuracy"] == pytest.approx(float((predicted == batch.target).mean()))
+        assert set(d["estimated_performance"]) >= {"accuracy", "f1", "roc_auc", "balanced_accuracy", "log_loss"}
+        assert d["prediction_drift"]["test"] == "chisquare"
+    else:
+        assert d["performance"]["rmse"] == pytest.approx(float(np.sqrt(np.mean((predicted - batch.target) ** 2))))
+        assert d["estimated_performance"] == {} and "not estimated" in d["assumptions"][0]
+        assert d["prediction_drift"]["test"] == "ks" and "not estimated" in html
+    assert html.count('src="data:image/png;base64,') >= 1
