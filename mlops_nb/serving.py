@@ -4,9 +4,10 @@
 
 # %% ../nbs/05a_serving.ipynb #2
 from __future__ import annotations
-import asyncio, contextlib, datetime as dt, json, logging, math, os, queue, random, re, shutil, socket, tempfile, threading, time, uuid
+import asyncio, contextlib, datetime as dt, hashlib, hmac, ipaddress, json, logging, math, os, queue, random, re, shutil, socket, ssl
+import tempfile, threading, time, uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -21,18 +22,21 @@ from .core import (Config, ConfigError, MlopsError, _jsonable, mlflow_client, pa
 from .evaluation import (CHALLENGER, CHAMPION, LoadedModel, alias_version, decisions, load_model_version, positive_scores,
                                  resolve_version)
 from .monitoring import append_inference_log
-from .registry import parse_model_spec
+from .registry import FAILED_STAGE_TAG, GATES_PASSED_TAG, parse_model_spec
 
 logger = logging.getLogger("mlops_nb.serve")
 
 # %% auto #0
-__all__ = ['logger', 'INTEGER_RANGES', 'TYPE_NAMES', 'PROBLEM_COLUMNS', 'FORMATS', 'ColumnSpec', 'input_schema', 'describe_value',
-           'value_problem', 'column_problems', 'check_frame', 'describe_problems', 'ServingError',
-           'columns_from_payload', 'want_probabilities', 'match_columns', 'model_frame', 'Rows', 'model_rows',
-           'rows_frame', 'unseen_categories', 'prepare_request', 'ServiceSettings', 'service_settings', 'Served',
-           'single_threaded', 'ModelSlot', 'MicroBatcher', 'refusal_record', 'InferenceLogWriter', 'ServiceMetrics',
-           'ScoringService', 'start_service', 'stop_service', 'reload_models', 'read_body', 'parse_json', 'invoke',
-           'service_health', 'create_app', 'run_service', 'BackgroundServer', 'example_payloads']
+__all__ = ['logger', 'INTEGER_RANGES', 'TYPE_NAMES', 'PROBLEM_COLUMNS', 'FORMATS', 'TOKEN_ENV', 'ADMIN_TOKEN_ENV',
+           'MIN_SECRET_CHARS', 'APPROVAL_TAGS', 'ColumnSpec', 'input_schema', 'describe_value', 'value_problem',
+           'column_problems', 'check_frame', 'describe_problems', 'ServingError', 'columns_from_payload',
+           'want_probabilities', 'match_columns', 'model_frame', 'Rows', 'model_rows', 'rows_frame',
+           'unseen_categories', 'prepare_request', 'ServiceSettings', 'service_settings', 'read_secret', 'is_loopback',
+           'check_exposure', 'bearer_token', 'authorized', 'unauthorized', 'VersionNotServed', 'approval_problem',
+           'servable_version', 'Served', 'single_threaded', 'ModelSlot', 'MicroBatcher', 'refusal_record',
+           'InferenceLogWriter', 'ServiceMetrics', 'ScoringService', 'start_service', 'stop_service', 'reload_models',
+           'read_body', 'parse_json', 'invoke', 'service_health', 'create_app', 'check_tls', 'run_service',
+           'serving_warnings', 'BackgroundServer', 'example_payloads']
 
 # %% ../nbs/05a_serving.ipynb #5
 INTEGER_RANGES = {"long": (-2**63, 2**63 - 1), "integer": (-2**31, 2**31 - 1)}
@@ -307,6 +311,9 @@ class ServiceSettings:
     max_batch_rows: int = 256  # micro-batching: rows per predict call
     max_wait_ms: float = 2.0  # micro-batching: longest wait for more rows while other requests are on their way
     poll_seconds: float = 30.0  # re-read the aliases this often (0: only on POST /reload)
+    token: str | None = field(default=None, repr=False)  # bearer token of every route but /ping and /health
+    admin_token: str | None = field(default=None, repr=False)  # bearer token of POST /reload
+    allow_unapproved: bool = False  # serve a version without a recorded approval (logged at every start)
 
     def __post_init__(self):
         if not 0 <= self.canary <= 1: raise ConfigError(f"--canary: a share between 0 and 1, got {self.canary}")
@@ -325,6 +332,99 @@ def service_settings(cfg: Config, model: str | None = None,  # NAME@ALIAS or NAM
     return ServiceSettings(tracking_uri(cfg), name, reference, inference_log=None if log is None else str(resolve_path(cfg, log)), **options)
 
 # %% ../nbs/05a_serving.ipynb #28
+TOKEN_ENV, ADMIN_TOKEN_ENV = "MLOPS_NB_TOKEN", "MLOPS_NB_ADMIN_TOKEN"
+MIN_SECRET_CHARS = 16
+
+def read_secret(path: str | Path | None,  # a file holding the secret (surrounding whitespace ignored)
+                variable: str,  # else: this environment variable
+                option: str,  # how a message names the file option, e.g. --token-file
+                min_chars: int = MIN_SECRET_CHARS,
+               ) -> str | None:
+    "A secret from a file, else from an environment variable; None when neither gives one; `ConfigError` when too short."
+    if path is None:
+        secret, source = os.environ.get(variable, "").strip(), f"the environment variable {variable}"
+        if not secret:
+            return None
+    else:
+        try:
+            secret = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{option}: cannot read {path} ({getattr(e, 'strerror', None) or e})") from None
+        source = f"{option} {path}"
+    if len(secret) < min_chars:
+        raise ConfigError(f"{source}: a secret of at least {min_chars} characters is needed, got {len(secret)}")
+    return secret
+
+# %% ../nbs/05a_serving.ipynb #30
+def is_loopback(host: str) -> bool:
+    "Whether a listening address is reachable only from this machine (127.0.0.0/8, ::1, localhost)."
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+def check_exposure(host: str, settings: ServiceSettings,
+                   allow_unauthenticated: bool = False,  # the operator's explicit choice to listen without a token
+                  ) -> None:
+    "Refuse to listen beyond this machine without a token, unless the operator said so explicitly."
+    if settings.token is None and not is_loopback(host) and not allow_unauthenticated:
+        raise ConfigError(f"--host {host}: listening beyond this machine needs a token (--token-file, or the environment variable "
+                          f"{TOKEN_ENV}); --allow-unauthenticated serves without one")
+
+# %% ../nbs/05a_serving.ipynb #32
+def bearer_token(request: Request) -> str | None:
+    "The token of an `Authorization: Bearer <token>` header, or None."
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+def authorized(request: Request, expected: str | None) -> bool:
+    "Whether a request carries the expected token (constant-time comparison of digests); True when none is expected."
+    if expected is None:
+        return True
+    given = hashlib.sha256((bearer_token(request) or "").encode()).digest()
+    return hmac.compare_digest(given, hashlib.sha256(expected.encode()).digest())
+
+def unauthorized(route: str, request_id: str | None = None) -> JSONResponse:
+    "The 401 answer: JSON naming what is needed, and the `WWW-Authenticate` header."
+    headers = {"WWW-Authenticate": 'Bearer realm="mlops_nb"', **({"X-Request-Id": request_id} if request_id else {})}
+    message = f"{route} needs a valid bearer token: send the header 'Authorization: Bearer <token>'"
+    return JSONResponse({"error_code": "UNAUTHENTICATED", "message": message}, status_code=401, headers=headers)
+
+# %% ../nbs/05a_serving.ipynb #35
+APPROVAL_TAGS = ("mlops_nb.approval.by", "mlops_nb.approval.reason", "mlops_nb.approval.time")
+
+class VersionNotServed(MlopsError):
+    "A registered version the service refuses to serve (gates, failed run, or no recorded approval)."
+
+def approval_problem(tags: dict, role: str) -> str | None:
+    "Why a version may not be served in a role (champion or challenger), read from its registry tags; None when it may."
+    failed_stage = tags.get(FAILED_STAGE_TAG)
+    if failed_stage:
+        return f"the run that registered it failed at its {failed_stage} stage"
+    passed = tags.get(GATES_PASSED_TAG)
+    if passed != "true":
+        return "no gate results are recorded" if passed is None else "its gates did not pass"
+    missing = [tag.rpartition(".")[2] for tag in APPROVAL_TAGS if not str(tags.get(tag) or "").strip()]
+    if role == CHAMPION and missing:
+        return f"no approval recorded by `mlops-nb promote` (missing: {', '.join(missing)})"
+    return None
+
+# %% ../nbs/05a_serving.ipynb #37
+def servable_version(client, slot: "ModelSlot", allow_unapproved: bool = False):
+    "The `ModelVersion` a slot's reference points to, if it may be served in the slot's role; else `VersionNotServed` (recorded on the slot)."
+    mv = resolve_version(client, slot.name, slot.reference)
+    problem = approval_problem(mv.tags, slot.role)
+    uri = f"models:/{slot.name}/{mv.version}" + ("" if slot.reference.isdigit() else f" (alias {slot.reference})")
+    if problem and not allow_unapproved:
+        slot.refused = {"model_version": str(mv.version), "reason": problem, "at": utc_now()}
+        raise VersionNotServed(f"{uri}: not served as {slot.role} ({problem})")
+    if problem:
+        logger.warning("%s: served as %s although %s (--allow-unapproved)", uri, slot.role, problem)
+    return mv
+
+# %% ../nbs/05a_serving.ipynb #39
 @dataclass(frozen=True, eq=False)
 class Served:
     "A loaded, verified model version with its input schema (replaced whole on reload)."
@@ -342,14 +442,15 @@ class ModelSlot:
     "One served model (champion or challenger): which registry reference it follows and what is loaded now."
     def __init__(self, role: str, name: str, reference: str):
         self.role, self.name, self.reference, self.served, self._dir = role, name, reference, None, None
+        self.refused = None  # the last version refused (version, reason, time) while another keeps serving
 
     def registry_version(self, client) -> str | None:
         "The version the reference points to in the registry now."
         return self.reference if self.reference.isdigit() else alias_version(client, self.name, self.reference)
 
-    def load(self, client) -> bool:
-        "Load (again) the version the reference points to, verifying its sha256; True when the version changed."
-        version = resolve_version(client, self.name, self.reference).version
+    def load(self, client, allow_unapproved: bool = False) -> bool:
+        "Load (again) the version the reference points to, if it may be served, verifying its sha256; True when it changed."
+        version = servable_version(client, self, allow_unapproved).version
         folder = Path(tempfile.mkdtemp(prefix="mlops_nb-serve-"))
         try:
             loaded = load_model_version(client, self.name, version, dst=folder)
@@ -358,7 +459,7 @@ class ModelSlot:
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True); raise
         changed, old = self.served is None or self.served.loaded.version != loaded.version, self._dir
-        self.served, self._dir = served, folder
+        self.served, self._dir, self.refused = served, folder, None
         if old: shutil.rmtree(old, ignore_errors=True)
         return changed
 
@@ -367,12 +468,14 @@ class ModelSlot:
         return {"model_name": self.name, "model_version": str(s.loaded.version), "alias": None if self.reference.isdigit() else self.reference,
                 "uri": s.loaded.uri, "loaded_at": s.loaded_at}
 
-# %% ../nbs/05a_serving.ipynb #31
+# %% ../nbs/05a_serving.ipynb #42
 class MicroBatcher:
     "Coalesces concurrent requests into one predict call: waits at most `max_wait` s for rows on their way, up to `max_rows`."
-    def __init__(self, predict, executor, max_rows: int = 256, max_wait: float = 0.002, arriving=lambda: 0, observe=lambda rows: None):
+    def __init__(self, predict, executor, max_rows: int = 256, max_wait: float = 0.002, arriving=lambda: 0, observe=lambda rows: None,
+                 observe_wait=lambda seconds: None):  # called with each request's seconds in the queue
         self.predict, self.executor, self.max_rows, self.max_wait = predict, executor, max_rows, max_wait
-        self.arriving, self.observe, self.queue, self.task, self.stopping = arriving, observe, None, None, False
+        self.arriving, self.observe, self.observe_wait = arriving, observe, observe_wait
+        self.queue, self.task, self.stopping = None, None, False
 
     def start(self):
         "Start the batching task in the running event loop."
@@ -381,14 +484,14 @@ class MicroBatcher:
     async def score(self, served: Served, X: Rows) -> np.ndarray:
         "The positive-class probabilities of X's rows, scored with `served`, possibly in one call with other requests."
         future = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait((served, X, future))
+        self.queue.put_nowait((served, X, future, time.perf_counter()))
         return await future
 
     async def stop(self):
         "Score what is queued, then stop."
         self.queue.put_nowait(None); await self.task
 
-# %% ../nbs/05a_serving.ipynb #32
+# %% ../nbs/05a_serving.ipynb #43
 async def _collect(batcher: MicroBatcher, first: tuple) -> list[tuple]:
     "The first request and those that join it: all that is queued, and, while more are arriving, what comes within the wait."
     loop, items, rows = asyncio.get_running_loop(), [first], len(first[1])
@@ -407,15 +510,18 @@ async def _collect(batcher: MicroBatcher, first: tuple) -> list[tuple]:
 async def _score_batch(batcher: MicroBatcher, items: list[tuple]) -> None:
     "Score requests of one model version in one predict call (in the worker thread); give each its own rows."
     try:
-        X = rows_frame([x for _, x, _ in items])
+        X = rows_frame([item[1] for item in items])
         batcher.observe(len(X))
+        now = time.perf_counter()
+        for item in items:
+            batcher.observe_wait(now - item[3])
         scores = await asyncio.get_running_loop().run_in_executor(batcher.executor, batcher.predict, items[0][0], X)
     except Exception as e:  # every waiting request gets the error (a JSON 500); the loop goes on
-        for *_, future in items:
+        for _, _, future, _ in items:
             if not future.done(): future.set_exception(e)
         return
     start = 0
-    for _, x, future in items:
+    for _, x, future, _ in items:
         if not future.done(): future.set_result(scores[start:start + len(x)])
         start += len(x)
 
@@ -428,7 +534,7 @@ async def _batch_loop(batcher: MicroBatcher) -> None:
         for item in await _collect(batcher, first): groups.setdefault(id(item[0]), []).append(item)  # one call per model version
         for group in groups.values(): await _score_batch(batcher, group)
 
-# %% ../nbs/05a_serving.ipynb #34
+# %% ../nbs/05a_serving.ipynb #45
 def refusal_record(request_id: str, status: int, error_code: str, model_name: str = "", model_version: str = "", latency_ms: float | None = None) -> dict:
     "An inference-log record of a refused request: its status and error code, no inputs, no prediction."
     return {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), "request_id": request_id, "row": 0,
@@ -463,11 +569,11 @@ class InferenceLogWriter:
         "Write everything queued, then stop the thread."
         self.queue.put(None); self.thread.join(timeout)
 
-# %% ../nbs/05a_serving.ipynb #36
+# %% ../nbs/05a_serving.ipynb #47
 class ServiceMetrics:
     "The service's Prometheus metrics, in a registry of its own."
     def __init__(self):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
         r = self.registry = CollectorRegistry()
         self.requests = Counter("mlops_nb_requests", "Scoring requests (POST /invocations) by HTTP status", ["status"], registry=r)
         self.latency = Histogram("mlops_nb_request_latency_seconds", "Time from request to response of POST /invocations", registry=r,
@@ -475,8 +581,12 @@ class ServiceMetrics:
         self.rows = Counter("mlops_nb_rows_scored", "Rows scored, by model version and role (champion, challenger, shadow)", ["model_version", "role"], registry=r)
         self.unseen = Counter("mlops_nb_unseen_categories", "Values of a category never seen in training, by column", ["column"], registry=r)
         self.batch_rows = Histogram("mlops_nb_batch_rows", "Rows per predict call (micro-batching)", registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
+        self.queue_wait = Histogram("mlops_nb_batch_queue_wait_seconds", "Time a request's rows waited in the micro-batch queue",
+                                    registry=r, buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
         self.version = Gauge("mlops_nb_model_version", "Served model version, by role", ["role"], registry=r)
-        self.reloads = Counter("mlops_nb_reloads", "Model reloads by outcome (changed, unchanged, failed)", ["outcome"], registry=r)
+        self.model = Info("mlops_nb_model", "The served model (name, version, alias, uri), by role", ["role"], registry=r)
+        self.log_backlog = Gauge("mlops_nb_inference_log_backlog", "Inference-log records queued, not yet written", registry=r)
+        self.reloads = Counter("mlops_nb_reloads", "Model reloads by outcome (changed, unchanged, refused, failed)", ["outcome"], registry=r)
         self.log_errors = Counter("mlops_nb_inference_log_errors", "Inference-log writes that failed", registry=r)
         self.shadow_errors = Counter("mlops_nb_shadow_errors", "Shadow scorings that failed", registry=r)
 
@@ -484,19 +594,21 @@ class ServiceMetrics:
         from prometheus_client import generate_latest
         return generate_latest(self.registry)
 
-# %% ../nbs/05a_serving.ipynb #38
+# %% ../nbs/05a_serving.ipynb #49
 class ScoringService:
     "The scoring service's state: served models, micro-batchers, inference-log writers, metrics."
     def __init__(self, settings: ServiceSettings):
         self.settings, self.metrics, self.rng = settings, ServiceMetrics(), random.Random(settings.seed)
         self.client = mlflow_client(settings.tracking_uri)
         self.champion = ModelSlot(CHAMPION, settings.model_name, settings.reference)
-        self.champion.load(self.client)
+        self.champion.load(self.client, settings.allow_unapproved)
         self.challenger = None
         if settings.canary or settings.shadow:
             self.challenger = ModelSlot(CHALLENGER, settings.model_name, settings.challenger)
-            try: self.challenger.load(self.client)
-            except MlopsError as e: raise ConfigError(f"--{'canary' if settings.canary else 'shadow'} needs a challenger: {e}") from None
+            try:
+                self.challenger.load(self.client, settings.allow_unapproved)
+            except MlopsError as e:
+                raise ConfigError(f"--{'canary' if settings.canary else 'shadow'} needs a challenger: {e}") from None
         self.arriving, self.started_at, self.log, self.shadow_log = 0, utc_now(), None, None  # arriving: requests read but not yet queued
         self.tasks, self.poller, self.batchers, self.reload_lock, self.executor = set(), None, {}, None, None
         self.set_version_metrics()
@@ -504,9 +616,13 @@ class ScoringService:
     def slots(self) -> list[ModelSlot]: return [s for s in (self.champion, self.challenger) if s is not None]
 
     def set_version_metrics(self):
-        for s in self.slots(): self.metrics.version.labels(s.role).set(s.served.loaded.version)
+        "The served versions as metrics: a gauge of the version number and an info metric of the model, per role."
+        for slot in self.slots():
+            self.metrics.version.labels(slot.role).set(slot.served.loaded.version)
+            described = {k: str(v or "") for k, v in slot.describe().items() if k in ("model_name", "model_version", "alias", "uri")}
+            self.metrics.model.labels(slot.role).info(described)
 
-# %% ../nbs/05a_serving.ipynb #39
+# %% ../nbs/05a_serving.ipynb #50
 def _predict(served: Served, X: pd.DataFrame) -> np.ndarray:
     "Positive-class probabilities of a frame (runs in the worker thread)."
     return positive_scores(served.loaded.model, X)
@@ -518,11 +634,14 @@ async def start_service(service: ScoringService) -> None:
     service.reload_lock = asyncio.Lock()
     for slot in service.slots():
         service.batchers[slot.role] = MicroBatcher(_predict, service.executor, s.max_batch_rows, s.max_wait_ms / 1000,
-                                                   arriving=lambda: service.arriving, observe=service.metrics.batch_rows.observe)
+                                                   arriving=lambda: service.arriving, observe=service.metrics.batch_rows.observe,
+                                                   observe_wait=service.metrics.queue_wait.observe)
         service.batchers[slot.role].start()
     if s.inference_log:
         service.log = InferenceLogWriter(s.inference_log, service.metrics.log_errors.inc)
         if s.shadow: service.shadow_log = InferenceLogWriter(Path(s.inference_log) / "shadow", service.metrics.log_errors.inc)
+        writers = [w for w in (service.log, service.shadow_log) if w]
+        service.metrics.log_backlog.set_function(lambda: sum(w.queue.qsize() for w in writers))
     if s.poll_seconds: service.poller = asyncio.create_task(_poll(service))
 
 async def stop_service(service: ScoringService) -> None:
@@ -534,15 +653,17 @@ async def stop_service(service: ScoringService) -> None:
     for writer in (service.log, service.shadow_log):
         if writer: await asyncio.to_thread(writer.close)
 
-# %% ../nbs/05a_serving.ipynb #40
+# %% ../nbs/05a_serving.ipynb #51
 def _reload(service: ScoringService, only_if_moved: bool) -> dict:
-    "Reload each slot (only those whose alias moved, if asked); `load_model_version` verifies the sha256."
+    "Reload each slot (only those whose alias moved, if asked): approval checked, then the sha256 verified."
     out = {}
     for slot in service.slots():
         before = slot.served.loaded.version
         if only_if_moved and slot.registry_version(service.client) in (None, str(before)):
-            out[slot.role] = {"model_version": str(before), "changed": False}; continue
-        changed = slot.load(service.client)
+            slot.refused = None  # the alias is back on the served version
+            out[slot.role] = {"model_version": str(before), "changed": False}
+            continue
+        changed = slot.load(service.client, service.settings.allow_unapproved)
         service.metrics.reloads.labels("changed" if changed else "unchanged").inc()
         out[slot.role] = {"model_version": str(slot.served.loaded.version), "previous_version": str(before), "changed": changed}
     service.set_version_metrics()
@@ -551,21 +672,33 @@ def _reload(service: ScoringService, only_if_moved: bool) -> dict:
 async def reload_models(service: ScoringService, only_if_moved: bool = False) -> dict:
     "Reload in a worker thread, one reload at a time; the current models serve until the new ones are verified."
     async with service.reload_lock:
-        try: return await asyncio.to_thread(_reload, service, only_if_moved)
+        try:
+            return await asyncio.to_thread(_reload, service, only_if_moved)
+        except VersionNotServed:
+            service.metrics.reloads.labels("refused").inc()
+            raise
         except Exception:
-            service.metrics.reloads.labels("failed").inc(); raise
+            service.metrics.reloads.labels("failed").inc()
+            raise
 
 async def _poll(service: ScoringService) -> None:
-    "Re-read the aliases every `poll_seconds`; a failed reload is logged and the current models keep serving."
+    "Re-read the aliases every `poll_seconds`; a refused or failed reload is logged once and the current models keep serving."
+    last_error = None
     while True:
         await asyncio.sleep(service.settings.poll_seconds)
         try:
             for role, r in (await reload_models(service, only_if_moved=True)).items():
-                if r["changed"]: logger.warning("%s: now serving version %s (was %s)", role, r["model_version"], r["previous_version"])
-        except MlopsError as e: logger.error("reload refused, the current models keep serving: %s", e)
-        except Exception: logger.exception("reload failed, the current models keep serving")
+                if r["changed"]:
+                    logger.warning("%s: now serving version %s (was %s)", role, r["model_version"], r["previous_version"])
+            last_error = None
+        except MlopsError as e:
+            if str(e) != last_error:
+                logger.error("reload refused, the current models keep serving: %s", e)
+            last_error = str(e)
+        except Exception:
+            logger.exception("reload failed, the current models keep serving")
 
-# %% ../nbs/05a_serving.ipynb #42
+# %% ../nbs/05a_serving.ipynb #53
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -595,7 +728,7 @@ def parse_json(body: bytes):
     except json.JSONDecodeError as e: raise ServingError(400, "MALFORMED_REQUEST", f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except (ValueError, RecursionError) as e: raise ServingError(400, "MALFORMED_REQUEST", f"malformed JSON: {str(e)[:100] or 'nested too deeply'}") from None
 
-# %% ../nbs/05a_serving.ipynb #43
+# %% ../nbs/05a_serving.ipynb #54
 _LARGE = 100_000  # bytes: larger bodies are parsed and checked in a worker thread, so the event loop keeps serving
 
 async def _parse(service: ScoringService, request: Request) -> tuple[ModelSlot, Served, Rows, list, bool]:
@@ -616,11 +749,14 @@ def _refuse(service: ScoringService, e: ServingError, request_id: str, t0: float
     if service.log: service.log.refused(refusal_record(request_id, e.status, e.error_code, served.loaded.name, served.loaded.version, round(latency * 1000, 3)))
     return JSONResponse({"error_code": e.error_code, "message": e.message}, status_code=e.status, headers={"X-Request-Id": request_id})
 
-# %% ../nbs/05a_serving.ipynb #44
+# %% ../nbs/05a_serving.ipynb #55
 async def invoke(service: ScoringService, request: Request) -> JSONResponse:
     "Answer one POST /invocations request (MLflow's scoring protocol)."
     t0, given = time.perf_counter(), request.headers.get("x-request-id", "")
     request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    if not authorized(request, service.settings.token):  # before the body is read
+        service.metrics.requests.labels("401").inc()
+        return unauthorized("POST /invocations", request_id)
     service.arriving += 1
     try:
         try: slot, served, X, unseen, probabilities = await _parse(service, request)
@@ -645,7 +781,7 @@ def _answer(service: ScoringService, slot: ModelSlot, served: Served, X: Rows, s
             "model_name": loaded.name, "model_version": str(loaded.version), "alias": alias, "role": slot.role, "request_id": request_id}
     return JSONResponse(body, headers={"X-Model-Version": str(loaded.version), "X-Model-Role": slot.role, "X-Request-Id": request_id})
 
-# %% ../nbs/05a_serving.ipynb #45
+# %% ../nbs/05a_serving.ipynb #56
 def _background(service: ScoringService, coroutine) -> None:
     "Run work after the response (the shadow model), tracked so that shutdown waits for it."
     task = asyncio.create_task(coroutine)
@@ -665,12 +801,16 @@ async def _shadow(service: ScoringService, X: Rows, request_id: str, unseen: lis
         logger.exception("shadow scoring of request %s with %s failed", request_id, served.loaded.uri)
 
 def service_health(service: ScoringService) -> dict:
-    "What is served: the champion (name, version, alias, loaded at), the challenger and the rollout."
-    return {"status": "ok", **service.champion.describe(), "challenger": service.challenger.describe() if service.challenger else None,
+    "What is served (champion, challenger, rollout), and any version refused while the current one keeps serving."
+    refused = {slot.role: slot.refused for slot in service.slots() if slot.refused}
+    return {"status": "degraded" if refused else "ok", **service.champion.describe(),
+            "challenger": service.challenger.describe() if service.challenger else None,
+            "refused": refused or None, "approval_enforced": not service.settings.allow_unapproved,
+            "authentication": service.settings.token is not None,
             "rollout": {"canary": service.settings.canary, "shadow": service.settings.shadow}, "started_at": service.started_at,
             "inference_log_rows_written": service.log.rows_written if service.log else None}
 
-# %% ../nbs/05a_serving.ipynb #47
+# %% ../nbs/05a_serving.ipynb #58
 _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "REQUEST_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE"}
 
 def _error(status: int, error_code: str, message: str) -> JSONResponse:
@@ -688,14 +828,20 @@ def _mlflow_version() -> str:
     return version("mlflow")
 
 async def _reload_endpoint(service: ScoringService, request: Request) -> JSONResponse:
-    "POST /reload: re-read the aliases and reload (sha256 verified). It takes no input, so no request can choose a model."
+    "POST /reload: re-read the aliases and reload (approval checked, sha256 verified). It takes no input: no request chooses a model."
+    s = service.settings
+    if s.admin_token is None and s.token is not None:
+        return _error(403, "FORBIDDEN", "POST /reload is disabled: the service was started without an admin token "
+                                        f"(--admin-token-file or {ADMIN_TOKEN_ENV}); it still re-reads the aliases every --poll-seconds")
+    if not authorized(request, s.admin_token):
+        return unauthorized("POST /reload (the admin token)")
     if request.headers.get("content-length", "0").strip() not in ("", "0") or "transfer-encoding" in request.headers:
         return _error(400, "INVALID_PARAMETER_VALUE", f"/reload takes no body: the service loads only models:/{service.settings.model_name} "
                                                       "through its configured aliases, from its configured registry")
     try: return JSONResponse(await reload_models(service))
     except MlopsError as e: return _error(409, "RELOAD_REFUSED", f"{e}; the current models keep serving")
 
-# %% ../nbs/05a_serving.ipynb #48
+# %% ../nbs/05a_serving.ipynb #59
 def create_app(service: ScoringService) -> FastAPI:
     "The FastAPI application of a scoring service; its lifespan starts the service and drains it on shutdown."
     @contextlib.asynccontextmanager
@@ -716,36 +862,78 @@ def create_app(service: ScoringService) -> FastAPI:
     @app.get("/health")
     async def health(): return service_health(service)
     @app.get("/version")
-    async def version(): return {"mlops_nb": package_version(), "mlflow": _mlflow_version(), **service.champion.describe()}
+    async def version(request: Request):
+        if not authorized(request, service.settings.token):
+            return unauthorized("GET /version")
+        return {"mlops_nb": package_version(), "mlflow": _mlflow_version(), **service.champion.describe()}
     @app.get("/metrics")
-    async def metrics(): return Response(service.metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    async def metrics(request: Request):
+        if not authorized(request, service.settings.token):
+            return unauthorized("GET /metrics")
+        return Response(service.metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
     return app
 
-# %% ../nbs/05a_serving.ipynb #50
-def run_service(settings: ServiceSettings, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info", access_log: bool = False) -> None:
-    "Load the models (one-line errors before anything listens), then serve until interrupted."
+# %% ../nbs/05a_serving.ipynb #62
+def check_tls(certfile: str | Path | None, keyfile: str | Path | None) -> bool:
+    "Whether TLS is on: both PEM files given and forming a certificate with its key; `ConfigError` otherwise (one given, unreadable)."
+    if certfile is None and keyfile is None:
+        return False
+    if certfile is None or keyfile is None:
+        raise ConfigError("--ssl-certfile and --ssl-keyfile: give both (the certificate and its private key) or neither")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(certfile), str(keyfile))
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"--ssl-certfile {certfile} / --ssl-keyfile {keyfile}: not a certificate and its key ({e})") from None
+    return True
+
+# %% ../nbs/05a_serving.ipynb #63
+def run_service(settings: ServiceSettings, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info", access_log: bool = False,
+                ssl_certfile: str | None = None,  # PEM certificate: serve HTTPS
+                ssl_keyfile: str | None = None,  # its PEM private key
+                allow_unauthenticated: bool = False,  # listen beyond this machine without a token
+               ) -> None:
+    "Check exposure and TLS, load the models (one-line errors before anything listens), then serve until interrupted."
     import sys, uvicorn
+    check_exposure(host, settings, allow_unauthenticated)
+    scheme = "https" if check_tls(ssl_certfile, ssl_keyfile) else "http"
     service = ScoringService(settings)
     c = service.champion.describe()
-    print(f"serving {c['uri']} ({c['alias'] or 'fixed version'}) on http://{host}:{port}"
-          + (f"; challenger {service.challenger.describe()['uri']} as {'shadow' if settings.shadow else f'canary {settings.canary:g}'}" if service.challenger else ""),
-          file=sys.stderr)
-    uvicorn.run(create_app(service), host=host, port=port, log_level=log_level, access_log=access_log, lifespan="on")
+    challenger = service.challenger.describe()["uri"] if service.challenger else None
+    rollout = "shadow" if settings.shadow else f"canary {settings.canary:g}"
+    print(f"serving {c['uri']} ({c['alias'] or 'fixed version'}) on {scheme}://{host}:{port}"
+          + (f"; challenger {challenger} as {rollout}" if challenger else ""), file=sys.stderr)
+    for warning in serving_warnings(settings, host, scheme):
+        print(f"warning: {warning}", file=sys.stderr)
+    uvicorn.run(create_app(service), host=host, port=port, log_level=log_level, access_log=access_log, lifespan="on",
+                ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
 
-# %% ../nbs/05a_serving.ipynb #51
+def serving_warnings(settings: ServiceSettings, host: str, scheme: str) -> list[str]:
+    "What the operator chose that weakens the service, said on every start."
+    warnings = []
+    if settings.allow_unapproved:
+        warnings.append("--allow-unapproved: versions without a recorded approval (or whose gates failed) may be served")
+    if settings.token is None and not is_loopback(host):
+        warnings.append(f"--allow-unauthenticated: anyone who reaches {host} may score and read the metrics")
+    if scheme == "http" and not is_loopback(host):
+        warnings.append("plain HTTP beyond this machine: terminate TLS in front of the service (or --ssl-certfile/--ssl-keyfile)")
+    return warnings
+
+# %% ../nbs/05a_serving.ipynb #64
 class BackgroundServer:
-    "A real uvicorn server for an app on 127.0.0.1 and a free port, in a thread (for notebooks and tests)."
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, timeout: float = 30):
+    "A real uvicorn server for an app on 127.0.0.1 and a free port, in a thread (for notebooks and tests); HTTPS with a certificate."
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, timeout: float = 30,
+                 ssl_certfile: str | None = None, ssl_keyfile: str | None = None):
         self.app, self.host, self.port, self.timeout, self.server, self.thread, self._socket = app, host, port, timeout, None, None, None
+        self.tls = {"ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile} if check_tls(ssl_certfile, ssl_keyfile) else {}
 
-    url = property(lambda self: f"http://{self.host}:{self.port}")
+    url = property(lambda self: f"{'https' if self.tls else 'http'}://{self.host}:{self.port}")
 
     def start(self) -> BackgroundServer:
         import uvicorn
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # proto TCP: asyncio then sets TCP_NODELAY (no 40 ms stalls)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); sock.bind((self.host, self.port))
         self.port, self._socket = sock.getsockname()[1], sock
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on", access_log=False))
+        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on", access_log=False, **self.tls))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, name="mlops_nb-uvicorn", daemon=True)
         self.thread.start()
         deadline = time.monotonic() + self.timeout
@@ -763,7 +951,7 @@ class BackgroundServer:
     def __enter__(self): return self.start()
     def __exit__(self, *exc): self.stop()
 
-# %% ../nbs/05a_serving.ipynb #53
+# %% ../nbs/05a_serving.ipynb #66
 def example_payloads(rows: pd.DataFrame) -> dict[str, dict]:
     "The same rows as a request body in each of MLflow's four input formats."
     records = rows.astype(object).where(rows.notna(), None).to_dict("records")

@@ -81,7 +81,7 @@ def rows(kitchen):
 
 @pytest.fixture(scope="module")
 def service(kitchen, tmp_path_factory):
-    s = Service(tmp_path_factory.mktemp("serve"), kitchen["config"], "--model", f"{KITCHEN_MODEL}/1")
+    s = Service(tmp_path_factory.mktemp("serve"), kitchen["config"], "--model", f"{KITCHEN_MODEL}/1", "--allow-unapproved")
     yield s
     s.stop()
 
@@ -259,7 +259,7 @@ def _check_load(service: Service, result: dict, seconds: float) -> None:
 
 def test_load_16_clients(kitchen, rows, tmp_path):
     "16 concurrent clients: no error, no lost inference-log record, memory flat (a short run; `make test-slow` runs 30 s)."
-    service = Service(tmp_path, kitchen["config"], "--model", f"{KITCHEN_MODEL}/1")
+    service = Service(tmp_path, kitchen["config"], "--model", f"{KITCHEN_MODEL}/1", "--allow-unapproved")
     try:
         seconds = 8
         _check_load(service, _load(service, rows, seconds), seconds)
@@ -269,7 +269,7 @@ def test_load_16_clients(kitchen, rows, tmp_path):
 
 @slow
 def test_load_16_clients_30_seconds(kitchen, rows, tmp_path):
-    service = Service(tmp_path, kitchen["config"], "--model", f"{KITCHEN_MODEL}/1")
+    service = Service(tmp_path, kitchen["config"], "--model", f"{KITCHEN_MODEL}/1", "--allow-unapproved")
     try: _check_load(service, _load(service, rows, 30), 30)
     finally: service.stop()
 
