@@ -19,9 +19,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .core import (Config, ConfigError, MlopsError, _jsonable, mlflow_client, package_version, resolve_path, tracking_uri,
                            utc_now)
-from .evaluation import (CHALLENGER, CHAMPION, LoadedModel, alias_version, decisions, load_model_version, positive_scores,
+from .evaluation import (CHALLENGER, CHAMPION, LoadedModel, alias_version, load_model_version, model_task, predict_outputs,
                                  resolve_version)
-from .monitoring import append_inference_log
 from .registry import FAILED_STAGE_TAG, GATES_PASSED_TAG, parse_model_spec
 
 logger = logging.getLogger("mlops_nb.serve")
@@ -33,10 +32,11 @@ __all__ = ['logger', 'INTEGER_RANGES', 'TYPE_NAMES', 'PROBLEM_COLUMNS', 'FORMATS
            'want_probabilities', 'match_columns', 'model_frame', 'Rows', 'model_rows', 'rows_frame',
            'unseen_categories', 'prepare_request', 'ServiceSettings', 'service_settings', 'read_secret', 'is_loopback',
            'check_exposure', 'bearer_token', 'authorized', 'unauthorized', 'VersionNotServed', 'approval_problem',
-           'servable_version', 'Served', 'single_threaded', 'ModelSlot', 'MicroBatcher', 'refusal_record',
-           'InferenceLogWriter', 'ServiceMetrics', 'ScoringService', 'start_service', 'stop_service', 'reload_models',
-           'read_body', 'parse_json', 'invoke', 'service_health', 'create_app', 'check_tls', 'run_service',
-           'serving_warnings', 'BackgroundServer', 'example_payloads']
+           'servable_version', 'Served', 'single_threaded', 'ModelSlot', 'Outputs', 'model_outputs', 'plain_values',
+           'answer_fields', 'MicroBatcher', 'refusal_record', 'log_lines', 'InferenceLogWriter', 'ServiceMetrics',
+           'ScoringService', 'start_service', 'stop_service', 'reload_models', 'read_body', 'parse_json', 'invoke',
+           'service_health', 'create_app', 'check_tls', 'run_service', 'serving_warnings', 'BackgroundServer',
+           'example_payloads']
 
 # %% ../nbs/05a_serving.ipynb #5
 INTEGER_RANGES = {"long": (-2**63, 2**63 - 1), "integer": (-2**31, 2**31 - 1)}
@@ -431,6 +431,7 @@ class Served:
     loaded: LoadedModel
     schema: list[ColumnSpec]
     loaded_at: str
+    task: str = "binary"  # binary, multiclass or regression (`evaluation.model_task`)
 
 def single_threaded(model) -> dict:
     "Set `n_jobs=1` on every step of a fitted model that parallelises (predictions unchanged); the parameters changed, as they were."
@@ -455,7 +456,7 @@ class ModelSlot:
         try:
             loaded = load_model_version(client, self.name, version, dst=folder)
             single_threaded(loaded.model)
-            served = Served(loaded, input_schema(loaded), utc_now())
+            served = Served(loaded, input_schema(loaded), utc_now(), model_task(loaded.model))
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True); raise
         changed, old = self.served is None or self.served.loaded.version != loaded.version, self._dir
@@ -469,6 +470,63 @@ class ModelSlot:
                 "uri": s.loaded.uri, "loaded_at": s.loaded_at}
 
 # %% ../nbs/05a_serving.ipynb #42
+@dataclass(frozen=True)
+class Outputs:
+    "A batch's model outputs, row-aligned: predictions and, for classes, each class's probability."
+    task: str  # binary, multiclass or regression
+    prediction: np.ndarray
+    probabilities: np.ndarray | None = None  # one column per class, in `classes` order; None for a regression
+    classes: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.prediction)
+
+    def part(self, start: int, stop: int) -> Outputs:
+        "The outputs of rows `start` to `stop` (one request's share of a micro-batch)."
+        probabilities = None if self.probabilities is None else self.probabilities[start:stop]
+        return Outputs(self.task, self.prediction[start:stop], probabilities, self.classes)
+
+    @property
+    def score(self) -> np.ndarray | None:
+        "The positive-class probability of each row (two classes), else None."
+        return self.probabilities[:, self.classes.index("1")] if self.task == "binary" else None
+
+def model_outputs(model, X: pd.DataFrame) -> Outputs:
+    "`predict_outputs` of a fitted model, the pipeline's preprocessing run once for predict and predict_proba."
+    from sklearn.pipeline import Pipeline
+    target, rows = model, X
+    if isinstance(model, Pipeline) and len(model.steps) > 1:
+        transformed = model[:-1].transform(X)
+        if isinstance(transformed, (np.ndarray, pd.DataFrame)):
+            target = model[-1]
+            rows = transformed if isinstance(transformed, pd.DataFrame) else pd.DataFrame(transformed, index=X.index, copy=False)
+    out = predict_outputs(target, rows)
+    probabilities = out["probabilities"]
+    if probabilities is None:
+        return Outputs(out["task"], np.asarray(out["prediction"], dtype=float))
+    return Outputs(out["task"], np.asarray(out["prediction"]), probabilities.to_numpy(dtype=float), tuple(probabilities.columns))
+
+# %% ../nbs/05a_serving.ipynb #43
+def plain_values(values: np.ndarray) -> list:
+    "An array as JSON values: numbers as Python numbers, text as text, missing values and infinities as None."
+    if values.dtype.kind in "iub":
+        return values.tolist()
+    if values.dtype.kind == "f":
+        return np.where(np.isfinite(values), values, None).tolist()
+    return [None if _missing(v) else v for v in values.tolist()]
+
+def answer_fields(outputs: Outputs, probabilities: bool) -> dict:
+    "The response's `predictions` and, when asked, `probabilities` (positive class for two classes, per class for more)."
+    body = {"predictions": plain_values(outputs.prediction)}
+    if not probabilities:
+        return body
+    if outputs.task == "binary":
+        body["probabilities"] = outputs.score.tolist()
+    else:
+        body["probabilities"] = [dict(zip(outputs.classes, row)) for row in outputs.probabilities.tolist()]
+    return body
+
+# %% ../nbs/05a_serving.ipynb #46
 class MicroBatcher:
     "Coalesces concurrent requests into one predict call: waits at most `max_wait` s for rows on their way, up to `max_rows`."
     def __init__(self, predict, executor, max_rows: int = 256, max_wait: float = 0.002, arriving=lambda: 0, observe=lambda rows: None,
@@ -491,7 +549,7 @@ class MicroBatcher:
         "Score what is queued, then stop."
         self.queue.put_nowait(None); await self.task
 
-# %% ../nbs/05a_serving.ipynb #43
+# %% ../nbs/05a_serving.ipynb #47
 async def _collect(batcher: MicroBatcher, first: tuple) -> list[tuple]:
     "The first request and those that join it: all that is queued, and, while more are arriving, what comes within the wait."
     loop, items, rows = asyncio.get_running_loop(), [first], len(first[1])
@@ -515,14 +573,14 @@ async def _score_batch(batcher: MicroBatcher, items: list[tuple]) -> None:
         now = time.perf_counter()
         for item in items:
             batcher.observe_wait(now - item[3])
-        scores = await asyncio.get_running_loop().run_in_executor(batcher.executor, batcher.predict, items[0][0], X)
+        outputs = await asyncio.get_running_loop().run_in_executor(batcher.executor, batcher.predict, items[0][0], X)
     except Exception as e:  # every waiting request gets the error (a JSON 500); the loop goes on
         for _, _, future, _ in items:
             if not future.done(): future.set_exception(e)
         return
     start = 0
     for _, x, future, _ in items:
-        if not future.done(): future.set_result(scores[start:start + len(x)])
+        if not future.done(): future.set_result(outputs.part(start, start + len(x)))
         start += len(x)
 
 async def _batch_loop(batcher: MicroBatcher) -> None:
@@ -534,12 +592,30 @@ async def _batch_loop(batcher: MicroBatcher) -> None:
         for item in await _collect(batcher, first): groups.setdefault(id(item[0]), []).append(item)  # one call per model version
         for group in groups.values(): await _score_batch(batcher, group)
 
-# %% ../nbs/05a_serving.ipynb #45
+# %% ../nbs/05a_serving.ipynb #49
 def refusal_record(request_id: str, status: int, error_code: str, model_name: str = "", model_version: str = "", latency_ms: float | None = None) -> dict:
     "An inference-log record of a refused request: its status and error code, no inputs, no prediction."
     return {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), "request_id": request_id, "row": 0,
             "model_name": model_name, "model_version": str(model_version), "inputs": {}, "prediction": None, "probability": None,
             "latency_ms": latency_ms, "status": int(status), "unseen_categories": [], "error_code": error_code}
+
+def log_lines(rows: Rows, outputs: Outputs, request_id: str, model_name: str = "", model_version: str = "",
+              latency_ms: float | None = None, unseen_categories: list[list[str]] | None = None) -> list[str]:
+    "One request's scored rows as inference-log lines (JSON), one per row: inputs, prediction, probabilities, timing."
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    names = list(rows.columns)
+    columns = [plain_values(rows.columns[c]) for c in names]
+    inputs = [dict(zip(names, values)) for values in zip(*columns)] if names else [{} for _ in range(len(rows))]
+    predictions = plain_values(outputs.prediction)
+    scores = outputs.score.tolist() if outputs.task == "binary" else [None] * len(rows)
+    per_class = ([dict(zip(outputs.classes, p)) for p in outputs.probabilities.tolist()] if outputs.task == "multiclass"
+                 else [None] * len(rows))
+    unseen = unseen_categories if unseen_categories is not None else [[]] * len(rows)
+    common = {"request_id": str(request_id), "model_name": model_name, "model_version": str(model_version),
+              "latency_ms": latency_ms, "status": 200}
+    return [json.dumps({"time": now, "row": i, **common, "inputs": r, "prediction": d, "probability": s,
+                        **({"probabilities": c} if c is not None else {}), "unseen_categories": u})
+            for i, (r, d, s, c, u) in enumerate(zip(inputs, predictions, scores, per_class, unseen))]
 
 class InferenceLogWriter:
     "Appends inference-log records from a queue in a background thread (responses never wait for the disk); `close` drains it."
@@ -550,26 +626,37 @@ class InferenceLogWriter:
         self.thread = threading.Thread(target=self._run, name="mlops_nb-inference-log", daemon=True)
         self.thread.start()
 
-    def scored(self, **rows): self.queue.put(("rows", rows))
-    def refused(self, record: dict): self.queue.put(("record", record))
+    def scored(self, rows: Rows, outputs: Outputs, **fields):
+        "Queue a request's scored rows (`log_lines` fields: request_id, model_name, ...)."
+        self.queue.put(("rows", (rows, outputs, fields)))
+
+    def refused(self, record: dict):
+        "Queue the record of a refused request (`refusal_record`)."
+        self.queue.put(("record", record))
 
     def _run(self):
         while (item := self.queue.get()) is not None:
             kind, value = item
             try:
-                if kind == "rows": self.rows_written += append_inference_log(self.path, **value)
+                if kind == "rows":
+                    rows, outputs, fields = value
+                    lines = log_lines(rows, outputs, **fields)
                 else:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    with open(self.path, "a", encoding="utf-8") as f: f.write(json.dumps(_jsonable(value)) + "\n")
+                    lines = [json.dumps(_jsonable(value))]
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write("".join(line + "\n" for line in lines))
+                self.rows_written += len(lines) if kind == "rows" else 0
             except Exception:
-                self.errors += 1; self.on_error()
+                self.errors += 1
+                self.on_error()
                 logger.exception("inference log: could not append to %s", self.path)
 
     def close(self, timeout: float | None = None):
         "Write everything queued, then stop the thread."
         self.queue.put(None); self.thread.join(timeout)
 
-# %% ../nbs/05a_serving.ipynb #47
+# %% ../nbs/05a_serving.ipynb #51
 class ServiceMetrics:
     "The service's Prometheus metrics, in a registry of its own."
     def __init__(self):
@@ -594,7 +681,7 @@ class ServiceMetrics:
         from prometheus_client import generate_latest
         return generate_latest(self.registry)
 
-# %% ../nbs/05a_serving.ipynb #49
+# %% ../nbs/05a_serving.ipynb #53
 class ScoringService:
     "The scoring service's state: served models, micro-batchers, inference-log writers, metrics."
     def __init__(self, settings: ServiceSettings):
@@ -622,10 +709,10 @@ class ScoringService:
             described = {k: str(v or "") for k, v in slot.describe().items() if k in ("model_name", "model_version", "alias", "uri")}
             self.metrics.model.labels(slot.role).info(described)
 
-# %% ../nbs/05a_serving.ipynb #50
-def _predict(served: Served, X: pd.DataFrame) -> np.ndarray:
-    "Positive-class probabilities of a frame (runs in the worker thread)."
-    return positive_scores(served.loaded.model, X)
+# %% ../nbs/05a_serving.ipynb #54
+def _predict(served: Served, X: pd.DataFrame) -> Outputs:
+    "The model's outputs for a frame (runs in the worker thread)."
+    return model_outputs(served.loaded.model, X)
 
 async def start_service(service: ScoringService) -> None:
     "Start the batchers, the inference-log writers and the alias poller (in the running event loop)."
@@ -653,7 +740,7 @@ async def stop_service(service: ScoringService) -> None:
     for writer in (service.log, service.shadow_log):
         if writer: await asyncio.to_thread(writer.close)
 
-# %% ../nbs/05a_serving.ipynb #51
+# %% ../nbs/05a_serving.ipynb #55
 def _reload(service: ScoringService, only_if_moved: bool) -> dict:
     "Reload each slot (only those whose alias moved, if asked): approval checked, then the sha256 verified."
     out = {}
@@ -698,7 +785,7 @@ async def _poll(service: ScoringService) -> None:
         except Exception:
             logger.exception("reload failed, the current models keep serving")
 
-# %% ../nbs/05a_serving.ipynb #53
+# %% ../nbs/05a_serving.ipynb #57
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -728,7 +815,7 @@ def parse_json(body: bytes):
     except json.JSONDecodeError as e: raise ServingError(400, "MALFORMED_REQUEST", f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except (ValueError, RecursionError) as e: raise ServingError(400, "MALFORMED_REQUEST", f"malformed JSON: {str(e)[:100] or 'nested too deeply'}") from None
 
-# %% ../nbs/05a_serving.ipynb #54
+# %% ../nbs/05a_serving.ipynb #58
 _LARGE = 100_000  # bytes: larger bodies are parsed and checked in a worker thread, so the event loop keeps serving
 
 async def _parse(service: ScoringService, request: Request) -> tuple[ModelSlot, Served, Rows, list, bool]:
@@ -740,6 +827,8 @@ async def _parse(service: ScoringService, request: Request) -> tuple[ModelSlot, 
     served = slot.served
     args = (payload, served.schema, s.extra_columns, s.allow_nulls, dict(request.query_params))
     X, unseen, probabilities = prepare_request(*args) if len(body) < _LARGE else await asyncio.to_thread(prepare_request, *args)
+    if probabilities and served.task == "regression":
+        raise _bad("probabilities: the model is a regression model; it predicts values, not probabilities")
     return slot, served, X, unseen, probabilities
 
 def _refuse(service: ScoringService, e: ServingError, request_id: str, t0: float) -> JSONResponse:
@@ -749,7 +838,7 @@ def _refuse(service: ScoringService, e: ServingError, request_id: str, t0: float
     if service.log: service.log.refused(refusal_record(request_id, e.status, e.error_code, served.loaded.name, served.loaded.version, round(latency * 1000, 3)))
     return JSONResponse({"error_code": e.error_code, "message": e.message}, status_code=e.status, headers={"X-Request-Id": request_id})
 
-# %% ../nbs/05a_serving.ipynb #55
+# %% ../nbs/05a_serving.ipynb #59
 async def invoke(service: ScoringService, request: Request) -> JSONResponse:
     "Answer one POST /invocations request (MLflow's scoring protocol)."
     t0, given = time.perf_counter(), request.headers.get("x-request-id", "")
@@ -761,27 +850,27 @@ async def invoke(service: ScoringService, request: Request) -> JSONResponse:
     try:
         try: slot, served, X, unseen, probabilities = await _parse(service, request)
         finally: service.arriving -= 1
-        scores = await service.batchers[slot.role].score(served, X)
+        outputs = await service.batchers[slot.role].score(served, X)
     except ServingError as e: return _refuse(service, e, request_id, t0)
     except Exception:
         service.metrics.requests.labels("500").inc(); raise
-    return _answer(service, slot, served, X, scores, unseen, probabilities, request_id, t0)
+    return _answer(service, slot, served, X, outputs, unseen, probabilities, request_id, t0)
 
-def _answer(service: ScoringService, slot: ModelSlot, served: Served, X: Rows, scores: np.ndarray, unseen: list,
+def _answer(service: ScoringService, slot: ModelSlot, served: Served, X: Rows, outputs: Outputs, unseen: list,
             probabilities: bool, request_id: str, t0: float) -> JSONResponse:
     "The response to a scored request; its metrics, log records and shadow scoring handed to the background."
-    predictions, loaded, latency, m = decisions(scores), served.loaded, time.perf_counter() - t0, service.metrics
+    loaded, latency, m = served.loaded, time.perf_counter() - t0, service.metrics
     m.requests.labels("200").inc(); m.latency.observe(latency); m.rows.labels(str(loaded.version), slot.role).inc(len(X))
     for column in (c for row in unseen for c in row): m.unseen.labels(column).inc()
-    if service.log: service.log.scored(inputs=X.columns, probabilities=scores, predictions=predictions, request_id=request_id, model_name=loaded.name,
-                                       model_version=str(loaded.version), latency_ms=round(latency * 1000, 3), unseen_categories=unseen)
+    if service.log: service.log.scored(X, outputs, request_id=request_id, model_name=loaded.name, model_version=str(loaded.version),
+                                       latency_ms=round(latency * 1000, 3), unseen_categories=unseen)
     if service.settings.shadow and service.challenger: _background(service, _shadow(service, X, request_id, unseen))
     alias = None if slot.reference.isdigit() else slot.reference
-    body = {"predictions": predictions.tolist(), **({"probabilities": scores.tolist()} if probabilities else {}),
+    body = {**answer_fields(outputs, probabilities),
             "model_name": loaded.name, "model_version": str(loaded.version), "alias": alias, "role": slot.role, "request_id": request_id}
     return JSONResponse(body, headers={"X-Model-Version": str(loaded.version), "X-Model-Role": slot.role, "X-Request-Id": request_id})
 
-# %% ../nbs/05a_serving.ipynb #56
+# %% ../nbs/05a_serving.ipynb #60
 def _background(service: ScoringService, coroutine) -> None:
     "Run work after the response (the shadow model), tracked so that shutdown waits for it."
     task = asyncio.create_task(coroutine)
@@ -791,9 +880,9 @@ async def _shadow(service: ScoringService, X: Rows, request_id: str, unseen: lis
     "Score the rows with the challenger and log them in the shadow log; never part of a response."
     served, t0 = service.challenger.served, time.perf_counter()
     try:
-        scores = await service.batchers[CHALLENGER].score(served, X.select([s.name for s in served.schema]))
+        outputs = await service.batchers[CHALLENGER].score(served, X.select([s.name for s in served.schema]))
         service.metrics.rows.labels(str(served.loaded.version), "shadow").inc(len(X))
-        if service.shadow_log: service.shadow_log.scored(inputs=X.columns, probabilities=scores, predictions=decisions(scores), request_id=request_id,
+        if service.shadow_log: service.shadow_log.scored(X, outputs, request_id=request_id,
                                                          model_name=served.loaded.name, model_version=str(served.loaded.version),
                                                          latency_ms=round((time.perf_counter() - t0) * 1000, 3), unseen_categories=unseen)
     except Exception:
@@ -810,7 +899,7 @@ def service_health(service: ScoringService) -> dict:
             "rollout": {"canary": service.settings.canary, "shadow": service.settings.shadow}, "started_at": service.started_at,
             "inference_log_rows_written": service.log.rows_written if service.log else None}
 
-# %% ../nbs/05a_serving.ipynb #58
+# %% ../nbs/05a_serving.ipynb #62
 _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "REQUEST_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE"}
 
 def _error(status: int, error_code: str, message: str) -> JSONResponse:
@@ -841,7 +930,7 @@ async def _reload_endpoint(service: ScoringService, request: Request) -> JSONRes
     try: return JSONResponse(await reload_models(service))
     except MlopsError as e: return _error(409, "RELOAD_REFUSED", f"{e}; the current models keep serving")
 
-# %% ../nbs/05a_serving.ipynb #59
+# %% ../nbs/05a_serving.ipynb #63
 def create_app(service: ScoringService) -> FastAPI:
     "The FastAPI application of a scoring service; its lifespan starts the service and drains it on shutdown."
     @contextlib.asynccontextmanager
@@ -873,7 +962,7 @@ def create_app(service: ScoringService) -> FastAPI:
         return Response(service.metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
     return app
 
-# %% ../nbs/05a_serving.ipynb #62
+# %% ../nbs/05a_serving.ipynb #66
 def check_tls(certfile: str | Path | None, keyfile: str | Path | None) -> bool:
     "Whether TLS is on: both PEM files given and forming a certificate with its key; `ConfigError` otherwise (one given, unreadable)."
     if certfile is None and keyfile is None:
@@ -886,7 +975,7 @@ def check_tls(certfile: str | Path | None, keyfile: str | Path | None) -> bool:
         raise ConfigError(f"--ssl-certfile {certfile} / --ssl-keyfile {keyfile}: not a certificate and its key ({e})") from None
     return True
 
-# %% ../nbs/05a_serving.ipynb #63
+# %% ../nbs/05a_serving.ipynb #67
 def run_service(settings: ServiceSettings, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info", access_log: bool = False,
                 ssl_certfile: str | None = None,  # PEM certificate: serve HTTPS
                 ssl_keyfile: str | None = None,  # its PEM private key
@@ -918,7 +1007,7 @@ def serving_warnings(settings: ServiceSettings, host: str, scheme: str) -> list[
         warnings.append("plain HTTP beyond this machine: terminate TLS in front of the service (or --ssl-certfile/--ssl-keyfile)")
     return warnings
 
-# %% ../nbs/05a_serving.ipynb #64
+# %% ../nbs/05a_serving.ipynb #68
 class BackgroundServer:
     "A real uvicorn server for an app on 127.0.0.1 and a free port, in a thread (for notebooks and tests); HTTPS with a certificate."
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, timeout: float = 30,
@@ -951,7 +1040,7 @@ class BackgroundServer:
     def __enter__(self): return self.start()
     def __exit__(self, *exc): self.stop()
 
-# %% ../nbs/05a_serving.ipynb #66
+# %% ../nbs/05a_serving.ipynb #70
 def example_payloads(rows: pd.DataFrame) -> dict[str, dict]:
     "The same rows as a request body in each of MLflow's four input formats."
     records = rows.astype(object).where(rows.notna(), None).to_dict("records")

@@ -2,6 +2,7 @@
 input formats against pyfunc and scikit-learn, every bad input as a 4xx JSON error (never a 5xx, never a trace), the
 inference log after a concurrent burst and after shutdown, micro-batching, canary and shadow rollout, reloads, the CLI."""
 import contextlib, dataclasses, json, signal, socket, subprocess, time
+from types import SimpleNamespace
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from conftest import CLI, free_port
+from conftest import CLI, free_port, write_config
 from mlops_nb.cli import app
 from mlops_nb.registry import promote_version, rollback_champion
 from mlops_nb.serving import BackgroundServer, ScoringService, create_app, example_payloads, service_settings
@@ -591,3 +592,75 @@ def test_dockerfile_passes_hadolint(tmp_path):
     broken.write_text("FROM python\nRUN apt-get install curl\nCMD mlops-nb serve\n")
     proc = subprocess.run([hadolint, "--no-color", str(broken)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "DL3006" in proc.stdout and "DL3025" in proc.stdout, proc.stdout  # untagged image, shell-form CMD
+
+
+# ---------------------------------------------------------------- outputs per task (issue 17)
+
+def task_project(folder: Path, frame: pd.DataFrame, target: str, candidate: str, wrap=None, **data) -> SimpleNamespace:
+    "A project of its own: `frame` as its data, one pipeline (models.build_pipeline) fitted, logged, registered and promoted."
+    from mlops_nb.core import run_context
+    from mlops_nb.eda import load_data, reference_statistics
+    from mlops_nb.evaluation import gate, log_model, predict_outputs, register_version
+    from mlops_nb.models import build_pipeline, model_columns, target_vector
+    frame.to_csv(folder / "data.csv", index=False)
+    config = write_config(folder, data={"source": "data.csv", "target": target, **data})
+    ctx = run_context(config, folder / "run")
+    df, schema = load_data(ctx)
+    X, y = df[model_columns(schema)], target_vector(df, ctx.config)
+    pipeline = build_pipeline(schema, candidate)
+    if wrap is not None: pipeline.steps[-1] = ("model", wrap(pipeline.steps[-1][1]))
+    pipeline.fit(X, y)
+    out = predict_outputs(pipeline, X)
+    reference = reference_statistics(df, schema, out["score"] if schema["task"] == "binary" else out["prediction"])
+    version = register_version(ctx, log_model(ctx, pipeline, X, reference), [gate("min_primary_metric", 1.0, 0.5)])["version"]
+    promote_version(ctx.config, version, "tests", f"a {schema['task']} model")
+    return SimpleNamespace(cfg=ctx.config, task=schema["task"], model=pipeline, rows=X.head(25).reset_index(drop=True))
+
+
+def log_records(folder: Path) -> list[dict]:
+    return [json.loads(line) for p in sorted(folder.glob("*.jsonl")) for line in p.read_text().splitlines()]
+
+
+def test_multiclass_answers_the_class_and_each_class_probability(tmp_path):
+    from sklego.datasets import load_penguins
+    project = task_project(tmp_path, load_penguins(as_frame=True), "species", "logistic_regression")
+    assert project.task == "multiclass"
+    rows, classes = project.rows, [str(c) for c in project.model.classes_]
+    with serving(project.cfg, inference_log=str(tmp_path / "log")) as server:
+        body = post(server, example_payloads(rows)["dataframe_split"], params={"probabilities": "true"}).json()
+    assert body["predictions"] == project.model.predict(rows).tolist() and set(body["predictions"]) <= set(classes)
+    assert [list(p) for p in body["probabilities"]] == [classes] * len(rows)
+    assert [list(p.values()) for p in body["probabilities"]] == project.model.predict_proba(rows).tolist()
+    records = log_records(tmp_path / "log")
+    assert [r["prediction"] for r in records] == body["predictions"] and [r["probabilities"] for r in records] == body["probabilities"]
+    assert {r["probability"] for r in records} == {None}
+
+
+def test_regression_answers_values_and_refuses_probabilities(tmp_path):
+    from sklearn.datasets import load_diabetes
+    project = task_project(tmp_path, load_diabetes(as_frame=True, scaled=False).frame, "target", "ridge")
+    assert project.task == "regression"
+    rows = project.rows
+    with serving(project.cfg, inference_log=str(tmp_path / "log")) as server:
+        body = post(server, example_payloads(rows)["inputs"]).json()
+        refused = post(server, example_payloads(rows)["inputs"], params={"probabilities": "true"})
+    assert body["predictions"] == project.model.predict(rows).tolist() and "probabilities" not in body
+    assert refused.status_code == 400 and "regression" in refused.json()["message"]
+    scored = [r for r in log_records(tmp_path / "log") if r["status"] == 200]
+    assert [r["prediction"] for r in scored] == body["predictions"] and {r["probability"] for r in scored} == {None}
+
+
+def test_binary_decisions_use_the_model_own_threshold(tmp_path):
+    "A registered pipeline whose last step is FixedThresholdClassifier(threshold=0.8): the service answers its `predict`."
+    from sklearn.model_selection import FixedThresholdClassifier
+    from mlops_nb.core import load_config
+    from mlops_nb.eda import load_dataset
+    frame = load_dataset(load_config(None)).sample(1500, random_state=0)
+    project = task_project(tmp_path, frame, "released", "logistic_regression", positive_label="Yes",
+                           wrap=lambda est: FixedThresholdClassifier(est, threshold=0.8))
+    rows = project.rows
+    with serving(project.cfg) as server:
+        body = post(server, example_payloads(rows)["dataframe_records"], params={"probabilities": "true"}).json()
+    scores = np.asarray(body["probabilities"])
+    assert body["predictions"] == project.model.predict(rows).tolist() == (scores >= 0.8).astype(int).tolist()
+    assert ((scores > 0.5) & (scores < 0.8)).any(), "no row between 0.5 and 0.8: the test would not see a 0.5 rule"
