@@ -33,10 +33,11 @@ __all__ = ['logger', 'INTEGER_RANGES', 'TYPE_NAMES', 'PROBLEM_COLUMNS', 'FORMATS
            'unseen_categories', 'prepare_request', 'ServiceSettings', 'service_settings', 'read_secret', 'is_loopback',
            'check_exposure', 'bearer_token', 'authorized', 'unauthorized', 'VersionNotServed', 'approval_problem',
            'servable_version', 'Served', 'single_threaded', 'ModelSlot', 'Outputs', 'model_outputs', 'plain_values',
-           'answer_fields', 'MicroBatcher', 'refusal_record', 'log_lines', 'InferenceLogWriter', 'ServiceMetrics',
-           'ScoringService', 'start_service', 'stop_service', 'reload_models', 'read_body', 'parse_json', 'invoke',
-           'service_health', 'create_app', 'check_tls', 'run_service', 'serving_warnings', 'BackgroundServer',
-           'example_payloads']
+           'answer_fields', 'MicroBatcher', 'LogPolicy', 'hash_value', 'salt_id', 'log_policy', 'check_log_columns',
+           'hash_reference', 'log_policy_table', 'refusal_record', 'logged_columns', 'log_lines', 'new_log_path',
+           'remove_old_logs', 'write_policy_record', 'InferenceLogWriter', 'ServiceMetrics', 'ScoringService',
+           'start_service', 'stop_service', 'reload_models', 'read_body', 'parse_json', 'invoke', 'service_health',
+           'create_app', 'check_tls', 'run_service', 'serving_warnings', 'BackgroundServer', 'example_payloads']
 
 # %% ../nbs/05a_serving.ipynb #5
 INTEGER_RANGES = {"long": (-2**63, 2**63 - 1), "integer": (-2**31, 2**31 - 1)}
@@ -314,6 +315,7 @@ class ServiceSettings:
     token: str | None = field(default=None, repr=False)  # bearer token of every route but /ping and /health
     admin_token: str | None = field(default=None, repr=False)  # bearer token of POST /reload
     allow_unapproved: bool = False  # serve a version without a recorded approval (logged at every start)
+    log_policy: LogPolicy | None = None  # what the inference log keeps of each column (None: every value)
 
     def __post_init__(self):
         if not 0 <= self.canary <= 1: raise ConfigError(f"--canary: a share between 0 and 1, got {self.canary}")
@@ -329,7 +331,9 @@ def service_settings(cfg: Config, model: str | None = None,  # NAME@ALIAS or NAM
     "Service settings for a config: its registry, its model (or `model`), the inference log under its folder."
     name, reference = parse_model_spec(model) if model else (cfg.model_name, CHAMPION)
     log = options.pop("inference_log", "reports/inference-log")
-    return ServiceSettings(tracking_uri(cfg), name, reference, inference_log=None if log is None else str(resolve_path(cfg, log)), **options)
+    folder = None if log is None else str(resolve_path(cfg, log))
+    policy = options.pop("log_policy", None) or (log_policy(cfg) if folder else None)
+    return ServiceSettings(tracking_uri(cfg), name, reference, inference_log=folder, log_policy=policy, **options)
 
 # %% ../nbs/05a_serving.ipynb #28
 TOKEN_ENV, ADMIN_TOKEN_ENV = "MLOPS_NB_TOKEN", "MLOPS_NB_ADMIN_TOKEN"
@@ -593,18 +597,101 @@ async def _batch_loop(batcher: MicroBatcher) -> None:
         for group in groups.values(): await _score_batch(batcher, group)
 
 # %% ../nbs/05a_serving.ipynb #49
+@dataclass(frozen=True)
+class LogPolicy:
+    "What the inference log keeps of each input column (keep, hash, drop), the salt of hashed ones, retention and rotation."
+    columns: dict = field(default_factory=dict)  # column: keep | hash | drop
+    default: str = "keep"  # the action of an unlisted column
+    salt: bytes | None = field(default=None, repr=False)
+    retention_days: float | None = None
+    max_file_bytes: int = 64 * 2**20
+
+    def action(self, column: str) -> str:
+        "keep, hash or drop."
+        return self.columns.get(column, self.default)
+
+def hash_value(value, salt: bytes | str) -> str | None:
+    "A value as the inference log shows a hashed column: `h:` and 16 hex characters of HMAC-SHA256 keyed with the salt; missing stays None."
+    if _missing(value):
+        return None
+    key = salt.encode("utf-8") if isinstance(salt, str) else salt
+    text = value if isinstance(value, str) else str(value.item() if isinstance(value, np.generic) else value)
+    return "h:" + hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+
+def salt_id(salt: bytes | None) -> str | None:
+    "A fingerprint of the salt (not the salt): lets monitoring check that it hashes with the same one."
+    return None if salt is None else hmac.new(salt, b"mlops_nb inference-log salt", hashlib.sha256).hexdigest()[:12]
+
+# %% ../nbs/05a_serving.ipynb #51
+def log_policy(cfg: Config) -> LogPolicy:
+    "The config's inference-log policy, with the salt read from its file or environment variable when a column is hashed."
+    s = cfg.serving
+    hashed = s.log_default == "hash" or "hash" in s.log_columns.values()
+    salt = None
+    if hashed:
+        file = None if s.log_salt_file is None else resolve_path(cfg, s.log_salt_file)
+        secret = read_secret(file, s.log_salt_env, "serving.log_salt_file")
+        if secret is None:
+            raise ConfigError(f"serving.log_columns: hashed columns need a secret salt: set the environment variable {s.log_salt_env} "
+                              "or serving.log_salt_file")
+        salt = secret.encode("utf-8")
+    return LogPolicy(dict(s.log_columns), s.log_default, salt, s.log_retention_days, int(s.log_max_file_mb * 2**20))
+
+def check_log_columns(policy: LogPolicy, inputs: list[str], uri: str) -> None:
+    "`ConfigError` naming the key when the policy lists a column the served model does not read (a misspelt name would log raw values)."
+    unknown = [c for c in policy.columns if c not in inputs]
+    if unknown:
+        raise ConfigError(f"serving.log_columns.{unknown[0]}: not an input of {uri} (its inputs: {inputs})")
+
+# %% ../nbs/05a_serving.ipynb #52
+def hash_reference(reference: dict,  # reference statistics (`LoadedModel.reference_stats()`)
+                   policy: LogPolicy) -> dict:
+    "The reference as a hashed log sees it: hashed columns' category counts keyed by their hashes, dropped columns removed."
+    columns, unmonitored = {}, {}
+    for name, stats in reference["columns"].items():
+        action = policy.action(name)
+        if action == "drop":
+            unmonitored[name] = "dropped from the inference log"
+        elif action == "hash" and "counts" not in stats:
+            unmonitored[name] = "a hashed number: its distribution is gone"
+        elif action == "hash":
+            columns[name] = {**stats, "counts": {hash_value(k, policy.salt): n for k, n in stats["counts"].items()}}
+        else:
+            columns[name] = stats
+    return {**reference, "columns": columns, "unmonitored_columns": unmonitored}
+
+def log_policy_table(policy: LogPolicy, columns: list[str]) -> pd.DataFrame:
+    "Per input column: what the log keeps, and what monitoring can still do with it (the cost of hashing or dropping)."
+    cost = {"keep": "drift, input checks and explanations as usual",
+            "hash": "drift of a text column's categories (hashed with the same salt); a number's distribution is lost",
+            "drop": "nothing: no drift, no input check and no view of the column in monitoring; performance is still measured"}
+    return pd.DataFrame([{"column": c, "in the log": policy.action(c), "monitoring": cost[policy.action(c)]} for c in columns]).set_index("column")
+
+# %% ../nbs/05a_serving.ipynb #56
 def refusal_record(request_id: str, status: int, error_code: str, model_name: str = "", model_version: str = "", latency_ms: float | None = None) -> dict:
     "An inference-log record of a refused request: its status and error code, no inputs, no prediction."
     return {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), "request_id": request_id, "row": 0,
             "model_name": model_name, "model_version": str(model_version), "inputs": {}, "prediction": None, "probability": None,
             "latency_ms": latency_ms, "status": int(status), "unseen_categories": [], "error_code": error_code}
 
+def logged_columns(rows: Rows, policy: LogPolicy) -> dict[str, list]:
+    "A request's input columns as the log keeps them: kept as JSON values, hashed with the salt, or left out."
+    out = {}
+    for name, values in rows.columns.items():
+        action = policy.action(name)
+        if action == "keep":
+            out[name] = plain_values(values)
+        elif action == "hash":
+            out[name] = [hash_value(v, policy.salt) for v in plain_values(values)]
+    return out
+
 def log_lines(rows: Rows, outputs: Outputs, request_id: str, model_name: str = "", model_version: str = "",
-              latency_ms: float | None = None, unseen_categories: list[list[str]] | None = None) -> list[str]:
-    "One request's scored rows as inference-log lines (JSON), one per row: inputs, prediction, probabilities, timing."
+              latency_ms: float | None = None, unseen_categories: list[list[str]] | None = None,
+              policy: LogPolicy = LogPolicy()) -> list[str]:
+    "One request's scored rows as inference-log lines (JSON), one per row: inputs (per the policy), prediction, probabilities, timing."
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
-    names = list(rows.columns)
-    columns = [plain_values(rows.columns[c]) for c in names]
+    logged = logged_columns(rows, policy)
+    names, columns = list(logged), list(logged.values())
     inputs = [dict(zip(names, values)) for values in zip(*columns)] if names else [{} for _ in range(len(rows))]
     predictions = plain_values(outputs.prediction)
     scores = outputs.score.tolist() if outputs.task == "binary" else [None] * len(rows)
@@ -617,14 +704,48 @@ def log_lines(rows: Rows, outputs: Outputs, request_id: str, model_name: str = "
                         **({"probabilities": c} if c is not None else {}), "unseen_categories": u})
             for i, (r, d, s, c, u) in enumerate(zip(inputs, predictions, scores, per_class, unseen))]
 
+def new_log_path(folder: Path) -> Path:
+    "A new part file of an inference-log folder: `part-<UTC time>-<process>-<random>.jsonl` (sorts by time)."
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    return folder / f"part-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:6]}.jsonl"
+
+def remove_old_logs(folder: Path, retention_days: float | None) -> list[Path]:
+    "Delete the folder's log part files unchanged for longer than `retention_days`; the files removed."
+    if retention_days is None or not folder.is_dir():
+        return []
+    cutoff = time.time() - retention_days * 86400
+    old = [f for f in folder.glob("part-*.jsonl") if f.stat().st_mtime < cutoff]
+    for f in old:
+        f.unlink(missing_ok=True)
+    return old
+
+def write_policy_record(folder: Path, policy: LogPolicy) -> None:
+    "`policy.json` beside the log files: which columns are hashed or dropped, and the salt's fingerprint (for monitoring)."
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"default": policy.default, "columns": policy.columns, "salt_id": salt_id(policy.salt),
+              "retention_days": policy.retention_days, "max_file_bytes": policy.max_file_bytes}
+    (folder / "policy.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
+# %% ../nbs/05a_serving.ipynb #57
 class InferenceLogWriter:
     "Appends inference-log records from a queue in a background thread (responses never wait for the disk); `close` drains it."
-    def __init__(self, folder: str | Path, on_error=lambda: None):
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-        self.path = Path(folder) / f"part-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:6]}.jsonl"
+    def __init__(self, folder: str | Path, on_error=lambda: None, policy: LogPolicy = LogPolicy()):
+        self.folder, self.policy = Path(folder), policy
+        write_policy_record(self.folder, policy)
+        self.removed = remove_old_logs(self.folder, policy.retention_days)
+        self.path, self.last_cleanup = new_log_path(self.folder), time.monotonic()
         self.queue, self.rows_written, self.errors, self.on_error = queue.SimpleQueue(), 0, 0, on_error
         self.thread = threading.Thread(target=self._run, name="mlops_nb-inference-log", daemon=True)
         self.thread.start()
+
+    def _rotate(self) -> None:
+        "A new part file once this one passes the size limit; old files removed at each rotation and hourly."
+        if self.path.exists() and self.path.stat().st_size >= self.policy.max_file_bytes:
+            self.path = new_log_path(self.folder)
+            self.removed += remove_old_logs(self.folder, self.policy.retention_days)
+        elif time.monotonic() - self.last_cleanup > 3600:
+            self.removed += remove_old_logs(self.folder, self.policy.retention_days)
+            self.last_cleanup = time.monotonic()
 
     def scored(self, rows: Rows, outputs: Outputs, **fields):
         "Queue a request's scored rows (`log_lines` fields: request_id, model_name, ...)."
@@ -640,10 +761,11 @@ class InferenceLogWriter:
             try:
                 if kind == "rows":
                     rows, outputs, fields = value
-                    lines = log_lines(rows, outputs, **fields)
+                    lines = log_lines(rows, outputs, **fields, policy=self.policy)
                 else:
                     lines = [json.dumps(_jsonable(value))]
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._rotate()
                 with open(self.path, "a", encoding="utf-8") as f:
                     f.write("".join(line + "\n" for line in lines))
                 self.rows_written += len(lines) if kind == "rows" else 0
@@ -656,7 +778,7 @@ class InferenceLogWriter:
         "Write everything queued, then stop the thread."
         self.queue.put(None); self.thread.join(timeout)
 
-# %% ../nbs/05a_serving.ipynb #51
+# %% ../nbs/05a_serving.ipynb #59
 class ServiceMetrics:
     "The service's Prometheus metrics, in a registry of its own."
     def __init__(self):
@@ -681,7 +803,7 @@ class ServiceMetrics:
         from prometheus_client import generate_latest
         return generate_latest(self.registry)
 
-# %% ../nbs/05a_serving.ipynb #53
+# %% ../nbs/05a_serving.ipynb #61
 class ScoringService:
     "The scoring service's state: served models, micro-batchers, inference-log writers, metrics."
     def __init__(self, settings: ServiceSettings):
@@ -689,6 +811,8 @@ class ScoringService:
         self.client = mlflow_client(settings.tracking_uri)
         self.champion = ModelSlot(CHAMPION, settings.model_name, settings.reference)
         self.champion.load(self.client, settings.allow_unapproved)
+        inputs = [spec.name for spec in self.champion.served.schema]
+        check_log_columns(settings.log_policy or LogPolicy(), inputs, self.champion.served.loaded.uri)
         self.challenger = None
         if settings.canary or settings.shadow:
             self.challenger = ModelSlot(CHALLENGER, settings.model_name, settings.challenger)
@@ -709,7 +833,7 @@ class ScoringService:
             described = {k: str(v or "") for k, v in slot.describe().items() if k in ("model_name", "model_version", "alias", "uri")}
             self.metrics.model.labels(slot.role).info(described)
 
-# %% ../nbs/05a_serving.ipynb #54
+# %% ../nbs/05a_serving.ipynb #62
 def _predict(served: Served, X: pd.DataFrame) -> Outputs:
     "The model's outputs for a frame (runs in the worker thread)."
     return model_outputs(served.loaded.model, X)
@@ -725,8 +849,9 @@ async def start_service(service: ScoringService) -> None:
                                                    observe_wait=service.metrics.queue_wait.observe)
         service.batchers[slot.role].start()
     if s.inference_log:
-        service.log = InferenceLogWriter(s.inference_log, service.metrics.log_errors.inc)
-        if s.shadow: service.shadow_log = InferenceLogWriter(Path(s.inference_log) / "shadow", service.metrics.log_errors.inc)
+        policy = s.log_policy or LogPolicy()
+        service.log = InferenceLogWriter(s.inference_log, service.metrics.log_errors.inc, policy)
+        if s.shadow: service.shadow_log = InferenceLogWriter(Path(s.inference_log) / "shadow", service.metrics.log_errors.inc, policy)
         writers = [w for w in (service.log, service.shadow_log) if w]
         service.metrics.log_backlog.set_function(lambda: sum(w.queue.qsize() for w in writers))
     if s.poll_seconds: service.poller = asyncio.create_task(_poll(service))
@@ -740,7 +865,7 @@ async def stop_service(service: ScoringService) -> None:
     for writer in (service.log, service.shadow_log):
         if writer: await asyncio.to_thread(writer.close)
 
-# %% ../nbs/05a_serving.ipynb #55
+# %% ../nbs/05a_serving.ipynb #63
 def _reload(service: ScoringService, only_if_moved: bool) -> dict:
     "Reload each slot (only those whose alias moved, if asked): approval checked, then the sha256 verified."
     out = {}
@@ -785,7 +910,7 @@ async def _poll(service: ScoringService) -> None:
         except Exception:
             logger.exception("reload failed, the current models keep serving")
 
-# %% ../nbs/05a_serving.ipynb #57
+# %% ../nbs/05a_serving.ipynb #65
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -815,7 +940,7 @@ def parse_json(body: bytes):
     except json.JSONDecodeError as e: raise ServingError(400, "MALFORMED_REQUEST", f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except (ValueError, RecursionError) as e: raise ServingError(400, "MALFORMED_REQUEST", f"malformed JSON: {str(e)[:100] or 'nested too deeply'}") from None
 
-# %% ../nbs/05a_serving.ipynb #58
+# %% ../nbs/05a_serving.ipynb #66
 _LARGE = 100_000  # bytes: larger bodies are parsed and checked in a worker thread, so the event loop keeps serving
 
 async def _parse(service: ScoringService, request: Request) -> tuple[ModelSlot, Served, Rows, list, bool]:
@@ -838,7 +963,7 @@ def _refuse(service: ScoringService, e: ServingError, request_id: str, t0: float
     if service.log: service.log.refused(refusal_record(request_id, e.status, e.error_code, served.loaded.name, served.loaded.version, round(latency * 1000, 3)))
     return JSONResponse({"error_code": e.error_code, "message": e.message}, status_code=e.status, headers={"X-Request-Id": request_id})
 
-# %% ../nbs/05a_serving.ipynb #59
+# %% ../nbs/05a_serving.ipynb #67
 async def invoke(service: ScoringService, request: Request) -> JSONResponse:
     "Answer one POST /invocations request (MLflow's scoring protocol)."
     t0, given = time.perf_counter(), request.headers.get("x-request-id", "")
@@ -870,7 +995,7 @@ def _answer(service: ScoringService, slot: ModelSlot, served: Served, X: Rows, o
             "model_name": loaded.name, "model_version": str(loaded.version), "alias": alias, "role": slot.role, "request_id": request_id}
     return JSONResponse(body, headers={"X-Model-Version": str(loaded.version), "X-Model-Role": slot.role, "X-Request-Id": request_id})
 
-# %% ../nbs/05a_serving.ipynb #60
+# %% ../nbs/05a_serving.ipynb #68
 def _background(service: ScoringService, coroutine) -> None:
     "Run work after the response (the shadow model), tracked so that shutdown waits for it."
     task = asyncio.create_task(coroutine)
@@ -899,7 +1024,7 @@ def service_health(service: ScoringService) -> dict:
             "rollout": {"canary": service.settings.canary, "shadow": service.settings.shadow}, "started_at": service.started_at,
             "inference_log_rows_written": service.log.rows_written if service.log else None}
 
-# %% ../nbs/05a_serving.ipynb #62
+# %% ../nbs/05a_serving.ipynb #70
 _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "REQUEST_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE"}
 
 def _error(status: int, error_code: str, message: str) -> JSONResponse:
@@ -930,7 +1055,7 @@ async def _reload_endpoint(service: ScoringService, request: Request) -> JSONRes
     try: return JSONResponse(await reload_models(service))
     except MlopsError as e: return _error(409, "RELOAD_REFUSED", f"{e}; the current models keep serving")
 
-# %% ../nbs/05a_serving.ipynb #63
+# %% ../nbs/05a_serving.ipynb #71
 def create_app(service: ScoringService) -> FastAPI:
     "The FastAPI application of a scoring service; its lifespan starts the service and drains it on shutdown."
     @contextlib.asynccontextmanager
@@ -962,7 +1087,7 @@ def create_app(service: ScoringService) -> FastAPI:
         return Response(service.metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
     return app
 
-# %% ../nbs/05a_serving.ipynb #66
+# %% ../nbs/05a_serving.ipynb #74
 def check_tls(certfile: str | Path | None, keyfile: str | Path | None) -> bool:
     "Whether TLS is on: both PEM files given and forming a certificate with its key; `ConfigError` otherwise (one given, unreadable)."
     if certfile is None and keyfile is None:
@@ -975,7 +1100,7 @@ def check_tls(certfile: str | Path | None, keyfile: str | Path | None) -> bool:
         raise ConfigError(f"--ssl-certfile {certfile} / --ssl-keyfile {keyfile}: not a certificate and its key ({e})") from None
     return True
 
-# %% ../nbs/05a_serving.ipynb #67
+# %% ../nbs/05a_serving.ipynb #75
 def run_service(settings: ServiceSettings, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info", access_log: bool = False,
                 ssl_certfile: str | None = None,  # PEM certificate: serve HTTPS
                 ssl_keyfile: str | None = None,  # its PEM private key
@@ -1007,7 +1132,7 @@ def serving_warnings(settings: ServiceSettings, host: str, scheme: str) -> list[
         warnings.append("plain HTTP beyond this machine: terminate TLS in front of the service (or --ssl-certfile/--ssl-keyfile)")
     return warnings
 
-# %% ../nbs/05a_serving.ipynb #68
+# %% ../nbs/05a_serving.ipynb #76
 class BackgroundServer:
     "A real uvicorn server for an app on 127.0.0.1 and a free port, in a thread (for notebooks and tests); HTTPS with a certificate."
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, timeout: float = 30,
@@ -1040,7 +1165,7 @@ class BackgroundServer:
     def __enter__(self): return self.start()
     def __exit__(self, *exc): self.stop()
 
-# %% ../nbs/05a_serving.ipynb #70
+# %% ../nbs/05a_serving.ipynb #78
 def example_payloads(rows: pd.DataFrame) -> dict[str, dict]:
     "The same rows as a request body in each of MLflow's four input formats."
     records = rows.astype(object).where(rows.notna(), None).to_dict("records")

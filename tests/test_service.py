@@ -664,3 +664,71 @@ def test_binary_decisions_use_the_model_own_threshold(tmp_path):
     scores = np.asarray(body["probabilities"])
     assert body["predictions"] == project.model.predict(rows).tolist() == (scores >= 0.8).astype(int).tolist()
     assert ((scores > 0.5) & (scores < 0.8)).any(), "no row between 0.5 and 0.8: the test would not see a 0.5 rule"
+
+
+# ---------------------------------------------------------------- a private inference log (issue 19 item 3)
+
+SALT = "a-secret-salt-for-the-tests"
+
+
+def with_serving(cfg, **section):
+    "A copy of the config with a `serving:` section (the shared fixture's config stays as it is)."
+    from mlops_nb.core import Config
+    copy = Config.model_validate({**cfg.model_dump(), "serving": section})
+    copy._base_dir = cfg.base_dir
+    return copy
+
+
+def test_hashed_and_dropped_columns_never_reach_the_log_file(registry, monkeypatch, tmp_path):
+    from mlops_nb.serving import hash_reference, hash_value, log_policy
+    monkeypatch.setenv("MLOPS_NB_LOG_SALT", SALT)
+    cfg = with_serving(registry.cfg, log_columns={"sex": "hash", "colour": "drop"})
+    rows = rows_of(registry, 40, start=10)
+    with serving(cfg, inference_log=str(tmp_path / "log"), shadow=True) as server:
+        answers = [post(server, p).json() for p in example_payloads(rows).values()]
+    assert all(a["model_version"] == "1" for a in answers)
+    text = "".join(p.read_text() for p in (tmp_path / "log").rglob("*.jsonl"))
+    for raw in set(rows["sex"]) | set(rows["colour"]):
+        assert f'"{raw}"' not in text, raw  # neither a hashed nor a dropped value is in any log file (served or shadow)
+    log = read_inference_log(tmp_path / "log")
+    assert "colour" not in log.columns and len(log) == 4 * len(rows)
+    assert log["sex"].tolist() == [hash_value(v, SALT) for v in rows["sex"]] * 4
+    assert log["age"].tolist() == rows["age"].tolist() * 4  # kept columns as they were
+    # monitoring's side: the reference hashed with the same salt has the log's categories
+    reference = load_model_version(registry.client, registry.name, "1").reference_stats()
+    hashed = hash_reference(reference, log_policy(cfg))
+    assert set(log["sex"]) <= set(hashed["columns"]["sex"]["counts"]) and "colour" not in hashed["columns"]
+    policy = json.loads((tmp_path / "log" / "policy.json").read_text())
+    assert policy["columns"] == {"sex": "hash", "colour": "drop"} and SALT not in json.dumps(policy) and policy["salt_id"]
+
+
+def test_a_hashed_column_without_a_salt_or_an_unknown_column_is_refused(registry, monkeypatch, tmp_path):
+    from mlops_nb.core import ConfigError
+    monkeypatch.delenv("MLOPS_NB_LOG_SALT", raising=False)
+    with pytest.raises(ConfigError, match="hashed columns need a secret salt: set the environment variable MLOPS_NB_LOG_SALT"):
+        service_settings(with_serving(registry.cfg, log_columns={"sex": "hash"}), inference_log=str(tmp_path / "log"))
+    with pytest.raises(ConfigError, match=r"serving.log_columns.gender: not an input of models:/arrests/1"):
+        ScoringService(service_settings(with_serving(registry.cfg, log_columns={"gender": "drop"}), inference_log=str(tmp_path / "log")))
+    (tmp_path / "salt").write_text(SALT)
+    cfg = with_serving(registry.cfg, log_columns={"sex": "hash"}, log_salt_file=str(tmp_path / "salt"))
+    assert service_settings(cfg, inference_log=str(tmp_path / "log")).log_policy.salt == SALT.encode()
+
+
+def test_retention_removes_old_files_and_rotation_starts_new_ones(registry, tmp_path):
+    import os
+    folder = tmp_path / "log"
+    folder.mkdir()
+    old, recent, other = folder / "part-20200101T000000-1-aaaaaa.jsonl", folder / "part-20260101T000000-1-bbbbbb.jsonl", folder / "notes.txt"
+    for f in (old, recent, other): f.write_text("{}\n")
+    three_days_ago = time.time() - 3 * 86400
+    os.utime(old, (three_days_ago, three_days_ago))
+    os.utime(other, (three_days_ago, three_days_ago))
+    cfg = with_serving(registry.cfg, log_retention_days=1, log_max_file_mb=0.002)  # about 2 KB a file
+    with serving(cfg, inference_log=str(folder)) as server:
+        for i in range(6):
+            assert post(server, example_payloads(rows_of(registry, 5, start=5 * i))["inputs"]).status_code == 200
+    assert not old.exists() and recent.exists() and other.exists()  # only our old part files go
+    recent.unlink()
+    parts = sorted(folder.glob("part-*.jsonl"))
+    assert len(parts) >= 3, [p.stat().st_size for p in parts]  # rotated by size
+    assert len(read_inference_log(folder)) == 30
