@@ -4,8 +4,8 @@
 
 # %% ../nbs/05a_serving.ipynb #2
 from __future__ import annotations
-import asyncio, contextlib, datetime as dt, hashlib, hmac, ipaddress, json, logging, math, os, queue, random, re, shutil, socket, ssl
-import tempfile, threading, time, uuid
+import asyncio, contextlib, datetime as dt, hashlib, hmac, ipaddress, json, logging, math, os, queue, random, re
+import shutil, socket, ssl, tempfile, threading, time, uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,15 +29,16 @@ logger = logging.getLogger("mlops_nb.serve")
 __all__ = ['logger', 'INTEGER_RANGES', 'TYPE_NAMES', 'PROBLEM_COLUMNS', 'FORMATS', 'TOKEN_ENV', 'ADMIN_TOKEN_ENV',
            'MIN_SECRET_CHARS', 'APPROVAL_TAGS', 'ColumnSpec', 'input_schema', 'describe_value', 'value_problem',
            'column_problems', 'check_frame', 'describe_problems', 'ServingError', 'columns_from_payload',
-           'want_probabilities', 'match_columns', 'model_frame', 'Rows', 'model_rows', 'rows_frame',
+           'want_probabilities', 'match_columns', 'model_frame', 'Rows', 'model_rows', 'arrays_frame', 'rows_frame',
            'unseen_categories', 'prepare_request', 'ServiceSettings', 'service_settings', 'read_secret', 'is_loopback',
            'check_exposure', 'bearer_token', 'authorized', 'unauthorized', 'VersionNotServed', 'approval_problem',
-           'servable_version', 'Served', 'single_threaded', 'ModelSlot', 'Outputs', 'model_outputs', 'plain_values',
-           'answer_fields', 'MicroBatcher', 'LogPolicy', 'hash_value', 'salt_id', 'log_policy', 'check_log_columns',
-           'hash_reference', 'log_policy_table', 'refusal_record', 'logged_columns', 'log_lines', 'new_log_path',
-           'remove_old_logs', 'write_policy_record', 'InferenceLogWriter', 'ServiceMetrics', 'ScoringService',
-           'start_service', 'stop_service', 'reload_models', 'read_body', 'parse_json', 'invoke', 'service_health',
-           'create_app', 'check_tls', 'run_service', 'serving_warnings', 'BackgroundServer', 'example_payloads']
+           'servable_version', 'Served', 'single_threaded', 'ModelSlot', 'Outputs', 'shared_probabilities',
+           'model_outputs', 'plain_values', 'answer_fields', 'MicroBatcher', 'LogPolicy', 'hash_value', 'salt_id',
+           'log_policy', 'check_log_columns', 'hash_reference', 'log_policy_table', 'refusal_record', 'logged_columns',
+           'log_lines', 'new_log_path', 'remove_old_logs', 'write_policy_record', 'InferenceLogWriter',
+           'ServiceMetrics', 'ScoringService', 'start_service', 'stop_service', 'reload_models', 'read_body',
+           'parse_json', 'invoke', 'service_health', 'create_app', 'check_tls', 'run_service', 'serving_warnings',
+           'BackgroundServer', 'example_payloads']
 
 # %% ../nbs/05a_serving.ipynb #5
 INTEGER_RANGES = {"long": (-2**63, 2**63 - 1), "integer": (-2**31, 2**31 - 1)}
@@ -259,7 +260,7 @@ class Rows:
     columns: dict[str, np.ndarray]
     n: int
     def __len__(self) -> int: return self.n
-    def frame(self) -> pd.DataFrame: return pd.DataFrame(self.columns)
+    def frame(self) -> pd.DataFrame: return arrays_frame(self.columns)
     def select(self, names: list[str]) -> "Rows": return Rows({c: self.columns[c] for c in names}, self.n)
 
 def model_rows(columns: dict, schema: list[ColumnSpec]) -> Rows:
@@ -267,10 +268,15 @@ def model_rows(columns: dict, schema: list[ColumnSpec]) -> Rows:
     arrays = {s.name: _model_column(columns[s.name], s) for s in schema}
     return Rows(arrays, len(next(iter(arrays.values()))) if arrays else 0)
 
+def arrays_frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    "A frame of model-typed arrays; text stays Python objects (pandas would infer its Arrow strings, which the model converts back)."
+    as_given = {c: pd.Series(a, dtype=object, copy=False) if a.dtype == object else a for c, a in columns.items()}
+    return pd.DataFrame(as_given, copy=False)
+
 def rows_frame(parts: list[Rows]) -> pd.DataFrame:
     "One frame of several requests' rows, in order: each column concatenated once (requests of one model have its columns)."
     if len(parts) == 1: return parts[0].frame()
-    return pd.DataFrame({c: np.concatenate([p.columns[c] for p in parts]) for c in parts[0].columns})
+    return arrays_frame({c: np.concatenate([p.columns[c] for p in parts]) for c in parts[0].columns})
 
 def unseen_categories(columns: pd.DataFrame | dict, schema: list[ColumnSpec]) -> list[list[str]]:
     "Per row, the text columns whose value never occurred in training (one set lookup per value; lists built only for those rows)."
@@ -278,7 +284,9 @@ def unseen_categories(columns: pd.DataFrame | dict, schema: list[ColumnSpec]) ->
     out = [[] for _ in range(rows)]
     for s in (s for s in schema if s.categories is not None):
         values = columns[s.name].tolist() if isinstance(columns[s.name], pd.Series) else columns[s.name]
-        for i in [i for i, v in enumerate(values) if v not in s.categories]:  # a known category is the common case
+        if set(values) <= s.categories:  # the common case: every value known (one pass in C)
+            continue
+        for i in [i for i, v in enumerate(values) if v not in s.categories]:
             if not _missing(values[i]) and str(values[i]) not in s.categories: out[i].append(s.name)
     return out
 
@@ -417,7 +425,7 @@ def approval_problem(tags: dict, role: str) -> str | None:
 
 # %% ../nbs/05a_serving.ipynb #37
 def servable_version(client, slot: "ModelSlot", allow_unapproved: bool = False):
-    "The `ModelVersion` a slot's reference points to, if it may be served in the slot's role; else `VersionNotServed` (recorded on the slot)."
+    "The `ModelVersion` a slot's reference points to, if it may be served in its role; else `VersionNotServed` (noted on the slot)."
     mv = resolve_version(client, slot.name, slot.reference)
     problem = approval_problem(mv.tags, slot.role)
     uri = f"models:/{slot.name}/{mv.version}" + ("" if slot.reference.isdigit() else f" (alias {slot.reference})")
@@ -495,8 +503,35 @@ class Outputs:
         "The positive-class probability of each row (two classes), else None."
         return self.probabilities[:, self.classes.index("1")] if self.task == "binary" else None
 
+class _ReusedProbabilities:
+    "An estimator's `predict_proba` that answers a second call on the same rows object with (a copy of) the first result."
+    def __init__(self, method):
+        self.method, self.last, self.__name__ = method, None, method.__name__  # scikit-learn reads the method's name
+
+    def __call__(self, X, *args, **kwargs):
+        if self.last is not None and self.last[0] is X and not args and not kwargs:
+            return self.last[1].copy()
+        result = self.method(X, *args, **kwargs)
+        self.last = (X, result)
+        return result
+
+@contextlib.contextmanager
+def shared_probabilities(estimator):
+    "While inside: the estimator (and the estimators it wraps, `estimator_`) compute `predict_proba` once per rows object."
+    chain = []
+    while estimator is not None and hasattr(estimator, "predict_proba") and "predict_proba" not in vars(estimator):
+        chain.append(estimator)
+        estimator = getattr(estimator, "estimator_", None)
+    for e in chain:
+        e.predict_proba = _ReusedProbabilities(e.predict_proba)
+    try:
+        yield
+    finally:
+        for e in chain:
+            del e.predict_proba
+
 def model_outputs(model, X: pd.DataFrame) -> Outputs:
-    "`predict_outputs` of a fitted model, the pipeline's preprocessing run once for predict and predict_proba."
+    "`predict_outputs` of a fitted model: the pipeline's preprocessing run once, `predict` reusing the probabilities."
     from sklearn.pipeline import Pipeline
     target, rows = model, X
     if isinstance(model, Pipeline) and len(model.steps) > 1:
@@ -504,7 +539,8 @@ def model_outputs(model, X: pd.DataFrame) -> Outputs:
         if isinstance(transformed, (np.ndarray, pd.DataFrame)):
             target = model[-1]
             rows = transformed if isinstance(transformed, pd.DataFrame) else pd.DataFrame(transformed, index=X.index, copy=False)
-    out = predict_outputs(target, rows)
+    with shared_probabilities(target):
+        out = predict_outputs(target, rows)
     probabilities = out["probabilities"]
     if probabilities is None:
         return Outputs(out["task"], np.asarray(out["prediction"], dtype=float))
@@ -516,8 +552,12 @@ def plain_values(values: np.ndarray) -> list:
     if values.dtype.kind in "iub":
         return values.tolist()
     if values.dtype.kind == "f":
-        return np.where(np.isfinite(values), values, None).tolist()
-    return [None if _missing(v) else v for v in values.tolist()]
+        finite = np.isfinite(values)
+        return values.tolist() if finite.all() else np.where(finite, values, None).tolist()
+    out = values.tolist()
+    for i in np.flatnonzero(pd.isna(values)):
+        out[i] = None
+    return out
 
 def answer_fields(outputs: Outputs, probabilities: bool) -> dict:
     "The response's `predictions` and, when asked, `probabilities` (positive class for two classes, per class for more)."
@@ -611,7 +651,7 @@ class LogPolicy:
         return self.columns.get(column, self.default)
 
 def hash_value(value, salt: bytes | str) -> str | None:
-    "A value as the inference log shows a hashed column: `h:` and 16 hex characters of HMAC-SHA256 keyed with the salt; missing stays None."
+    "A hashed column's value as the log shows it: `h:` and 16 hex characters of HMAC-SHA256 keyed with the salt; missing stays None."
     if _missing(value):
         return None
     key = salt.encode("utf-8") if isinstance(salt, str) else salt
@@ -632,13 +672,13 @@ def log_policy(cfg: Config) -> LogPolicy:
         file = None if s.log_salt_file is None else resolve_path(cfg, s.log_salt_file)
         secret = read_secret(file, s.log_salt_env, "serving.log_salt_file")
         if secret is None:
-            raise ConfigError(f"serving.log_columns: hashed columns need a secret salt: set the environment variable {s.log_salt_env} "
-                              "or serving.log_salt_file")
+            raise ConfigError("serving.log_columns: hashed columns need a secret salt: set the environment variable "
+                              f"{s.log_salt_env} or serving.log_salt_file")
         salt = secret.encode("utf-8")
     return LogPolicy(dict(s.log_columns), s.log_default, salt, s.log_retention_days, int(s.log_max_file_mb * 2**20))
 
 def check_log_columns(policy: LogPolicy, inputs: list[str], uri: str) -> None:
-    "`ConfigError` naming the key when the policy lists a column the served model does not read (a misspelt name would log raw values)."
+    "`ConfigError` naming the key when the policy lists a column the model does not read (a misspelt name would log raw values)."
     unknown = [c for c in policy.columns if c not in inputs]
     if unknown:
         raise ConfigError(f"serving.log_columns.{unknown[0]}: not an input of {uri} (its inputs: {inputs})")
@@ -665,7 +705,8 @@ def log_policy_table(policy: LogPolicy, columns: list[str]) -> pd.DataFrame:
     cost = {"keep": "drift, input checks and explanations as usual",
             "hash": "drift of a text column's categories (hashed with the same salt); a number's distribution is lost",
             "drop": "nothing: no drift, no input check and no view of the column in monitoring; performance is still measured"}
-    return pd.DataFrame([{"column": c, "in the log": policy.action(c), "monitoring": cost[policy.action(c)]} for c in columns]).set_index("column")
+    rows = [{"column": c, "in the log": policy.action(c), "monitoring": cost[policy.action(c)]} for c in columns]
+    return pd.DataFrame(rows).set_index("column")
 
 # %% ../nbs/05a_serving.ipynb #56
 def refusal_record(request_id: str, status: int, error_code: str, model_name: str = "", model_version: str = "", latency_ms: float | None = None) -> dict:
@@ -685,25 +726,39 @@ def logged_columns(rows: Rows, policy: LogPolicy) -> dict[str, list]:
             out[name] = [hash_value(v, policy.salt) for v in plain_values(values)]
     return out
 
+_ENCODE = json.JSONEncoder().encode  # the C encoder, one value at a time
+
+def _encoded(values: list) -> list[str]:
+    "Each value as JSON text: a column of one type through that type's C-level text function, others through the encoder."
+    kinds = set(map(type, values))
+    if kinds <= {str}:
+        return list(map(json.encoder.encode_basestring_ascii, values))
+    if kinds <= {int}:
+        return list(map(int.__repr__, values))
+    if kinds <= {float}:
+        return list(map(float.__repr__, values))  # finite: `plain_values` turned NaN and infinities into None
+    return list(map(_ENCODE, values))
+
 def log_lines(rows: Rows, outputs: Outputs, request_id: str, model_name: str = "", model_version: str = "",
               latency_ms: float | None = None, unseen_categories: list[list[str]] | None = None,
               policy: LogPolicy = LogPolicy()) -> list[str]:
-    "One request's scored rows as inference-log lines (JSON), one per row: inputs (per the policy), prediction, probabilities, timing."
-    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    "A request's scored rows as inference-log lines (JSON), one per row: inputs (per the policy), prediction, probabilities."
+    n = len(rows)
     logged = logged_columns(rows, policy)
-    names, columns = list(logged), list(logged.values())
-    inputs = [dict(zip(names, values)) for values in zip(*columns)] if names else [{} for _ in range(len(rows))]
-    predictions = plain_values(outputs.prediction)
-    scores = outputs.score.tolist() if outputs.task == "binary" else [None] * len(rows)
-    per_class = ([dict(zip(outputs.classes, p)) for p in outputs.probabilities.tolist()] if outputs.task == "multiclass"
-                 else [None] * len(rows))
-    unseen = unseen_categories if unseen_categories is not None else [[]] * len(rows)
-    common = {"request_id": str(request_id), "model_name": model_name, "model_version": str(model_version),
-              "latency_ms": latency_ms, "status": 200}
-    return [json.dumps({"time": now, "row": i, **common, "inputs": r, "prediction": d, "probability": s,
-                        **({"probabilities": c} if c is not None else {}), "unseen_categories": u})
+    keys = [_ENCODE(name) + ": " for name in logged]
+    inputs = (["{" + ", ".join(map(str.__add__, keys, texts)) + "}" for texts in zip(*map(_encoded, logged.values()))]
+              if logged else ["{}"] * n)
+    per_class = ([", \"probabilities\": " + _ENCODE(dict(zip(outputs.classes, p))) for p in outputs.probabilities.tolist()]
+                 if outputs.task == "multiclass" else [""] * n)
+    head = _ENCODE({"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), "request_id": str(request_id),
+                    "model_name": model_name, "model_version": str(model_version), "latency_ms": latency_ms, "status": 200})[:-1]
+    scores = _encoded(plain_values(outputs.score) if outputs.task == "binary" else [None] * n)
+    predictions = _encoded(plain_values(outputs.prediction))
+    unseen = _encoded(unseen_categories) if unseen_categories and any(unseen_categories) else ["[]"] * n
+    return [f'{head}, "row": {i}, "inputs": {r}, "prediction": {d}, "probability": {s}{c}, "unseen_categories": {u}}}'
             for i, (r, d, s, c, u) in enumerate(zip(inputs, predictions, scores, per_class, unseen))]
 
+# %% ../nbs/05a_serving.ipynb #58
 def new_log_path(folder: Path) -> Path:
     "A new part file of an inference-log folder: `part-<UTC time>-<process>-<random>.jsonl` (sorts by time)."
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
@@ -726,7 +781,7 @@ def write_policy_record(folder: Path, policy: LogPolicy) -> None:
               "retention_days": policy.retention_days, "max_file_bytes": policy.max_file_bytes}
     (folder / "policy.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
-# %% ../nbs/05a_serving.ipynb #57
+# %% ../nbs/05a_serving.ipynb #59
 class InferenceLogWriter:
     "Appends inference-log records from a queue in a background thread (responses never wait for the disk); `close` drains it."
     def __init__(self, folder: str | Path, on_error=lambda: None, policy: LogPolicy = LogPolicy()):
@@ -764,7 +819,6 @@ class InferenceLogWriter:
                     lines = log_lines(rows, outputs, **fields, policy=self.policy)
                 else:
                     lines = [json.dumps(_jsonable(value))]
-                self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._rotate()
                 with open(self.path, "a", encoding="utf-8") as f:
                     f.write("".join(line + "\n" for line in lines))
@@ -778,7 +832,7 @@ class InferenceLogWriter:
         "Write everything queued, then stop the thread."
         self.queue.put(None); self.thread.join(timeout)
 
-# %% ../nbs/05a_serving.ipynb #59
+# %% ../nbs/05a_serving.ipynb #61
 class ServiceMetrics:
     "The service's Prometheus metrics, in a registry of its own."
     def __init__(self):
@@ -795,7 +849,8 @@ class ServiceMetrics:
         self.version = Gauge("mlops_nb_model_version", "Served model version, by role", ["role"], registry=r)
         self.model = Info("mlops_nb_model", "The served model (name, version, alias, uri), by role", ["role"], registry=r)
         self.log_backlog = Gauge("mlops_nb_inference_log_backlog", "Inference-log records queued, not yet written", registry=r)
-        self.reloads = Counter("mlops_nb_reloads", "Model reloads by outcome (changed, unchanged, refused, failed)", ["outcome"], registry=r)
+        self.reloads = Counter("mlops_nb_reloads", "Model reloads by outcome (changed, unchanged, refused, failed)", ["outcome"],
+                               registry=r)
         self.log_errors = Counter("mlops_nb_inference_log_errors", "Inference-log writes that failed", registry=r)
         self.shadow_errors = Counter("mlops_nb_shadow_errors", "Shadow scorings that failed", registry=r)
 
@@ -803,7 +858,7 @@ class ServiceMetrics:
         from prometheus_client import generate_latest
         return generate_latest(self.registry)
 
-# %% ../nbs/05a_serving.ipynb #61
+# %% ../nbs/05a_serving.ipynb #63
 class ScoringService:
     "The scoring service's state: served models, micro-batchers, inference-log writers, metrics."
     def __init__(self, settings: ServiceSettings):
@@ -830,10 +885,11 @@ class ScoringService:
         "The served versions as metrics: a gauge of the version number and an info metric of the model, per role."
         for slot in self.slots():
             self.metrics.version.labels(slot.role).set(slot.served.loaded.version)
-            described = {k: str(v or "") for k, v in slot.describe().items() if k in ("model_name", "model_version", "alias", "uri")}
+            keys = ("model_name", "model_version", "alias", "uri")
+            described = {k: str(v or "") for k, v in slot.describe().items() if k in keys}
             self.metrics.model.labels(slot.role).info(described)
 
-# %% ../nbs/05a_serving.ipynb #62
+# %% ../nbs/05a_serving.ipynb #64
 def _predict(served: Served, X: pd.DataFrame) -> Outputs:
     "The model's outputs for a frame (runs in the worker thread)."
     return model_outputs(served.loaded.model, X)
@@ -851,7 +907,8 @@ async def start_service(service: ScoringService) -> None:
     if s.inference_log:
         policy = s.log_policy or LogPolicy()
         service.log = InferenceLogWriter(s.inference_log, service.metrics.log_errors.inc, policy)
-        if s.shadow: service.shadow_log = InferenceLogWriter(Path(s.inference_log) / "shadow", service.metrics.log_errors.inc, policy)
+        if s.shadow:
+            service.shadow_log = InferenceLogWriter(Path(s.inference_log) / "shadow", service.metrics.log_errors.inc, policy)
         writers = [w for w in (service.log, service.shadow_log) if w]
         service.metrics.log_backlog.set_function(lambda: sum(w.queue.qsize() for w in writers))
     if s.poll_seconds: service.poller = asyncio.create_task(_poll(service))
@@ -865,7 +922,7 @@ async def stop_service(service: ScoringService) -> None:
     for writer in (service.log, service.shadow_log):
         if writer: await asyncio.to_thread(writer.close)
 
-# %% ../nbs/05a_serving.ipynb #63
+# %% ../nbs/05a_serving.ipynb #65
 def _reload(service: ScoringService, only_if_moved: bool) -> dict:
     "Reload each slot (only those whose alias moved, if asked): approval checked, then the sha256 verified."
     out = {}
@@ -910,7 +967,7 @@ async def _poll(service: ScoringService) -> None:
         except Exception:
             logger.exception("reload failed, the current models keep serving")
 
-# %% ../nbs/05a_serving.ipynb #65
+# %% ../nbs/05a_serving.ipynb #67
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -940,7 +997,7 @@ def parse_json(body: bytes):
     except json.JSONDecodeError as e: raise ServingError(400, "MALFORMED_REQUEST", f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except (ValueError, RecursionError) as e: raise ServingError(400, "MALFORMED_REQUEST", f"malformed JSON: {str(e)[:100] or 'nested too deeply'}") from None
 
-# %% ../nbs/05a_serving.ipynb #66
+# %% ../nbs/05a_serving.ipynb #68
 _LARGE = 100_000  # bytes: larger bodies are parsed and checked in a worker thread, so the event loop keeps serving
 
 async def _parse(service: ScoringService, request: Request) -> tuple[ModelSlot, Served, Rows, list, bool]:
@@ -963,7 +1020,7 @@ def _refuse(service: ScoringService, e: ServingError, request_id: str, t0: float
     if service.log: service.log.refused(refusal_record(request_id, e.status, e.error_code, served.loaded.name, served.loaded.version, round(latency * 1000, 3)))
     return JSONResponse({"error_code": e.error_code, "message": e.message}, status_code=e.status, headers={"X-Request-Id": request_id})
 
-# %% ../nbs/05a_serving.ipynb #67
+# %% ../nbs/05a_serving.ipynb #69
 async def invoke(service: ScoringService, request: Request) -> JSONResponse:
     "Answer one POST /invocations request (MLflow's scoring protocol)."
     t0, given = time.perf_counter(), request.headers.get("x-request-id", "")
@@ -995,7 +1052,7 @@ def _answer(service: ScoringService, slot: ModelSlot, served: Served, X: Rows, o
             "model_name": loaded.name, "model_version": str(loaded.version), "alias": alias, "role": slot.role, "request_id": request_id}
     return JSONResponse(body, headers={"X-Model-Version": str(loaded.version), "X-Model-Role": slot.role, "X-Request-Id": request_id})
 
-# %% ../nbs/05a_serving.ipynb #68
+# %% ../nbs/05a_serving.ipynb #70
 def _background(service: ScoringService, coroutine) -> None:
     "Run work after the response (the shadow model), tracked so that shutdown waits for it."
     task = asyncio.create_task(coroutine)
@@ -1024,7 +1081,7 @@ def service_health(service: ScoringService) -> dict:
             "rollout": {"canary": service.settings.canary, "shadow": service.settings.shadow}, "started_at": service.started_at,
             "inference_log_rows_written": service.log.rows_written if service.log else None}
 
-# %% ../nbs/05a_serving.ipynb #70
+# %% ../nbs/05a_serving.ipynb #72
 _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "REQUEST_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE"}
 
 def _error(status: int, error_code: str, message: str) -> JSONResponse:
@@ -1042,7 +1099,7 @@ def _mlflow_version() -> str:
     return version("mlflow")
 
 async def _reload_endpoint(service: ScoringService, request: Request) -> JSONResponse:
-    "POST /reload: re-read the aliases and reload (approval checked, sha256 verified). It takes no input: no request chooses a model."
+    "POST /reload: re-read the aliases and reload (approval checked, sha256 verified); no input, so no request chooses a model."
     s = service.settings
     if s.admin_token is None and s.token is not None:
         return _error(403, "FORBIDDEN", "POST /reload is disabled: the service was started without an admin token "
@@ -1055,7 +1112,7 @@ async def _reload_endpoint(service: ScoringService, request: Request) -> JSONRes
     try: return JSONResponse(await reload_models(service))
     except MlopsError as e: return _error(409, "RELOAD_REFUSED", f"{e}; the current models keep serving")
 
-# %% ../nbs/05a_serving.ipynb #71
+# %% ../nbs/05a_serving.ipynb #73
 def create_app(service: ScoringService) -> FastAPI:
     "The FastAPI application of a scoring service; its lifespan starts the service and drains it on shutdown."
     @contextlib.asynccontextmanager
@@ -1087,9 +1144,9 @@ def create_app(service: ScoringService) -> FastAPI:
         return Response(service.metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
     return app
 
-# %% ../nbs/05a_serving.ipynb #74
+# %% ../nbs/05a_serving.ipynb #76
 def check_tls(certfile: str | Path | None, keyfile: str | Path | None) -> bool:
-    "Whether TLS is on: both PEM files given and forming a certificate with its key; `ConfigError` otherwise (one given, unreadable)."
+    "Whether TLS is on: both PEM files given, a certificate and its key; `ConfigError` for one alone or files that are not."
     if certfile is None and keyfile is None:
         return False
     if certfile is None or keyfile is None:
@@ -1100,7 +1157,7 @@ def check_tls(certfile: str | Path | None, keyfile: str | Path | None) -> bool:
         raise ConfigError(f"--ssl-certfile {certfile} / --ssl-keyfile {keyfile}: not a certificate and its key ({e})") from None
     return True
 
-# %% ../nbs/05a_serving.ipynb #75
+# %% ../nbs/05a_serving.ipynb #77
 def run_service(settings: ServiceSettings, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info", access_log: bool = False,
                 ssl_certfile: str | None = None,  # PEM certificate: serve HTTPS
                 ssl_keyfile: str | None = None,  # its PEM private key
@@ -1132,7 +1189,7 @@ def serving_warnings(settings: ServiceSettings, host: str, scheme: str) -> list[
         warnings.append("plain HTTP beyond this machine: terminate TLS in front of the service (or --ssl-certfile/--ssl-keyfile)")
     return warnings
 
-# %% ../nbs/05a_serving.ipynb #76
+# %% ../nbs/05a_serving.ipynb #78
 class BackgroundServer:
     "A real uvicorn server for an app on 127.0.0.1 and a free port, in a thread (for notebooks and tests); HTTPS with a certificate."
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, timeout: float = 30,
@@ -1165,7 +1222,7 @@ class BackgroundServer:
     def __enter__(self): return self.start()
     def __exit__(self, *exc): self.stop()
 
-# %% ../nbs/05a_serving.ipynb #78
+# %% ../nbs/05a_serving.ipynb #80
 def example_payloads(rows: pd.DataFrame) -> dict[str, dict]:
     "The same rows as a request body in each of MLflow's four input formats."
     records = rows.astype(object).where(rows.notna(), None).to_dict("records")
