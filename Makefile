@@ -37,10 +37,11 @@ endef
 SPARK_STAMP  := $(VENV)/.installed-spark
 SERVER_STAMP := $(VENV)/.installed-server
 
-## Java, PostgreSQL and Chromium at once (one apt-get update): what `make test` needs beyond Python (Chromium: the reports
-## are opened in a real headless browser, tests/test_reports_browser.py).
+## Java, PostgreSQL, Chromium and wrk at once (one apt-get update): what `make test` needs beyond Python (Chromium: the
+## reports are opened in a real headless browser, tests/test_reports_browser.py; wrk: the serving benchmark's smoke,
+## tests/test_bench_smoke.py).
 system-packages:
-	@$(call apt_install,default-jre-headless:java postgresql:initdb chromium:chromium)
+	@$(call apt_install,default-jre-headless:java postgresql:initdb chromium:chromium wrk:wrk)
 
 $(SPARK_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev,spark]"

@@ -204,16 +204,30 @@ def serve(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YA
           max_batch_rows: int = typer.Option(256, "--max-batch-rows", help="Micro-batching: most rows per predict call."),
           max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", help="Micro-batching: longest wait for concurrent requests."),
           log_level: str = typer.Option("info", "--log-level", help="uvicorn's log level."),
-          access_log: bool = typer.Option(False, "--access-log", help="Log every request (uvicorn's access log).")):
+          access_log: bool = typer.Option(False, "--access-log", help="Log every request (uvicorn's access log)."),
+          token_file: Optional[Path] = typer.Option(None, "--token-file", help="File holding the bearer token (default: $MLOPS_NB_TOKEN)."),
+          admin_token_file: Optional[Path] = typer.Option(None, "--admin-token-file",
+                                                          help="File holding the token of POST /reload (default: $MLOPS_NB_ADMIN_TOKEN)."),
+          allow_unauthenticated: bool = typer.Option(False, "--allow-unauthenticated",
+                                                     help="Listen beyond this machine without a token (behind a trusted proxy only)."),
+          allow_unapproved: bool = typer.Option(False, "--allow-unapproved",
+                                                help="Serve a version without a recorded approval (said on every start)."),
+          ssl_certfile: Optional[Path] = typer.Option(None, "--ssl-certfile", help="PEM certificate: serve HTTPS."),
+          ssl_keyfile: Optional[Path] = typer.Option(None, "--ssl-keyfile", help="PEM private key of --ssl-certfile.")):
     "Serve the champion over HTTP: MLflow's /invocations protocol, /ping, /health, /version, /metrics, /reload."
     from mlops_nb.core import load_config
-    from mlops_nb.serving import run_service, service_settings
+    from mlops_nb.serving import ADMIN_TOKEN_ENV, TOKEN_ENV, read_secret, run_service, service_settings
     def body():
         cfg = load_config(config, set_)
-        settings = service_settings(cfg, model, canary=canary, shadow=shadow, seed=seed, inference_log=None if no_inference_log else str(inference_log),
-                                    max_body_bytes=max_body_bytes, extra_columns=extra_columns, allow_nulls=allow_nulls, poll_seconds=poll_seconds,
-                                    max_batch_rows=max_batch_rows, max_wait_ms=max_wait_ms)
-        run_service(settings, host, port, log_level, access_log)
+        log = None if no_inference_log else str(inference_log)
+        tokens = {"token": read_secret(token_file, TOKEN_ENV, "--token-file"),
+                  "admin_token": read_secret(admin_token_file, ADMIN_TOKEN_ENV, "--admin-token-file")}
+        settings = service_settings(cfg, model, canary=canary, shadow=shadow, seed=seed, inference_log=log, max_body_bytes=max_body_bytes,
+                                    extra_columns=extra_columns, allow_nulls=allow_nulls, poll_seconds=poll_seconds,
+                                    max_batch_rows=max_batch_rows, max_wait_ms=max_wait_ms, allow_unapproved=allow_unapproved, **tokens)
+        tls = {"ssl_certfile": None if ssl_certfile is None else str(ssl_certfile),
+               "ssl_keyfile": None if ssl_keyfile is None else str(ssl_keyfile)}
+        run_service(settings, host, port, log_level, access_log, allow_unauthenticated=allow_unauthenticated, **tls)
     guarded(body)
 
 # %% ../nbs/08_cli.ipynb #18

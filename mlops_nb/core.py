@@ -19,15 +19,15 @@ warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto (v
 
 # %% auto #0
 __all__ = ['Task', 'CLASSIFICATION_METRICS', 'REGRESSION_METRICS', 'Metric', 'BUILTIN_CANDIDATES', 'DEFAULT_SOURCE',
-           'BUILTIN_DATASETS', 'LOWER_IS_BETTER', 'BOUNDED_METRICS', 'AUTO_MIN_PRIMARY_METRIC', 'STORE_BUSY',
-           'MlopsError', 'ConfigError', 'DataValidationError', 'GateFailure', 'DataConfig', 'SplitConfig',
+           'BUILTIN_DATASETS', 'LogAction', 'LOWER_IS_BETTER', 'BOUNDED_METRICS', 'AUTO_MIN_PRIMARY_METRIC',
+           'STORE_BUSY', 'MlopsError', 'ConfigError', 'DataValidationError', 'GateFailure', 'DataConfig', 'SplitConfig',
            'CandidateConfig', 'ThresholdConfig', 'ModelConfig', 'GatesConfig', 'MonitoringConfig', 'TrackingConfig',
-           'PipelineConfig', 'RaiConfig', 'Config', 'default_primary_metric', 'default_candidates', 'task_metrics',
-           'apply_task', 'primary_metric_bar', 'apply_overrides', 'load_config', 'resolve_path', 'tracking_uri',
-           'config_hash', 'resolved_config', 'fingerprint_data', 'git_commit', 'package_version', 'new_run_id',
-           'RunContext', 'write_json', 'read_json', 'run_context', 'scratch_context', 'mlflow_client', 'experiment_id',
-           'lineage_tags', 'start_parent_run', 'stage_run_id', 'metric_key', 'flatten', 'flat_metrics', 'log_batch',
-           'retry', 'utc_now', 'finish_stage', 'esc', 'code', 'Html', 'html_table', 'md']
+           'PipelineConfig', 'RaiConfig', 'ServingConfig', 'Config', 'default_primary_metric', 'default_candidates',
+           'task_metrics', 'apply_task', 'primary_metric_bar', 'apply_overrides', 'load_config', 'resolve_path',
+           'tracking_uri', 'config_hash', 'resolved_config', 'fingerprint_data', 'git_commit', 'package_version',
+           'new_run_id', 'RunContext', 'write_json', 'read_json', 'run_context', 'scratch_context', 'mlflow_client',
+           'experiment_id', 'lineage_tags', 'start_parent_run', 'stage_run_id', 'metric_key', 'flatten', 'flat_metrics',
+           'log_batch', 'retry', 'utc_now', 'finish_stage', 'esc', 'code', 'Html', 'html_table', 'md']
 
 # %% ../nbs/00_core.ipynb #6
 class MlopsError(Exception):
@@ -183,6 +183,19 @@ class RaiConfig(_Section):
     mitigation: list[Literal["threshold_optimizer", "exponentiated_gradient"]] = Field(
         [], description="Add fairlearn-mitigated versions of the best candidate as candidates")
 
+LogAction = Literal["keep", "hash", "drop"]
+
+class ServingConfig(_Section):
+    "The scoring service's inference log: what it keeps of each input column, and for how long."
+    log_columns: dict[str, LogAction] = Field(
+        {}, description="Per input column: keep the value, hash it (keyed with the secret salt) or drop it from the log")
+    log_default: LogAction = Field("keep", description="What the log keeps of an input column not listed in log_columns")
+    log_salt_env: str = Field("MLOPS_NB_LOG_SALT", min_length=1,
+                              description="Environment variable holding the secret salt of hashed columns (never the salt itself)")
+    log_salt_file: str | None = Field(None, description="Or a file holding the salt, relative to the config (e.g. a mounted secret)")
+    log_retention_days: float | None = Field(None, gt=0, description="Log files unchanged for longer are deleted; null keeps them")
+    log_max_file_mb: float = Field(64, gt=0, description="A log file is closed and a new one started once it passes this size")
+
 # %% ../nbs/00_core.ipynb #16
 def _default_name(source: str) -> str:
     "The built-in dataset's name, or the data file's stem with characters a name refuses replaced."
@@ -215,6 +228,7 @@ class Config(_Section):
     tracking: TrackingConfig = Field(TrackingConfig(), description="MLflow tracking and registry")
     rai: RaiConfig = Field(RaiConfig(), description="Responsible-AI assessment and fairness mitigation")
     pipeline: PipelineConfig = Field(PipelineConfig(), description="Stage time limits")
+    serving: ServingConfig = Field(ServingConfig(), description="The scoring service's inference log: privacy and retention")
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
     @model_validator(mode="before")

@@ -4,9 +4,10 @@
 
 # %% ../nbs/05a_serving.ipynb #2
 from __future__ import annotations
-import asyncio, contextlib, datetime as dt, json, logging, math, os, queue, random, re, shutil, socket, tempfile, threading, time, uuid
+import asyncio, contextlib, datetime as dt, hashlib, hmac, ipaddress, json, logging, math, os, queue, random, re
+import shutil, socket, ssl, tempfile, threading, time, uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -18,21 +19,26 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .core import (Config, ConfigError, MlopsError, _jsonable, mlflow_client, package_version, resolve_path, tracking_uri,
                            utc_now)
-from .evaluation import (CHALLENGER, CHAMPION, LoadedModel, alias_version, decisions, load_model_version, positive_scores,
+from .evaluation import (CHALLENGER, CHAMPION, LoadedModel, alias_version, load_model_version, model_task, predict_outputs,
                                  resolve_version)
-from .monitoring import append_inference_log
-from .registry import parse_model_spec
+from .registry import FAILED_STAGE_TAG, GATES_PASSED_TAG, parse_model_spec
 
 logger = logging.getLogger("mlops_nb.serve")
 
 # %% auto #0
-__all__ = ['logger', 'INTEGER_RANGES', 'TYPE_NAMES', 'PROBLEM_COLUMNS', 'FORMATS', 'ColumnSpec', 'input_schema', 'describe_value',
-           'value_problem', 'column_problems', 'check_frame', 'describe_problems', 'ServingError',
-           'columns_from_payload', 'want_probabilities', 'match_columns', 'model_frame', 'Rows', 'model_rows',
-           'rows_frame', 'unseen_categories', 'prepare_request', 'ServiceSettings', 'service_settings', 'Served',
-           'single_threaded', 'ModelSlot', 'MicroBatcher', 'refusal_record', 'InferenceLogWriter', 'ServiceMetrics',
-           'ScoringService', 'start_service', 'stop_service', 'reload_models', 'read_body', 'parse_json', 'invoke',
-           'service_health', 'create_app', 'run_service', 'BackgroundServer', 'example_payloads']
+__all__ = ['logger', 'INTEGER_RANGES', 'TYPE_NAMES', 'PROBLEM_COLUMNS', 'FORMATS', 'TOKEN_ENV', 'ADMIN_TOKEN_ENV',
+           'MIN_SECRET_CHARS', 'APPROVAL_TAGS', 'ColumnSpec', 'input_schema', 'describe_value', 'value_problem',
+           'column_problems', 'check_frame', 'describe_problems', 'ServingError', 'columns_from_payload',
+           'want_probabilities', 'match_columns', 'model_frame', 'Rows', 'model_rows', 'arrays_frame', 'rows_frame',
+           'unseen_categories', 'prepare_request', 'ServiceSettings', 'service_settings', 'read_secret', 'is_loopback',
+           'check_exposure', 'bearer_token', 'authorized', 'unauthorized', 'VersionNotServed', 'approval_problem',
+           'servable_version', 'Served', 'single_threaded', 'ModelSlot', 'Outputs', 'shared_probabilities',
+           'model_outputs', 'plain_values', 'answer_fields', 'MicroBatcher', 'LogPolicy', 'hash_value', 'salt_id',
+           'log_policy', 'check_log_columns', 'hash_reference', 'log_policy_table', 'refusal_record', 'logged_columns',
+           'log_lines', 'new_log_path', 'remove_old_logs', 'write_policy_record', 'InferenceLogWriter',
+           'ServiceMetrics', 'ScoringService', 'start_service', 'stop_service', 'reload_models', 'read_body',
+           'parse_json', 'invoke', 'service_health', 'create_app', 'check_tls', 'run_service', 'serving_warnings',
+           'BackgroundServer', 'example_payloads']
 
 # %% ../nbs/05a_serving.ipynb #5
 INTEGER_RANGES = {"long": (-2**63, 2**63 - 1), "integer": (-2**31, 2**31 - 1)}
@@ -254,7 +260,7 @@ class Rows:
     columns: dict[str, np.ndarray]
     n: int
     def __len__(self) -> int: return self.n
-    def frame(self) -> pd.DataFrame: return pd.DataFrame(self.columns)
+    def frame(self) -> pd.DataFrame: return arrays_frame(self.columns)
     def select(self, names: list[str]) -> "Rows": return Rows({c: self.columns[c] for c in names}, self.n)
 
 def model_rows(columns: dict, schema: list[ColumnSpec]) -> Rows:
@@ -262,10 +268,15 @@ def model_rows(columns: dict, schema: list[ColumnSpec]) -> Rows:
     arrays = {s.name: _model_column(columns[s.name], s) for s in schema}
     return Rows(arrays, len(next(iter(arrays.values()))) if arrays else 0)
 
+def arrays_frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    "A frame of model-typed arrays; text stays Python objects (pandas would infer its Arrow strings, which the model converts back)."
+    as_given = {c: pd.Series(a, dtype=object, copy=False) if a.dtype == object else a for c, a in columns.items()}
+    return pd.DataFrame(as_given, copy=False)
+
 def rows_frame(parts: list[Rows]) -> pd.DataFrame:
     "One frame of several requests' rows, in order: each column concatenated once (requests of one model have its columns)."
     if len(parts) == 1: return parts[0].frame()
-    return pd.DataFrame({c: np.concatenate([p.columns[c] for p in parts]) for c in parts[0].columns})
+    return arrays_frame({c: np.concatenate([p.columns[c] for p in parts]) for c in parts[0].columns})
 
 def unseen_categories(columns: pd.DataFrame | dict, schema: list[ColumnSpec]) -> list[list[str]]:
     "Per row, the text columns whose value never occurred in training (one set lookup per value; lists built only for those rows)."
@@ -273,7 +284,9 @@ def unseen_categories(columns: pd.DataFrame | dict, schema: list[ColumnSpec]) ->
     out = [[] for _ in range(rows)]
     for s in (s for s in schema if s.categories is not None):
         values = columns[s.name].tolist() if isinstance(columns[s.name], pd.Series) else columns[s.name]
-        for i in [i for i, v in enumerate(values) if v not in s.categories]:  # a known category is the common case
+        if set(values) <= s.categories:  # the common case: every value known (one pass in C)
+            continue
+        for i in [i for i, v in enumerate(values) if v not in s.categories]:
             if not _missing(values[i]) and str(values[i]) not in s.categories: out[i].append(s.name)
     return out
 
@@ -307,6 +320,10 @@ class ServiceSettings:
     max_batch_rows: int = 256  # micro-batching: rows per predict call
     max_wait_ms: float = 2.0  # micro-batching: longest wait for more rows while other requests are on their way
     poll_seconds: float = 30.0  # re-read the aliases this often (0: only on POST /reload)
+    token: str | None = field(default=None, repr=False)  # bearer token of every route but /ping and /health
+    admin_token: str | None = field(default=None, repr=False)  # bearer token of POST /reload
+    allow_unapproved: bool = False  # serve a version without a recorded approval (logged at every start)
+    log_policy: LogPolicy | None = None  # what the inference log keeps of each column (None: every value)
 
     def __post_init__(self):
         if not 0 <= self.canary <= 1: raise ConfigError(f"--canary: a share between 0 and 1, got {self.canary}")
@@ -322,15 +339,111 @@ def service_settings(cfg: Config, model: str | None = None,  # NAME@ALIAS or NAM
     "Service settings for a config: its registry, its model (or `model`), the inference log under its folder."
     name, reference = parse_model_spec(model) if model else (cfg.model_name, CHAMPION)
     log = options.pop("inference_log", "reports/inference-log")
-    return ServiceSettings(tracking_uri(cfg), name, reference, inference_log=None if log is None else str(resolve_path(cfg, log)), **options)
+    folder = None if log is None else str(resolve_path(cfg, log))
+    policy = options.pop("log_policy", None) or (log_policy(cfg) if folder else None)
+    return ServiceSettings(tracking_uri(cfg), name, reference, inference_log=folder, log_policy=policy, **options)
 
 # %% ../nbs/05a_serving.ipynb #28
+TOKEN_ENV, ADMIN_TOKEN_ENV = "MLOPS_NB_TOKEN", "MLOPS_NB_ADMIN_TOKEN"
+MIN_SECRET_CHARS = 16
+
+def read_secret(path: str | Path | None,  # a file holding the secret (surrounding whitespace ignored)
+                variable: str,  # else: this environment variable
+                option: str,  # how a message names the file option, e.g. --token-file
+                min_chars: int = MIN_SECRET_CHARS,
+               ) -> str | None:
+    "A secret from a file, else from an environment variable; None when neither gives one; `ConfigError` when too short."
+    if path is None:
+        secret, source = os.environ.get(variable, "").strip(), f"the environment variable {variable}"
+        if not secret:
+            return None
+    else:
+        try:
+            secret = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{option}: cannot read {path} ({getattr(e, 'strerror', None) or e})") from None
+        source = f"{option} {path}"
+    if len(secret) < min_chars:
+        raise ConfigError(f"{source}: a secret of at least {min_chars} characters is needed, got {len(secret)}")
+    return secret
+
+# %% ../nbs/05a_serving.ipynb #30
+def is_loopback(host: str) -> bool:
+    "Whether a listening address is reachable only from this machine (127.0.0.0/8, ::1, localhost)."
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+def check_exposure(host: str, settings: ServiceSettings,
+                   allow_unauthenticated: bool = False,  # the operator's explicit choice to listen without a token
+                  ) -> None:
+    "Refuse to listen beyond this machine without a token, unless the operator said so explicitly."
+    if settings.token is None and not is_loopback(host) and not allow_unauthenticated:
+        raise ConfigError(f"--host {host}: listening beyond this machine needs a token (--token-file, or the environment variable "
+                          f"{TOKEN_ENV}); --allow-unauthenticated serves without one")
+
+# %% ../nbs/05a_serving.ipynb #32
+def bearer_token(request: Request) -> str | None:
+    "The token of an `Authorization: Bearer <token>` header, or None."
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+def authorized(request: Request, expected: str | None) -> bool:
+    "Whether a request carries the expected token (constant-time comparison of digests); True when none is expected."
+    if expected is None:
+        return True
+    given = hashlib.sha256((bearer_token(request) or "").encode()).digest()
+    return hmac.compare_digest(given, hashlib.sha256(expected.encode()).digest())
+
+def unauthorized(route: str, request_id: str | None = None) -> JSONResponse:
+    "The 401 answer: JSON naming what is needed, and the `WWW-Authenticate` header."
+    headers = {"WWW-Authenticate": 'Bearer realm="mlops_nb"', **({"X-Request-Id": request_id} if request_id else {})}
+    message = f"{route} needs a valid bearer token: send the header 'Authorization: Bearer <token>'"
+    return JSONResponse({"error_code": "UNAUTHENTICATED", "message": message}, status_code=401, headers=headers)
+
+# %% ../nbs/05a_serving.ipynb #35
+APPROVAL_TAGS = ("mlops_nb.approval.by", "mlops_nb.approval.reason", "mlops_nb.approval.time")
+
+class VersionNotServed(MlopsError):
+    "A registered version the service refuses to serve (gates, failed run, or no recorded approval)."
+
+def approval_problem(tags: dict, role: str) -> str | None:
+    "Why a version may not be served in a role (champion or challenger), read from its registry tags; None when it may."
+    failed_stage = tags.get(FAILED_STAGE_TAG)
+    if failed_stage:
+        return f"the run that registered it failed at its {failed_stage} stage"
+    passed = tags.get(GATES_PASSED_TAG)
+    if passed != "true":
+        return "no gate results are recorded" if passed is None else "its gates did not pass"
+    missing = [tag.rpartition(".")[2] for tag in APPROVAL_TAGS if not str(tags.get(tag) or "").strip()]
+    if role == CHAMPION and missing:
+        return f"no approval recorded by `mlops-nb promote` (missing: {', '.join(missing)})"
+    return None
+
+# %% ../nbs/05a_serving.ipynb #37
+def servable_version(client, slot: "ModelSlot", allow_unapproved: bool = False):
+    "The `ModelVersion` a slot's reference points to, if it may be served in its role; else `VersionNotServed` (noted on the slot)."
+    mv = resolve_version(client, slot.name, slot.reference)
+    problem = approval_problem(mv.tags, slot.role)
+    uri = f"models:/{slot.name}/{mv.version}" + ("" if slot.reference.isdigit() else f" (alias {slot.reference})")
+    if problem and not allow_unapproved:
+        slot.refused = {"model_version": str(mv.version), "reason": problem, "at": utc_now()}
+        raise VersionNotServed(f"{uri}: not served as {slot.role} ({problem})")
+    if problem:
+        logger.warning("%s: served as %s although %s (--allow-unapproved)", uri, slot.role, problem)
+    return mv
+
+# %% ../nbs/05a_serving.ipynb #39
 @dataclass(frozen=True, eq=False)
 class Served:
     "A loaded, verified model version with its input schema (replaced whole on reload)."
     loaded: LoadedModel
     schema: list[ColumnSpec]
     loaded_at: str
+    task: str = "binary"  # binary, multiclass or regression (`evaluation.model_task`)
 
 def single_threaded(model) -> dict:
     "Set `n_jobs=1` on every step of a fitted model that parallelises (predictions unchanged); the parameters changed, as they were."
@@ -342,23 +455,24 @@ class ModelSlot:
     "One served model (champion or challenger): which registry reference it follows and what is loaded now."
     def __init__(self, role: str, name: str, reference: str):
         self.role, self.name, self.reference, self.served, self._dir = role, name, reference, None, None
+        self.refused = None  # the last version refused (version, reason, time) while another keeps serving
 
     def registry_version(self, client) -> str | None:
         "The version the reference points to in the registry now."
         return self.reference if self.reference.isdigit() else alias_version(client, self.name, self.reference)
 
-    def load(self, client) -> bool:
-        "Load (again) the version the reference points to, verifying its sha256; True when the version changed."
-        version = resolve_version(client, self.name, self.reference).version
+    def load(self, client, allow_unapproved: bool = False) -> bool:
+        "Load (again) the version the reference points to, if it may be served, verifying its sha256; True when it changed."
+        version = servable_version(client, self, allow_unapproved).version
         folder = Path(tempfile.mkdtemp(prefix="mlops_nb-serve-"))
         try:
             loaded = load_model_version(client, self.name, version, dst=folder)
             single_threaded(loaded.model)
-            served = Served(loaded, input_schema(loaded), utc_now())
+            served = Served(loaded, input_schema(loaded), utc_now(), model_task(loaded.model))
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True); raise
         changed, old = self.served is None or self.served.loaded.version != loaded.version, self._dir
-        self.served, self._dir = served, folder
+        self.served, self._dir, self.refused = served, folder, None
         if old: shutil.rmtree(old, ignore_errors=True)
         return changed
 
@@ -367,12 +481,103 @@ class ModelSlot:
         return {"model_name": self.name, "model_version": str(s.loaded.version), "alias": None if self.reference.isdigit() else self.reference,
                 "uri": s.loaded.uri, "loaded_at": s.loaded_at}
 
-# %% ../nbs/05a_serving.ipynb #31
+# %% ../nbs/05a_serving.ipynb #42
+@dataclass(frozen=True)
+class Outputs:
+    "A batch's model outputs, row-aligned: predictions and, for classes, each class's probability."
+    task: str  # binary, multiclass or regression
+    prediction: np.ndarray
+    probabilities: np.ndarray | None = None  # one column per class, in `classes` order; None for a regression
+    classes: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.prediction)
+
+    def part(self, start: int, stop: int) -> Outputs:
+        "The outputs of rows `start` to `stop` (one request's share of a micro-batch)."
+        probabilities = None if self.probabilities is None else self.probabilities[start:stop]
+        return Outputs(self.task, self.prediction[start:stop], probabilities, self.classes)
+
+    @property
+    def score(self) -> np.ndarray | None:
+        "The positive-class probability of each row (two classes), else None."
+        return self.probabilities[:, self.classes.index("1")] if self.task == "binary" else None
+
+class _ReusedProbabilities:
+    "An estimator's `predict_proba` that answers a second call on the same rows object with (a copy of) the first result."
+    def __init__(self, method):
+        self.method, self.last, self.__name__ = method, None, method.__name__  # scikit-learn reads the method's name
+
+    def __call__(self, X, *args, **kwargs):
+        if self.last is not None and self.last[0] is X and not args and not kwargs:
+            return self.last[1].copy()
+        result = self.method(X, *args, **kwargs)
+        self.last = (X, result)
+        return result
+
+@contextlib.contextmanager
+def shared_probabilities(estimator):
+    "While inside: the estimator (and the estimators it wraps, `estimator_`) compute `predict_proba` once per rows object."
+    chain = []
+    while estimator is not None and hasattr(estimator, "predict_proba") and "predict_proba" not in vars(estimator):
+        chain.append(estimator)
+        estimator = getattr(estimator, "estimator_", None)
+    for e in chain:
+        e.predict_proba = _ReusedProbabilities(e.predict_proba)
+    try:
+        yield
+    finally:
+        for e in chain:
+            del e.predict_proba
+
+def model_outputs(model, X: pd.DataFrame) -> Outputs:
+    "`predict_outputs` of a fitted model: the pipeline's preprocessing run once, `predict` reusing the probabilities."
+    from sklearn.pipeline import Pipeline
+    target, rows = model, X
+    if isinstance(model, Pipeline) and len(model.steps) > 1:
+        transformed = model[:-1].transform(X)
+        if isinstance(transformed, (np.ndarray, pd.DataFrame)):
+            target = model[-1]
+            rows = transformed if isinstance(transformed, pd.DataFrame) else pd.DataFrame(transformed, index=X.index, copy=False)
+    with shared_probabilities(target):
+        out = predict_outputs(target, rows)
+    probabilities = out["probabilities"]
+    if probabilities is None:
+        return Outputs(out["task"], np.asarray(out["prediction"], dtype=float))
+    return Outputs(out["task"], np.asarray(out["prediction"]), probabilities.to_numpy(dtype=float), tuple(probabilities.columns))
+
+# %% ../nbs/05a_serving.ipynb #43
+def plain_values(values: np.ndarray) -> list:
+    "An array as JSON values: numbers as Python numbers, text as text, missing values and infinities as None."
+    if values.dtype.kind in "iub":
+        return values.tolist()
+    if values.dtype.kind == "f":
+        finite = np.isfinite(values)
+        return values.tolist() if finite.all() else np.where(finite, values, None).tolist()
+    out = values.tolist()
+    for i in np.flatnonzero(pd.isna(values)):
+        out[i] = None
+    return out
+
+def answer_fields(outputs: Outputs, probabilities: bool) -> dict:
+    "The response's `predictions` and, when asked, `probabilities` (positive class for two classes, per class for more)."
+    body = {"predictions": plain_values(outputs.prediction)}
+    if not probabilities:
+        return body
+    if outputs.task == "binary":
+        body["probabilities"] = outputs.score.tolist()
+    else:
+        body["probabilities"] = [dict(zip(outputs.classes, row)) for row in outputs.probabilities.tolist()]
+    return body
+
+# %% ../nbs/05a_serving.ipynb #46
 class MicroBatcher:
     "Coalesces concurrent requests into one predict call: waits at most `max_wait` s for rows on their way, up to `max_rows`."
-    def __init__(self, predict, executor, max_rows: int = 256, max_wait: float = 0.002, arriving=lambda: 0, observe=lambda rows: None):
+    def __init__(self, predict, executor, max_rows: int = 256, max_wait: float = 0.002, arriving=lambda: 0, observe=lambda rows: None,
+                 observe_wait=lambda seconds: None):  # called with each request's seconds in the queue
         self.predict, self.executor, self.max_rows, self.max_wait = predict, executor, max_rows, max_wait
-        self.arriving, self.observe, self.queue, self.task, self.stopping = arriving, observe, None, None, False
+        self.arriving, self.observe, self.observe_wait = arriving, observe, observe_wait
+        self.queue, self.task, self.stopping = None, None, False
 
     def start(self):
         "Start the batching task in the running event loop."
@@ -381,14 +586,14 @@ class MicroBatcher:
     async def score(self, served: Served, X: Rows) -> np.ndarray:
         "The positive-class probabilities of X's rows, scored with `served`, possibly in one call with other requests."
         future = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait((served, X, future))
+        self.queue.put_nowait((served, X, future, time.perf_counter()))
         return await future
 
     async def stop(self):
         "Score what is queued, then stop."
         self.queue.put_nowait(None); await self.task
 
-# %% ../nbs/05a_serving.ipynb #32
+# %% ../nbs/05a_serving.ipynb #47
 async def _collect(batcher: MicroBatcher, first: tuple) -> list[tuple]:
     "The first request and those that join it: all that is queued, and, while more are arriving, what comes within the wait."
     loop, items, rows = asyncio.get_running_loop(), [first], len(first[1])
@@ -407,16 +612,19 @@ async def _collect(batcher: MicroBatcher, first: tuple) -> list[tuple]:
 async def _score_batch(batcher: MicroBatcher, items: list[tuple]) -> None:
     "Score requests of one model version in one predict call (in the worker thread); give each its own rows."
     try:
-        X = rows_frame([x for _, x, _ in items])
+        X = rows_frame([item[1] for item in items])
         batcher.observe(len(X))
-        scores = await asyncio.get_running_loop().run_in_executor(batcher.executor, batcher.predict, items[0][0], X)
+        now = time.perf_counter()
+        for item in items:
+            batcher.observe_wait(now - item[3])
+        outputs = await asyncio.get_running_loop().run_in_executor(batcher.executor, batcher.predict, items[0][0], X)
     except Exception as e:  # every waiting request gets the error (a JSON 500); the loop goes on
-        for *_, future in items:
+        for _, _, future, _ in items:
             if not future.done(): future.set_exception(e)
         return
     start = 0
-    for _, x, future in items:
-        if not future.done(): future.set_result(scores[start:start + len(x)])
+    for _, x, future, _ in items:
+        if not future.done(): future.set_result(outputs.part(start, start + len(x)))
         start += len(x)
 
 async def _batch_loop(batcher: MicroBatcher) -> None:
@@ -428,46 +636,207 @@ async def _batch_loop(batcher: MicroBatcher) -> None:
         for item in await _collect(batcher, first): groups.setdefault(id(item[0]), []).append(item)  # one call per model version
         for group in groups.values(): await _score_batch(batcher, group)
 
-# %% ../nbs/05a_serving.ipynb #34
+# %% ../nbs/05a_serving.ipynb #49
+@dataclass(frozen=True)
+class LogPolicy:
+    "What the inference log keeps of each input column (keep, hash, drop), the salt of hashed ones, retention and rotation."
+    columns: dict = field(default_factory=dict)  # column: keep | hash | drop
+    default: str = "keep"  # the action of an unlisted column
+    salt: bytes | None = field(default=None, repr=False)
+    retention_days: float | None = None
+    max_file_bytes: int = 64 * 2**20
+
+    def action(self, column: str) -> str:
+        "keep, hash or drop."
+        return self.columns.get(column, self.default)
+
+def hash_value(value, salt: bytes | str) -> str | None:
+    "A hashed column's value as the log shows it: `h:` and 16 hex characters of HMAC-SHA256 keyed with the salt; missing stays None."
+    if _missing(value):
+        return None
+    key = salt.encode("utf-8") if isinstance(salt, str) else salt
+    text = value if isinstance(value, str) else str(value.item() if isinstance(value, np.generic) else value)
+    return "h:" + hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+
+def salt_id(salt: bytes | None) -> str | None:
+    "A fingerprint of the salt (not the salt): lets monitoring check that it hashes with the same one."
+    return None if salt is None else hmac.new(salt, b"mlops_nb inference-log salt", hashlib.sha256).hexdigest()[:12]
+
+# %% ../nbs/05a_serving.ipynb #51
+def log_policy(cfg: Config) -> LogPolicy:
+    "The config's inference-log policy, with the salt read from its file or environment variable when a column is hashed."
+    s = cfg.serving
+    hashed = s.log_default == "hash" or "hash" in s.log_columns.values()
+    salt = None
+    if hashed:
+        file = None if s.log_salt_file is None else resolve_path(cfg, s.log_salt_file)
+        secret = read_secret(file, s.log_salt_env, "serving.log_salt_file")
+        if secret is None:
+            raise ConfigError("serving.log_columns: hashed columns need a secret salt: set the environment variable "
+                              f"{s.log_salt_env} or serving.log_salt_file")
+        salt = secret.encode("utf-8")
+    return LogPolicy(dict(s.log_columns), s.log_default, salt, s.log_retention_days, int(s.log_max_file_mb * 2**20))
+
+def check_log_columns(policy: LogPolicy, inputs: list[str], uri: str) -> None:
+    "`ConfigError` naming the key when the policy lists a column the model does not read (a misspelt name would log raw values)."
+    unknown = [c for c in policy.columns if c not in inputs]
+    if unknown:
+        raise ConfigError(f"serving.log_columns.{unknown[0]}: not an input of {uri} (its inputs: {inputs})")
+
+# %% ../nbs/05a_serving.ipynb #52
+def hash_reference(reference: dict,  # reference statistics (`LoadedModel.reference_stats()`)
+                   policy: LogPolicy) -> dict:
+    "The reference as a hashed log sees it: hashed columns' category counts keyed by their hashes, dropped columns removed."
+    columns, unmonitored = {}, {}
+    for name, stats in reference["columns"].items():
+        action = policy.action(name)
+        if action == "drop":
+            unmonitored[name] = "dropped from the inference log"
+        elif action == "hash" and "counts" not in stats:
+            unmonitored[name] = "a hashed number: its distribution is gone"
+        elif action == "hash":
+            columns[name] = {**stats, "counts": {hash_value(k, policy.salt): n for k, n in stats["counts"].items()}}
+        else:
+            columns[name] = stats
+    return {**reference, "columns": columns, "unmonitored_columns": unmonitored}
+
+def log_policy_table(policy: LogPolicy, columns: list[str]) -> pd.DataFrame:
+    "Per input column: what the log keeps, and what monitoring can still do with it (the cost of hashing or dropping)."
+    cost = {"keep": "drift, input checks and explanations as usual",
+            "hash": "drift of a text column's categories (hashed with the same salt); a number's distribution is lost",
+            "drop": "nothing: no drift, no input check and no view of the column in monitoring; performance is still measured"}
+    rows = [{"column": c, "in the log": policy.action(c), "monitoring": cost[policy.action(c)]} for c in columns]
+    return pd.DataFrame(rows).set_index("column")
+
+# %% ../nbs/05a_serving.ipynb #56
 def refusal_record(request_id: str, status: int, error_code: str, model_name: str = "", model_version: str = "", latency_ms: float | None = None) -> dict:
     "An inference-log record of a refused request: its status and error code, no inputs, no prediction."
     return {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), "request_id": request_id, "row": 0,
             "model_name": model_name, "model_version": str(model_version), "inputs": {}, "prediction": None, "probability": None,
             "latency_ms": latency_ms, "status": int(status), "unseen_categories": [], "error_code": error_code}
 
+def logged_columns(rows: Rows, policy: LogPolicy) -> dict[str, list]:
+    "A request's input columns as the log keeps them: kept as JSON values, hashed with the salt, or left out."
+    out = {}
+    for name, values in rows.columns.items():
+        action = policy.action(name)
+        if action == "keep":
+            out[name] = plain_values(values)
+        elif action == "hash":
+            out[name] = [hash_value(v, policy.salt) for v in plain_values(values)]
+    return out
+
+_ENCODE = json.JSONEncoder().encode  # the C encoder, one value at a time
+
+def _encoded(values: list) -> list[str]:
+    "Each value as JSON text: a column of one type through that type's C-level text function, others through the encoder."
+    kinds = set(map(type, values))
+    if kinds <= {str}:
+        return list(map(json.encoder.encode_basestring_ascii, values))
+    if kinds <= {int}:
+        return list(map(int.__repr__, values))
+    if kinds <= {float}:
+        return list(map(float.__repr__, values))  # finite: `plain_values` turned NaN and infinities into None
+    return list(map(_ENCODE, values))
+
+def log_lines(rows: Rows, outputs: Outputs, request_id: str, model_name: str = "", model_version: str = "",
+              latency_ms: float | None = None, unseen_categories: list[list[str]] | None = None,
+              policy: LogPolicy = LogPolicy()) -> list[str]:
+    "A request's scored rows as inference-log lines (JSON), one per row: inputs (per the policy), prediction, probabilities."
+    n = len(rows)
+    logged = logged_columns(rows, policy)
+    keys = [_ENCODE(name) + ": " for name in logged]
+    inputs = (["{" + ", ".join(map(str.__add__, keys, texts)) + "}" for texts in zip(*map(_encoded, logged.values()))]
+              if logged else ["{}"] * n)
+    per_class = ([", \"probabilities\": " + _ENCODE(dict(zip(outputs.classes, p))) for p in outputs.probabilities.tolist()]
+                 if outputs.task == "multiclass" else [""] * n)
+    head = _ENCODE({"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), "request_id": str(request_id),
+                    "model_name": model_name, "model_version": str(model_version), "latency_ms": latency_ms, "status": 200})[:-1]
+    scores = _encoded(plain_values(outputs.score) if outputs.task == "binary" else [None] * n)
+    predictions = _encoded(plain_values(outputs.prediction))
+    unseen = _encoded(unseen_categories) if unseen_categories and any(unseen_categories) else ["[]"] * n
+    return [f'{head}, "row": {i}, "inputs": {r}, "prediction": {d}, "probability": {s}{c}, "unseen_categories": {u}}}'
+            for i, (r, d, s, c, u) in enumerate(zip(inputs, predictions, scores, per_class, unseen))]
+
+# %% ../nbs/05a_serving.ipynb #58
+def new_log_path(folder: Path) -> Path:
+    "A new part file of an inference-log folder: `part-<UTC time>-<process>-<random>.jsonl` (sorts by time)."
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    return folder / f"part-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:6]}.jsonl"
+
+def remove_old_logs(folder: Path, retention_days: float | None) -> list[Path]:
+    "Delete the folder's log part files unchanged for longer than `retention_days`; the files removed."
+    if retention_days is None or not folder.is_dir():
+        return []
+    cutoff = time.time() - retention_days * 86400
+    old = [f for f in folder.glob("part-*.jsonl") if f.stat().st_mtime < cutoff]
+    for f in old:
+        f.unlink(missing_ok=True)
+    return old
+
+def write_policy_record(folder: Path, policy: LogPolicy) -> None:
+    "`policy.json` beside the log files: which columns are hashed or dropped, and the salt's fingerprint (for monitoring)."
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"default": policy.default, "columns": policy.columns, "salt_id": salt_id(policy.salt),
+              "retention_days": policy.retention_days, "max_file_bytes": policy.max_file_bytes}
+    (folder / "policy.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
+# %% ../nbs/05a_serving.ipynb #59
 class InferenceLogWriter:
     "Appends inference-log records from a queue in a background thread (responses never wait for the disk); `close` drains it."
-    def __init__(self, folder: str | Path, on_error=lambda: None):
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-        self.path = Path(folder) / f"part-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:6]}.jsonl"
+    def __init__(self, folder: str | Path, on_error=lambda: None, policy: LogPolicy = LogPolicy()):
+        self.folder, self.policy = Path(folder), policy
+        write_policy_record(self.folder, policy)
+        self.removed = remove_old_logs(self.folder, policy.retention_days)
+        self.path, self.last_cleanup = new_log_path(self.folder), time.monotonic()
         self.queue, self.rows_written, self.errors, self.on_error = queue.SimpleQueue(), 0, 0, on_error
         self.thread = threading.Thread(target=self._run, name="mlops_nb-inference-log", daemon=True)
         self.thread.start()
 
-    def scored(self, **rows): self.queue.put(("rows", rows))
-    def refused(self, record: dict): self.queue.put(("record", record))
+    def _rotate(self) -> None:
+        "A new part file once this one passes the size limit; old files removed at each rotation and hourly."
+        if self.path.exists() and self.path.stat().st_size >= self.policy.max_file_bytes:
+            self.path = new_log_path(self.folder)
+            self.removed += remove_old_logs(self.folder, self.policy.retention_days)
+        elif time.monotonic() - self.last_cleanup > 3600:
+            self.removed += remove_old_logs(self.folder, self.policy.retention_days)
+            self.last_cleanup = time.monotonic()
+
+    def scored(self, rows: Rows, outputs: Outputs, **fields):
+        "Queue a request's scored rows (`log_lines` fields: request_id, model_name, ...)."
+        self.queue.put(("rows", (rows, outputs, fields)))
+
+    def refused(self, record: dict):
+        "Queue the record of a refused request (`refusal_record`)."
+        self.queue.put(("record", record))
 
     def _run(self):
         while (item := self.queue.get()) is not None:
             kind, value = item
             try:
-                if kind == "rows": self.rows_written += append_inference_log(self.path, **value)
+                if kind == "rows":
+                    rows, outputs, fields = value
+                    lines = log_lines(rows, outputs, **fields, policy=self.policy)
                 else:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    with open(self.path, "a", encoding="utf-8") as f: f.write(json.dumps(_jsonable(value)) + "\n")
+                    lines = [json.dumps(_jsonable(value))]
+                self._rotate()
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write("".join(line + "\n" for line in lines))
+                self.rows_written += len(lines) if kind == "rows" else 0
             except Exception:
-                self.errors += 1; self.on_error()
+                self.errors += 1
+                self.on_error()
                 logger.exception("inference log: could not append to %s", self.path)
 
     def close(self, timeout: float | None = None):
         "Write everything queued, then stop the thread."
         self.queue.put(None); self.thread.join(timeout)
 
-# %% ../nbs/05a_serving.ipynb #36
+# %% ../nbs/05a_serving.ipynb #61
 class ServiceMetrics:
     "The service's Prometheus metrics, in a registry of its own."
     def __init__(self):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
         r = self.registry = CollectorRegistry()
         self.requests = Counter("mlops_nb_requests", "Scoring requests (POST /invocations) by HTTP status", ["status"], registry=r)
         self.latency = Histogram("mlops_nb_request_latency_seconds", "Time from request to response of POST /invocations", registry=r,
@@ -475,8 +844,13 @@ class ServiceMetrics:
         self.rows = Counter("mlops_nb_rows_scored", "Rows scored, by model version and role (champion, challenger, shadow)", ["model_version", "role"], registry=r)
         self.unseen = Counter("mlops_nb_unseen_categories", "Values of a category never seen in training, by column", ["column"], registry=r)
         self.batch_rows = Histogram("mlops_nb_batch_rows", "Rows per predict call (micro-batching)", registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
+        self.queue_wait = Histogram("mlops_nb_batch_queue_wait_seconds", "Time a request's rows waited in the micro-batch queue",
+                                    registry=r, buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
         self.version = Gauge("mlops_nb_model_version", "Served model version, by role", ["role"], registry=r)
-        self.reloads = Counter("mlops_nb_reloads", "Model reloads by outcome (changed, unchanged, failed)", ["outcome"], registry=r)
+        self.model = Info("mlops_nb_model", "The served model (name, version, alias, uri), by role", ["role"], registry=r)
+        self.log_backlog = Gauge("mlops_nb_inference_log_backlog", "Inference-log records queued, not yet written", registry=r)
+        self.reloads = Counter("mlops_nb_reloads", "Model reloads by outcome (changed, unchanged, refused, failed)", ["outcome"],
+                               registry=r)
         self.log_errors = Counter("mlops_nb_inference_log_errors", "Inference-log writes that failed", registry=r)
         self.shadow_errors = Counter("mlops_nb_shadow_errors", "Shadow scorings that failed", registry=r)
 
@@ -484,19 +858,23 @@ class ServiceMetrics:
         from prometheus_client import generate_latest
         return generate_latest(self.registry)
 
-# %% ../nbs/05a_serving.ipynb #38
+# %% ../nbs/05a_serving.ipynb #63
 class ScoringService:
     "The scoring service's state: served models, micro-batchers, inference-log writers, metrics."
     def __init__(self, settings: ServiceSettings):
         self.settings, self.metrics, self.rng = settings, ServiceMetrics(), random.Random(settings.seed)
         self.client = mlflow_client(settings.tracking_uri)
         self.champion = ModelSlot(CHAMPION, settings.model_name, settings.reference)
-        self.champion.load(self.client)
+        self.champion.load(self.client, settings.allow_unapproved)
+        inputs = [spec.name for spec in self.champion.served.schema]
+        check_log_columns(settings.log_policy or LogPolicy(), inputs, self.champion.served.loaded.uri)
         self.challenger = None
         if settings.canary or settings.shadow:
             self.challenger = ModelSlot(CHALLENGER, settings.model_name, settings.challenger)
-            try: self.challenger.load(self.client)
-            except MlopsError as e: raise ConfigError(f"--{'canary' if settings.canary else 'shadow'} needs a challenger: {e}") from None
+            try:
+                self.challenger.load(self.client, settings.allow_unapproved)
+            except MlopsError as e:
+                raise ConfigError(f"--{'canary' if settings.canary else 'shadow'} needs a challenger: {e}") from None
         self.arriving, self.started_at, self.log, self.shadow_log = 0, utc_now(), None, None  # arriving: requests read but not yet queued
         self.tasks, self.poller, self.batchers, self.reload_lock, self.executor = set(), None, {}, None, None
         self.set_version_metrics()
@@ -504,12 +882,17 @@ class ScoringService:
     def slots(self) -> list[ModelSlot]: return [s for s in (self.champion, self.challenger) if s is not None]
 
     def set_version_metrics(self):
-        for s in self.slots(): self.metrics.version.labels(s.role).set(s.served.loaded.version)
+        "The served versions as metrics: a gauge of the version number and an info metric of the model, per role."
+        for slot in self.slots():
+            self.metrics.version.labels(slot.role).set(slot.served.loaded.version)
+            keys = ("model_name", "model_version", "alias", "uri")
+            described = {k: str(v or "") for k, v in slot.describe().items() if k in keys}
+            self.metrics.model.labels(slot.role).info(described)
 
-# %% ../nbs/05a_serving.ipynb #39
-def _predict(served: Served, X: pd.DataFrame) -> np.ndarray:
-    "Positive-class probabilities of a frame (runs in the worker thread)."
-    return positive_scores(served.loaded.model, X)
+# %% ../nbs/05a_serving.ipynb #64
+def _predict(served: Served, X: pd.DataFrame) -> Outputs:
+    "The model's outputs for a frame (runs in the worker thread)."
+    return model_outputs(served.loaded.model, X)
 
 async def start_service(service: ScoringService) -> None:
     "Start the batchers, the inference-log writers and the alias poller (in the running event loop)."
@@ -518,11 +901,16 @@ async def start_service(service: ScoringService) -> None:
     service.reload_lock = asyncio.Lock()
     for slot in service.slots():
         service.batchers[slot.role] = MicroBatcher(_predict, service.executor, s.max_batch_rows, s.max_wait_ms / 1000,
-                                                   arriving=lambda: service.arriving, observe=service.metrics.batch_rows.observe)
+                                                   arriving=lambda: service.arriving, observe=service.metrics.batch_rows.observe,
+                                                   observe_wait=service.metrics.queue_wait.observe)
         service.batchers[slot.role].start()
     if s.inference_log:
-        service.log = InferenceLogWriter(s.inference_log, service.metrics.log_errors.inc)
-        if s.shadow: service.shadow_log = InferenceLogWriter(Path(s.inference_log) / "shadow", service.metrics.log_errors.inc)
+        policy = s.log_policy or LogPolicy()
+        service.log = InferenceLogWriter(s.inference_log, service.metrics.log_errors.inc, policy)
+        if s.shadow:
+            service.shadow_log = InferenceLogWriter(Path(s.inference_log) / "shadow", service.metrics.log_errors.inc, policy)
+        writers = [w for w in (service.log, service.shadow_log) if w]
+        service.metrics.log_backlog.set_function(lambda: sum(w.queue.qsize() for w in writers))
     if s.poll_seconds: service.poller = asyncio.create_task(_poll(service))
 
 async def stop_service(service: ScoringService) -> None:
@@ -534,15 +922,17 @@ async def stop_service(service: ScoringService) -> None:
     for writer in (service.log, service.shadow_log):
         if writer: await asyncio.to_thread(writer.close)
 
-# %% ../nbs/05a_serving.ipynb #40
+# %% ../nbs/05a_serving.ipynb #65
 def _reload(service: ScoringService, only_if_moved: bool) -> dict:
-    "Reload each slot (only those whose alias moved, if asked); `load_model_version` verifies the sha256."
+    "Reload each slot (only those whose alias moved, if asked): approval checked, then the sha256 verified."
     out = {}
     for slot in service.slots():
         before = slot.served.loaded.version
         if only_if_moved and slot.registry_version(service.client) in (None, str(before)):
-            out[slot.role] = {"model_version": str(before), "changed": False}; continue
-        changed = slot.load(service.client)
+            slot.refused = None  # the alias is back on the served version
+            out[slot.role] = {"model_version": str(before), "changed": False}
+            continue
+        changed = slot.load(service.client, service.settings.allow_unapproved)
         service.metrics.reloads.labels("changed" if changed else "unchanged").inc()
         out[slot.role] = {"model_version": str(slot.served.loaded.version), "previous_version": str(before), "changed": changed}
     service.set_version_metrics()
@@ -551,21 +941,33 @@ def _reload(service: ScoringService, only_if_moved: bool) -> dict:
 async def reload_models(service: ScoringService, only_if_moved: bool = False) -> dict:
     "Reload in a worker thread, one reload at a time; the current models serve until the new ones are verified."
     async with service.reload_lock:
-        try: return await asyncio.to_thread(_reload, service, only_if_moved)
+        try:
+            return await asyncio.to_thread(_reload, service, only_if_moved)
+        except VersionNotServed:
+            service.metrics.reloads.labels("refused").inc()
+            raise
         except Exception:
-            service.metrics.reloads.labels("failed").inc(); raise
+            service.metrics.reloads.labels("failed").inc()
+            raise
 
 async def _poll(service: ScoringService) -> None:
-    "Re-read the aliases every `poll_seconds`; a failed reload is logged and the current models keep serving."
+    "Re-read the aliases every `poll_seconds`; a refused or failed reload is logged once and the current models keep serving."
+    last_error = None
     while True:
         await asyncio.sleep(service.settings.poll_seconds)
         try:
             for role, r in (await reload_models(service, only_if_moved=True)).items():
-                if r["changed"]: logger.warning("%s: now serving version %s (was %s)", role, r["model_version"], r["previous_version"])
-        except MlopsError as e: logger.error("reload refused, the current models keep serving: %s", e)
-        except Exception: logger.exception("reload failed, the current models keep serving")
+                if r["changed"]:
+                    logger.warning("%s: now serving version %s (was %s)", role, r["model_version"], r["previous_version"])
+            last_error = None
+        except MlopsError as e:
+            if str(e) != last_error:
+                logger.error("reload refused, the current models keep serving: %s", e)
+            last_error = str(e)
+        except Exception:
+            logger.exception("reload failed, the current models keep serving")
 
-# %% ../nbs/05a_serving.ipynb #42
+# %% ../nbs/05a_serving.ipynb #67
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -595,7 +997,7 @@ def parse_json(body: bytes):
     except json.JSONDecodeError as e: raise ServingError(400, "MALFORMED_REQUEST", f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except (ValueError, RecursionError) as e: raise ServingError(400, "MALFORMED_REQUEST", f"malformed JSON: {str(e)[:100] or 'nested too deeply'}") from None
 
-# %% ../nbs/05a_serving.ipynb #43
+# %% ../nbs/05a_serving.ipynb #68
 _LARGE = 100_000  # bytes: larger bodies are parsed and checked in a worker thread, so the event loop keeps serving
 
 async def _parse(service: ScoringService, request: Request) -> tuple[ModelSlot, Served, Rows, list, bool]:
@@ -607,6 +1009,8 @@ async def _parse(service: ScoringService, request: Request) -> tuple[ModelSlot, 
     served = slot.served
     args = (payload, served.schema, s.extra_columns, s.allow_nulls, dict(request.query_params))
     X, unseen, probabilities = prepare_request(*args) if len(body) < _LARGE else await asyncio.to_thread(prepare_request, *args)
+    if probabilities and served.task == "regression":
+        raise _bad("probabilities: the model is a regression model; it predicts values, not probabilities")
     return slot, served, X, unseen, probabilities
 
 def _refuse(service: ScoringService, e: ServingError, request_id: str, t0: float) -> JSONResponse:
@@ -616,36 +1020,39 @@ def _refuse(service: ScoringService, e: ServingError, request_id: str, t0: float
     if service.log: service.log.refused(refusal_record(request_id, e.status, e.error_code, served.loaded.name, served.loaded.version, round(latency * 1000, 3)))
     return JSONResponse({"error_code": e.error_code, "message": e.message}, status_code=e.status, headers={"X-Request-Id": request_id})
 
-# %% ../nbs/05a_serving.ipynb #44
+# %% ../nbs/05a_serving.ipynb #69
 async def invoke(service: ScoringService, request: Request) -> JSONResponse:
     "Answer one POST /invocations request (MLflow's scoring protocol)."
     t0, given = time.perf_counter(), request.headers.get("x-request-id", "")
     request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    if not authorized(request, service.settings.token):  # before the body is read
+        service.metrics.requests.labels("401").inc()
+        return unauthorized("POST /invocations", request_id)
     service.arriving += 1
     try:
         try: slot, served, X, unseen, probabilities = await _parse(service, request)
         finally: service.arriving -= 1
-        scores = await service.batchers[slot.role].score(served, X)
+        outputs = await service.batchers[slot.role].score(served, X)
     except ServingError as e: return _refuse(service, e, request_id, t0)
     except Exception:
         service.metrics.requests.labels("500").inc(); raise
-    return _answer(service, slot, served, X, scores, unseen, probabilities, request_id, t0)
+    return _answer(service, slot, served, X, outputs, unseen, probabilities, request_id, t0)
 
-def _answer(service: ScoringService, slot: ModelSlot, served: Served, X: Rows, scores: np.ndarray, unseen: list,
+def _answer(service: ScoringService, slot: ModelSlot, served: Served, X: Rows, outputs: Outputs, unseen: list,
             probabilities: bool, request_id: str, t0: float) -> JSONResponse:
     "The response to a scored request; its metrics, log records and shadow scoring handed to the background."
-    predictions, loaded, latency, m = decisions(scores), served.loaded, time.perf_counter() - t0, service.metrics
+    loaded, latency, m = served.loaded, time.perf_counter() - t0, service.metrics
     m.requests.labels("200").inc(); m.latency.observe(latency); m.rows.labels(str(loaded.version), slot.role).inc(len(X))
     for column in (c for row in unseen for c in row): m.unseen.labels(column).inc()
-    if service.log: service.log.scored(inputs=X.columns, probabilities=scores, predictions=predictions, request_id=request_id, model_name=loaded.name,
-                                       model_version=str(loaded.version), latency_ms=round(latency * 1000, 3), unseen_categories=unseen)
+    if service.log: service.log.scored(X, outputs, request_id=request_id, model_name=loaded.name, model_version=str(loaded.version),
+                                       latency_ms=round(latency * 1000, 3), unseen_categories=unseen)
     if service.settings.shadow and service.challenger: _background(service, _shadow(service, X, request_id, unseen))
     alias = None if slot.reference.isdigit() else slot.reference
-    body = {"predictions": predictions.tolist(), **({"probabilities": scores.tolist()} if probabilities else {}),
+    body = {**answer_fields(outputs, probabilities),
             "model_name": loaded.name, "model_version": str(loaded.version), "alias": alias, "role": slot.role, "request_id": request_id}
     return JSONResponse(body, headers={"X-Model-Version": str(loaded.version), "X-Model-Role": slot.role, "X-Request-Id": request_id})
 
-# %% ../nbs/05a_serving.ipynb #45
+# %% ../nbs/05a_serving.ipynb #70
 def _background(service: ScoringService, coroutine) -> None:
     "Run work after the response (the shadow model), tracked so that shutdown waits for it."
     task = asyncio.create_task(coroutine)
@@ -655,9 +1062,9 @@ async def _shadow(service: ScoringService, X: Rows, request_id: str, unseen: lis
     "Score the rows with the challenger and log them in the shadow log; never part of a response."
     served, t0 = service.challenger.served, time.perf_counter()
     try:
-        scores = await service.batchers[CHALLENGER].score(served, X.select([s.name for s in served.schema]))
+        outputs = await service.batchers[CHALLENGER].score(served, X.select([s.name for s in served.schema]))
         service.metrics.rows.labels(str(served.loaded.version), "shadow").inc(len(X))
-        if service.shadow_log: service.shadow_log.scored(inputs=X.columns, probabilities=scores, predictions=decisions(scores), request_id=request_id,
+        if service.shadow_log: service.shadow_log.scored(X, outputs, request_id=request_id,
                                                          model_name=served.loaded.name, model_version=str(served.loaded.version),
                                                          latency_ms=round((time.perf_counter() - t0) * 1000, 3), unseen_categories=unseen)
     except Exception:
@@ -665,12 +1072,16 @@ async def _shadow(service: ScoringService, X: Rows, request_id: str, unseen: lis
         logger.exception("shadow scoring of request %s with %s failed", request_id, served.loaded.uri)
 
 def service_health(service: ScoringService) -> dict:
-    "What is served: the champion (name, version, alias, loaded at), the challenger and the rollout."
-    return {"status": "ok", **service.champion.describe(), "challenger": service.challenger.describe() if service.challenger else None,
+    "What is served (champion, challenger, rollout), and any version refused while the current one keeps serving."
+    refused = {slot.role: slot.refused for slot in service.slots() if slot.refused}
+    return {"status": "degraded" if refused else "ok", **service.champion.describe(),
+            "challenger": service.challenger.describe() if service.challenger else None,
+            "refused": refused or None, "approval_enforced": not service.settings.allow_unapproved,
+            "authentication": service.settings.token is not None,
             "rollout": {"canary": service.settings.canary, "shadow": service.settings.shadow}, "started_at": service.started_at,
             "inference_log_rows_written": service.log.rows_written if service.log else None}
 
-# %% ../nbs/05a_serving.ipynb #47
+# %% ../nbs/05a_serving.ipynb #72
 _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "REQUEST_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE"}
 
 def _error(status: int, error_code: str, message: str) -> JSONResponse:
@@ -688,14 +1099,20 @@ def _mlflow_version() -> str:
     return version("mlflow")
 
 async def _reload_endpoint(service: ScoringService, request: Request) -> JSONResponse:
-    "POST /reload: re-read the aliases and reload (sha256 verified). It takes no input, so no request can choose a model."
+    "POST /reload: re-read the aliases and reload (approval checked, sha256 verified); no input, so no request chooses a model."
+    s = service.settings
+    if s.admin_token is None and s.token is not None:
+        return _error(403, "FORBIDDEN", "POST /reload is disabled: the service was started without an admin token "
+                                        f"(--admin-token-file or {ADMIN_TOKEN_ENV}); it still re-reads the aliases every --poll-seconds")
+    if not authorized(request, s.admin_token):
+        return unauthorized("POST /reload (the admin token)")
     if request.headers.get("content-length", "0").strip() not in ("", "0") or "transfer-encoding" in request.headers:
         return _error(400, "INVALID_PARAMETER_VALUE", f"/reload takes no body: the service loads only models:/{service.settings.model_name} "
                                                       "through its configured aliases, from its configured registry")
     try: return JSONResponse(await reload_models(service))
     except MlopsError as e: return _error(409, "RELOAD_REFUSED", f"{e}; the current models keep serving")
 
-# %% ../nbs/05a_serving.ipynb #48
+# %% ../nbs/05a_serving.ipynb #73
 def create_app(service: ScoringService) -> FastAPI:
     "The FastAPI application of a scoring service; its lifespan starts the service and drains it on shutdown."
     @contextlib.asynccontextmanager
@@ -716,36 +1133,78 @@ def create_app(service: ScoringService) -> FastAPI:
     @app.get("/health")
     async def health(): return service_health(service)
     @app.get("/version")
-    async def version(): return {"mlops_nb": package_version(), "mlflow": _mlflow_version(), **service.champion.describe()}
+    async def version(request: Request):
+        if not authorized(request, service.settings.token):
+            return unauthorized("GET /version")
+        return {"mlops_nb": package_version(), "mlflow": _mlflow_version(), **service.champion.describe()}
     @app.get("/metrics")
-    async def metrics(): return Response(service.metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    async def metrics(request: Request):
+        if not authorized(request, service.settings.token):
+            return unauthorized("GET /metrics")
+        return Response(service.metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
     return app
 
-# %% ../nbs/05a_serving.ipynb #50
-def run_service(settings: ServiceSettings, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info", access_log: bool = False) -> None:
-    "Load the models (one-line errors before anything listens), then serve until interrupted."
+# %% ../nbs/05a_serving.ipynb #76
+def check_tls(certfile: str | Path | None, keyfile: str | Path | None) -> bool:
+    "Whether TLS is on: both PEM files given, a certificate and its key; `ConfigError` for one alone or files that are not."
+    if certfile is None and keyfile is None:
+        return False
+    if certfile is None or keyfile is None:
+        raise ConfigError("--ssl-certfile and --ssl-keyfile: give both (the certificate and its private key) or neither")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(certfile), str(keyfile))
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"--ssl-certfile {certfile} / --ssl-keyfile {keyfile}: not a certificate and its key ({e})") from None
+    return True
+
+# %% ../nbs/05a_serving.ipynb #77
+def run_service(settings: ServiceSettings, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info", access_log: bool = False,
+                ssl_certfile: str | None = None,  # PEM certificate: serve HTTPS
+                ssl_keyfile: str | None = None,  # its PEM private key
+                allow_unauthenticated: bool = False,  # listen beyond this machine without a token
+               ) -> None:
+    "Check exposure and TLS, load the models (one-line errors before anything listens), then serve until interrupted."
     import sys, uvicorn
+    check_exposure(host, settings, allow_unauthenticated)
+    scheme = "https" if check_tls(ssl_certfile, ssl_keyfile) else "http"
     service = ScoringService(settings)
     c = service.champion.describe()
-    print(f"serving {c['uri']} ({c['alias'] or 'fixed version'}) on http://{host}:{port}"
-          + (f"; challenger {service.challenger.describe()['uri']} as {'shadow' if settings.shadow else f'canary {settings.canary:g}'}" if service.challenger else ""),
-          file=sys.stderr)
-    uvicorn.run(create_app(service), host=host, port=port, log_level=log_level, access_log=access_log, lifespan="on")
+    challenger = service.challenger.describe()["uri"] if service.challenger else None
+    rollout = "shadow" if settings.shadow else f"canary {settings.canary:g}"
+    print(f"serving {c['uri']} ({c['alias'] or 'fixed version'}) on {scheme}://{host}:{port}"
+          + (f"; challenger {challenger} as {rollout}" if challenger else ""), file=sys.stderr)
+    for warning in serving_warnings(settings, host, scheme):
+        print(f"warning: {warning}", file=sys.stderr)
+    uvicorn.run(create_app(service), host=host, port=port, log_level=log_level, access_log=access_log, lifespan="on",
+                ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
 
-# %% ../nbs/05a_serving.ipynb #51
+def serving_warnings(settings: ServiceSettings, host: str, scheme: str) -> list[str]:
+    "What the operator chose that weakens the service, said on every start."
+    warnings = []
+    if settings.allow_unapproved:
+        warnings.append("--allow-unapproved: versions without a recorded approval (or whose gates failed) may be served")
+    if settings.token is None and not is_loopback(host):
+        warnings.append(f"--allow-unauthenticated: anyone who reaches {host} may score and read the metrics")
+    if scheme == "http" and not is_loopback(host):
+        warnings.append("plain HTTP beyond this machine: terminate TLS in front of the service (or --ssl-certfile/--ssl-keyfile)")
+    return warnings
+
+# %% ../nbs/05a_serving.ipynb #78
 class BackgroundServer:
-    "A real uvicorn server for an app on 127.0.0.1 and a free port, in a thread (for notebooks and tests)."
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, timeout: float = 30):
+    "A real uvicorn server for an app on 127.0.0.1 and a free port, in a thread (for notebooks and tests); HTTPS with a certificate."
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, timeout: float = 30,
+                 ssl_certfile: str | None = None, ssl_keyfile: str | None = None):
         self.app, self.host, self.port, self.timeout, self.server, self.thread, self._socket = app, host, port, timeout, None, None, None
+        self.tls = {"ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile} if check_tls(ssl_certfile, ssl_keyfile) else {}
 
-    url = property(lambda self: f"http://{self.host}:{self.port}")
+    url = property(lambda self: f"{'https' if self.tls else 'http'}://{self.host}:{self.port}")
 
     def start(self) -> BackgroundServer:
         import uvicorn
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # proto TCP: asyncio then sets TCP_NODELAY (no 40 ms stalls)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); sock.bind((self.host, self.port))
         self.port, self._socket = sock.getsockname()[1], sock
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on", access_log=False))
+        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on", access_log=False, **self.tls))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, name="mlops_nb-uvicorn", daemon=True)
         self.thread.start()
         deadline = time.monotonic() + self.timeout
@@ -763,7 +1222,7 @@ class BackgroundServer:
     def __enter__(self): return self.start()
     def __exit__(self, *exc): self.stop()
 
-# %% ../nbs/05a_serving.ipynb #53
+# %% ../nbs/05a_serving.ipynb #80
 def example_payloads(rows: pd.DataFrame) -> dict[str, dict]:
     "The same rows as a request body in each of MLflow's four input formats."
     records = rows.astype(object).where(rows.notna(), None).to_dict("records")

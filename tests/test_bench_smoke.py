@@ -76,16 +76,21 @@ def test_scaling_two_sizes_and_plot(tmp_path):
     assert "500->1000" in d["growth"] and (tmp_path / "scaling.png").stat().st_size > 5000
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install -y wrk)")
 def test_serving_short_load(tmp_path):
+    "The wrk serving smoke: ours and both mlflow services under a 1 s load; `make test` installs wrk (make system-packages)."
+    assert shutil.which("wrk"), "wrk is not installed: `make system-packages` installs it (apt-get install wrk)"
     d = read(bench_serving.main(["--smoke", "--out", str(tmp_path)]))
-    m = d["services"]["mlflow"]
-    assert [c["concurrency"] for c in m["cases"]] == [1, 16, 4] and all(c["requests"] > 0 for c in m["cases"])
-    assert m["start_to_ping_seconds"] > 0 and d["in_process_predict"]["rows_1"]["median_ms"] > 0
-    if d["ours_skipped"]: pytest.skip(f"our service not measured: {d['ours_skipped']}")
-    ours = d["services"]["ours"]
-    assert all(c["errors"] == 0 for c in ours["cases"])
-    assert ours["inference_log_complete"], (ours["inference_log_rows"], ours["rows_answered_by_wrk"])
+    (r,) = d["rounds"]
+    assert r["order"] == ["ours", "mlflow_one_thread", "mlflow_as_logged"]
+    for name in r["order"]:
+        assert [c["concurrency"] for c in r[name]["cases"]] == [1, 16, 4] and all(c["requests"] > 0 for c in r[name]["cases"])
+        assert r[name]["start_to_ping_seconds"] > 0
+    assert all(c["errors"] == 0 for c in r["ours"]["cases"])
+    assert r["ours"]["inference_log_complete"], (r["ours"]["inference_log_rows"], r["ours"]["rows_answered_by_wrk"])
+    assert d["one_thread_changed"] and d["in_process_predict_one_thread"]["rows_1"]["median_ms"] > 0  # the forest's n_jobs set to 1
+    assert set(d["ratios"]) == {"mlflow_one_thread", "mlflow_as_logged"}
+    text = bench_serving.report_section(d)
+    assert "### Targets" in text and "mlflow, the same one-thread model" in text and "load average" in text
 
 
 def test_report_writes_every_section(tmp_path, drift):

