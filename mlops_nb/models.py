@@ -4,7 +4,7 @@
 
 # %% ../nbs/01a_models.ipynb #2
 from __future__ import annotations
-import contextlib, importlib, inspect, itertools
+import contextlib, importlib, inspect, itertools, warnings
 
 import numpy as np
 import pandas as pd
@@ -327,7 +327,9 @@ class ExponentiatedGradientClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"constraints: expected one of {list(moments)}, got {self.constraints!r}")
         reduction = ExponentiatedGradient(clone(self.estimator), moments[self.constraints](), eps=self.eps,
                                           max_iter=self.max_iter)
-        reduction.fit(X, y, sensitive_features=np.asarray(sensitive_features).astype(str))
+        with warnings.catch_warnings():  # fairlearn 0.15 uses pandas idioms pandas 3 deprecates: not ours to fix
+            warnings.filterwarnings("ignore", category=pd.errors.Pandas4Warning, module="fairlearn")
+            reduction.fit(X, y, sensitive_features=np.asarray(sensitive_features).astype(str))
         kept = reduction.weights_ > 0
         self.estimators_ = list(reduction.predictors_[kept])
         self.weights_ = reduction.weights_[kept].to_numpy(dtype=float) / reduction.weights_[kept].sum()
