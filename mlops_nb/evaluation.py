@@ -42,7 +42,8 @@ __all__ = ['FAIRNESS_SUMMARY', 'FAIRNESS_GATES', 'THRESHOLDS', 'NO_THRESHOLD', '
            'alias_version', 'champion_metrics', 'champion_note', 'gate', 'not_evaluated', 'check_gates', 'failed_gates',
            'evaluated_gates', 'gate_table', 'gates_markdown', 'pip_requirements', 'trusted_types_for', 'log_model',
            'gate_tags', 'register_version', 'hyperparameters', 'config_params', 'log_params', 'reference_outputs',
-           'version_tags', 'limitations', 'model_card_html', 'card_data', 'evaluation_summary']
+           'version_tags', 'limitations', 'mitigation_limitations', 'model_card_html', 'card_data',
+           'evaluation_summary']
 
 # %% ../nbs/04_evaluation.ipynb #7
 @dataclass
@@ -129,7 +130,8 @@ def add_mitigated(found: Candidates, schema: dict, cfg: Config) -> Candidates:
 def mitigation_table(found: Candidates) -> pd.DataFrame:
     "The mitigated candidates: method, base candidate and settings (empty without `rai.mitigation`)."
     columns = ["method", "base", "constraint", "max_iter", "objective"]
-    return pd.DataFrame.from_dict(found.mitigated, orient="index", columns=columns).rename_axis("candidate")
+    table = pd.DataFrame.from_dict(found.mitigated, orient="index", columns=columns).rename_axis("candidate")
+    return table.astype(object).where(table.notna(), "")  # a setting of the other method is left blank
 
 def mitigation_note(found: Candidates) -> str:
     "Which candidate was mitigated and how, or that none was."
@@ -204,7 +206,7 @@ def plot_candidates(table: pd.DataFrame, fairness: pd.DataFrame, metric: str,
         x, y = fairness.loc[name, difference], table.loc[name, metric]
         style = {"color": "#DD8452", "marker": "D"} if name in mitigated else {"color": "#4C72B0", "marker": "o"}
         ax.scatter(x, y, **style)
-        ax.annotate(plot_text(name, 40), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.annotate(plot_text(name, 50), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     if len(mitigated):
         ax.scatter([], [], color="#DD8452", marker="D", label="fairness-mitigated")
         ax.scatter([], [], color="#4C72B0", marker="o", label="configured")
@@ -857,10 +859,11 @@ def register_version(ctx: RunContext, info, gates: list[dict], extra_tags: dict 
 
 # %% ../nbs/04_evaluation.ipynb #95
 def hyperparameters(pipeline: Pipeline) -> dict:
-    "The chosen estimator's hyperparameters (plain values only), looked through a decision threshold."
+    "The chosen estimator's hyperparameters (plain values only, nested ones too), looked through a decision threshold."
     final = pipeline.named_steps["model"]
     estimator = final.estimator if type(final).__name__ == "FixedThresholdClassifier" else final
-    return {k: v for k, v in estimator.get_params(deep=False).items() if v is None or isinstance(v, (str, int, float, bool))}
+    params = estimator.get_params(deep=True)  # deep: a mitigated model's own estimator too (`estimator__C`)
+    return {k: v for k, v in params.items() if v is None or isinstance(v, (str, int, float, bool))}
 
 def config_params(cfg: Config) -> dict:
     "The resolved configuration as flat MLflow parameters (`data.target`, `model.cv_folds`, ...)."
@@ -915,6 +918,22 @@ def limitations(cfg: Config, predicted, threshold_reason: str, groups: pd.DataFr
     out.append("A champion is compared on this run's test split; if it was trained with another split it may have seen some "
                "of these rows.")
     return out
+
+def mitigation_limitations(mitigation: dict | None,  # the chosen candidate's entry of `Candidates.mitigated`, if any
+                           cfg: Config) -> list[str]:
+    "What a fairness-mitigated model's readers must know: how it was mitigated, and what it needs."
+    if mitigation is None:
+        return []
+    constraint = mitigation["constraint"].replace("_", " ")
+    common = (f"Mitigated for {constraint} over {', '.join(cfg.data.sensitive_features)} with fairlearn "
+              f"({mitigation['method'].replace('_', ' ')}) from {mitigation['base']}: the fairness on new data is the test "
+              "split's above, not a guarantee, and it costs some performance (see the candidates).")
+    if mitigation["method"] == "exponentiated_gradient":
+        return [common + " The model is a weighted mix of refits of the estimator; it does not read the sensitive "
+                         "features to predict."]
+    return [common + " Each group has its own decision threshold: the model reads the sensitive features to decide "
+                     "(they are required inputs), which treats groups differently by design; check that this is "
+                     "lawful for the intended use. Its probabilities are shifted per group, not calibrated."]
 
 # %% ../nbs/04_evaluation.ipynb #102
 def _items(values, missing: str = "not stated in the config") -> str:
