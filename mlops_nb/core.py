@@ -181,7 +181,7 @@ class RaiConfig(_Section):
     potential_harms: list[str] = Field([], description="What could go wrong for them (model card)")
     min_group_size: int = Field(30, ge=1, description="Groups smaller than this are flagged as too small to judge")
     mitigation: list[Literal["threshold_optimizer", "exponentiated_gradient"]] = Field(
-        [], description="Add fairlearn-mitigated versions of the best candidate as candidates")
+        [], description="Add fairlearn-mitigated versions of the best candidate as candidates (two classes, with sensitive features)")
 
 LogAction = Literal["keep", "hash", "drop"]
 
@@ -299,7 +299,19 @@ def apply_task(cfg: Config,
     cfg.model.primary_metric = primary
     if cfg.model.candidates is None:
         cfg.model.candidates = default_candidates(task)
+    _check_mitigation(cfg, task)
     return cfg
+
+def _check_mitigation(cfg: Config, task: str) -> None:
+    "`ConfigError` when `rai.mitigation` is asked for where it cannot apply: not two classes, or no sensitive features."
+    if not cfg.rai.mitigation:
+        return
+    if task != "binary":
+        raise ConfigError(f"rai.mitigation: fairness mitigation needs a two-class target; this is a {task} target "
+                          "(remove rai.mitigation)")
+    if not cfg.data.sensitive_features:
+        raise ConfigError("rai.mitigation: needs the groups to mitigate for, and data.sensitive_features is empty "
+                          "(name the sensitive columns, or remove rai.mitigation)")
 
 def primary_metric_bar(cfg: Config) -> float | None:
     "The threshold of the `min_primary_metric` gate (None: not evaluated)."

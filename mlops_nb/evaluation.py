@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_evaluation.ipynb #2
 from __future__ import annotations
-import contextlib, hashlib, itertools, json, os, re, tempfile, warnings
+import contextlib, functools, hashlib, itertools, json, os, re, tempfile, warnings
 from dataclasses import dataclass, field
 from importlib.metadata import version as _installed_version
 from pathlib import Path
@@ -18,29 +18,32 @@ from .core import (CandidateConfig, Config, ConfigError, MlopsError, RunContext,
                            html_table, lineage_tags, log_batch, md, mlflow_client, primary_metric_bar, read_json,
                            resolved_config, retry, run_context, stage_run_id, write_json)
 from .eda import binned, load_data, load_schema, load_splits, max_missing_share, plot_text, reference_statistics, subplots
-from .models import (METRIC_SCORERS, build_pipeline, candidate_name, cross_validated, cv_sample, fitting_threads,
-                             higher_is_better, model_columns, search_candidate, target_vector)
-from .rai import (explain_classes, explain_model, fairness_frame, group_metrics_table, plot_beeswarm,
+from .models import (METRIC_SCORERS, MITIGATION_MAX_ITER, build_pipeline, candidate_name, cross_validated, cv_sample,
+                             fitting_threads, higher_is_better, mitigated_pipeline, model_columns, needs_sensitive_features,
+                             pipeline_columns, routing, search_candidate, target_vector)
+from .rai import (explain_classes, explain_model, fairness_frame, group_labels, group_metrics_table, plot_beeswarm,
                           plot_group_metrics, plot_importance, plot_local, proxy_table)
 from .baseline import baseline_table, best_model, cv_display, cv_rows_text, load_baseline, plot_cv_scores, PLOTTED_METRICS
 
 # %% auto #0
-__all__ = ['FAIRNESS_SUMMARY', 'FAIRNESS_GATES', 'THRESHOLDS', 'NO_THRESHOLD', 'ONE_CLASS_SHARE', 'SKOPS_TRUSTED_TYPES',
-           'TRUSTED_TYPES_TAG', 'REFERENCE_STATS', 'REFERENCE_STATS_PATH', 'SHA256_TAG', 'MLFLOW_MANAGED_FILES',
-           'CHAMPION', 'CHALLENGER', 'Candidates', 'cross_validate_candidates', 'searched_settings',
-           'out_of_fold_decisions', 'candidate_fairness', 'select_candidate', 'plot_candidates', 'threshold_curve',
-           'choose_threshold', 'plot_threshold_curve', 'decision_threshold', 'with_threshold', 'fit_model',
-           'model_task', 'predict_outputs', 'positive_scores', 'model_threshold', 'decisions', 'classification_metrics',
-           'multiclass_metrics', 'regression_metrics', 'test_metrics', 'bootstrap_metrics', 'one_class_warning',
-           'decision_note', 'class_names', 'plot_evaluation', 'plot_multiclass', 'plot_regression', 'plot_test_results',
-           'row_errors', 'error_cohorts', 'fairness_note', 'standing_in', 'load_proxies', 'explain_chosen',
-           'importance_table', 'most_wrong_row', 'explanation_of', 'file_sha256', 'untrusted_types',
-           'temporary_environment', 'ModelIntegrityError', 'verify_model_files', 'LoadedModel', 'resolve_version',
-           'load_model_version', 'alias_version', 'champion_metrics', 'champion_note', 'gate', 'not_evaluated',
-           'check_gates', 'baseline_against', 'failed_gates', 'evaluated_gates', 'gate_table', 'gates_markdown',
-           'pip_requirements', 'trusted_types_for', 'log_model', 'gate_tags', 'register_version', 'hyperparameters',
-           'config_params', 'log_params', 'reference_outputs', 'version_tags', 'limitations', 'model_card_html',
-           'card_data', 'evaluation_summary']
+__all__ = ['FAIRNESS_SUMMARY', 'FAIRNESS_GATES', 'THRESHOLDS', 'NO_THRESHOLD', 'GROUP_THRESHOLDS', 'ONE_CLASS_SHARE',
+           'SKOPS_TRUSTED_TYPES', 'TRUSTED_TYPES_TAG', 'REFERENCE_STATS', 'REFERENCE_STATS_PATH', 'SHA256_TAG',
+           'MLFLOW_MANAGED_FILES', 'CHAMPION', 'CHALLENGER', 'Candidates', 'cross_validate_candidates',
+           'mitigation_constraint', 'threshold_objective', 'sensitive_groups', 'fit_params', 'mitigation_of',
+           'add_mitigated', 'mitigation_table', 'mitigation_note', 'searched_settings', 'out_of_fold_decisions',
+           'candidate_fairness', 'select_candidate', 'plot_candidates', 'threshold_curve', 'choose_threshold',
+           'plot_threshold_curve', 'decision_threshold', 'with_threshold', 'fit_model', 'model_task', 'predict_outputs',
+           'positive_scores', 'model_threshold', 'decisions', 'classification_metrics', 'multiclass_metrics',
+           'regression_metrics', 'test_metrics', 'bootstrap_metrics', 'one_class_warning', 'decision_note',
+           'class_names', 'plot_evaluation', 'plot_multiclass', 'plot_regression', 'plot_test_results', 'row_errors',
+           'error_cohorts', 'fairness_note', 'standing_in', 'load_proxies', 'explain_chosen', 'importance_table',
+           'most_wrong_row', 'explanation_of', 'file_sha256', 'untrusted_types', 'temporary_environment',
+           'ModelIntegrityError', 'verify_model_files', 'LoadedModel', 'resolve_version', 'load_model_version',
+           'alias_version', 'champion_metrics', 'champion_note', 'gate', 'not_evaluated', 'check_gates',
+           'baseline_against', 'failed_gates', 'evaluated_gates', 'gate_table', 'gates_markdown', 'pip_requirements',
+           'trusted_types_for', 'log_model', 'gate_tags', 'register_version', 'hyperparameters', 'config_params',
+           'log_params', 'reference_outputs', 'version_tags', 'limitations', 'mitigation_limitations',
+           'model_card_html', 'card_data', 'evaluation_summary']
 
 # %% ../nbs/04_evaluation.ipynb #7
 @dataclass
@@ -52,6 +55,7 @@ class Candidates:
     rows: pd.DataFrame  # the training rows cross-validated on (all, or the seeded sample)
     searched: dict = field(default_factory=dict)  # candidate -> the chosen values of its searched hyperparameters
     searches: dict = field(default_factory=dict)  # candidate -> every setting tried, with its score
+    mitigated: dict = field(default_factory=dict)  # mitigated candidate -> its method, base candidate and settings
 
 def cross_validate_candidates(train: pd.DataFrame, schema: dict, cfg: Config) -> Candidates:
     "Cross-validate every configured candidate (searching those with a `search`) on the same folds."
@@ -67,16 +71,84 @@ def cross_validate_candidates(train: pd.DataFrame, schema: dict, cfg: Config) ->
         metrics[name], found.outputs[name] = cross_validated(pipeline, X, y, cfg)
         found.pipelines[name] = pipeline
     found.table = pd.DataFrame.from_dict(metrics, orient="index").rename_axis("model")
-    return found
+    return add_mitigated(found, schema, cfg)
+
+# %% ../nbs/04_evaluation.ipynb #9
+def mitigation_constraint(cfg: Config) -> str:
+    "demographic_parity, or equalized_odds when only `gates.max_equalized_odds_difference` is set."
+    gates = cfg.gates
+    only_odds = gates.max_demographic_parity_difference is None and gates.max_equalized_odds_difference is not None
+    return "equalized_odds" if only_odds else "demographic_parity"
+
+def threshold_objective(cfg: Config) -> str:
+    "The threshold optimizer's objective: balanced accuracy when `model.threshold` is youden, else accuracy."
+    return "balanced_accuracy_score" if cfg.model.threshold.policy == "youden" else "accuracy_score"
+
+def sensitive_groups(df: pd.DataFrame, cfg: Config) -> pd.Series:
+    "Each row's group: its sensitive features' values joined (numeric ones in quantile ranges), e.g. 'b × F'."
+    labels = [group_labels(df[s]) for s in cfg.data.sensitive_features]
+    return functools.reduce(lambda left, right: left + " × " + right, labels).rename("group")
+
+def fit_params(pipeline: Pipeline, df: pd.DataFrame, cfg: Config) -> dict:
+    "What fitting the pipeline needs besides X and y: each row's group, for an exponentiated-gradient model."
+    return {"sensitive_features": sensitive_groups(df, cfg)} if needs_sensitive_features(pipeline) else {}
 
 # %% ../nbs/04_evaluation.ipynb #10
+def mitigation_of(pipeline: Pipeline, method: str, base: str, cfg: Config) -> Pipeline:
+    "The `method` version of candidate `base`'s pipeline; `ConfigError` naming rai.mitigation when its estimator cannot be."
+    from sklearn.utils.validation import has_fit_parameter
+    estimator = pipeline.named_steps["model"]
+    kind = type(estimator).__name__
+    if method == "exponentiated_gradient" and not has_fit_parameter(estimator, "sample_weight"):
+        raise ConfigError(f"rai.mitigation: exponentiated_gradient refits the best candidate {base!r} on weighted rows, and "
+                          f"{kind}.fit takes no sample_weight; use threshold_optimizer, or a candidate that does")
+    if method == "threshold_optimizer" and not hasattr(estimator, "predict_proba"):
+        raise ConfigError(f"rai.mitigation: threshold_optimizer needs probabilities, and the best candidate {base!r} "
+                          f"({kind}) has no predict_proba")
+    return mitigated_pipeline(pipeline, method, list(cfg.data.sensitive_features), mitigation_constraint(cfg),
+                              threshold_objective(cfg), cfg.split.seed)
+
+def add_mitigated(found: Candidates, schema: dict, cfg: Config) -> Candidates:
+    "Cross-validate the `rai.mitigation` versions of the best configured candidate on the same folds, as more candidates."
+    if not cfg.rai.mitigation:
+        return found
+    base = best_model(found.table, cfg.model.primary_metric)
+    y = target_vector(found.rows, cfg)
+    for method in cfg.rai.mitigation:
+        name, pipeline = f"{base}+{method}", mitigation_of(found.pipelines[base], method, base, cfg)
+        X = found.rows[pipeline_columns(pipeline, schema)]
+        metrics, found.outputs[name] = cross_validated(pipeline, X, y, cfg, fit_params(pipeline, found.rows, cfg))
+        found.table.loc[name] = pd.Series(metrics)
+        found.pipelines[name] = pipeline
+        if base in found.searched:  # the mitigated estimator keeps the searched settings
+            found.searched[name] = found.searched[base]
+        found.mitigated[name] = {"method": method, "base": base, "constraint": mitigation_constraint(cfg),
+                                 **({"max_iter": MITIGATION_MAX_ITER} if method == "exponentiated_gradient"
+                                    else {"objective": threshold_objective(cfg)})}
+    return found
+
+def mitigation_table(found: Candidates) -> pd.DataFrame:
+    "The mitigated candidates: method, base candidate and settings (empty without `rai.mitigation`)."
+    columns = ["method", "base", "constraint", "max_iter", "objective"]
+    table = pd.DataFrame.from_dict(found.mitigated, orient="index", columns=columns).rename_axis("candidate")
+    return table.astype(object).where(table.notna(), "")  # a setting of the other method is left blank
+
+def mitigation_note(found: Candidates) -> str:
+    "Which candidate was mitigated and how, or that none was."
+    if not found.mitigated:
+        return "No fairness mitigation (`rai.mitigation` is empty)."
+    first = next(iter(found.mitigated.values()))
+    return (f"Fairness mitigation of the best configured candidate, {code(first['base'])}, for "
+            f"**{esc(first['constraint'].replace('_', ' '))}**: {', '.join(code(n) for n in found.mitigated)}.")
+
+# %% ../nbs/04_evaluation.ipynb #14
 def searched_settings(found: Candidates) -> pd.DataFrame:
     "Every hyperparameter setting tried by a candidate's search, with its cross-validated score (empty without a search)."
     if not found.searches:
         return pd.DataFrame(columns=["candidate", "setting"]).set_index(["candidate", "setting"])
     return pd.concat(found.searches, names=["candidate", "setting"])
 
-# %% ../nbs/04_evaluation.ipynb #13
+# %% ../nbs/04_evaluation.ipynb #17
 def out_of_fold_decisions(outputs: np.ndarray, task: str, classes) -> np.ndarray:
     "Decisions from out-of-fold outputs: 0/1 at 0.5 (binary), the most likely class, or the values."
     if task == "regression":
@@ -102,7 +174,7 @@ def candidate_fairness(found: Candidates, schema: dict, cfg: Config) -> pd.DataF
         rows[name] = {metric: float(frame[metric].max()) for metric in FAIRNESS_SUMMARY[task]}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
 
-# %% ../nbs/04_evaluation.ipynb #14
+# %% ../nbs/04_evaluation.ipynb #18
 FAIRNESS_GATES = {"demographic_parity_difference": "max_demographic_parity_difference",
                   "equalized_odds_difference": "max_equalized_odds_difference"}
 
@@ -121,8 +193,10 @@ def select_candidate(table: pd.DataFrame, fairness: pd.DataFrame, cfg: Config) -
         return best, f"the best cross-validated {metric}: no candidate is within the fairness gates"
     return best_model(table[within], metric), f"the best cross-validated {metric} within the fairness gates"
 
-# %% ../nbs/04_evaluation.ipynb #17
-def plot_candidates(table: pd.DataFrame, fairness: pd.DataFrame, metric: str):
+# %% ../nbs/04_evaluation.ipynb #21
+def plot_candidates(table: pd.DataFrame, fairness: pd.DataFrame, metric: str,
+                    mitigated=(),  # the names of the fairness-mitigated candidates (drawn apart)
+                   ):
     "Each candidate's primary metric against its worst fairness difference; None without sensitive features."
     if not len(fairness.columns):
         return None
@@ -130,15 +204,20 @@ def plot_candidates(table: pd.DataFrame, fairness: pd.DataFrame, metric: str):
     fig, ax = subplots(figsize=(6, 3.8))
     for name in table.index:
         x, y = fairness.loc[name, difference], table.loc[name, metric]
-        ax.scatter(x, y, color="#4C72B0")
-        ax.annotate(plot_text(name, 30), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        style = {"color": "#DD8452", "marker": "D"} if name in mitigated else {"color": "#4C72B0", "marker": "o"}
+        ax.scatter(x, y, **style)
+        ax.annotate(plot_text(name, 50), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if len(mitigated):
+        ax.scatter([], [], color="#DD8452", marker="D", label="fairness-mitigated")
+        ax.scatter([], [], color="#4C72B0", marker="o", label="configured")
+        ax.legend(fontsize=8)
     ax.set_xlabel(f"worst {difference.replace('_', ' ')} (out of fold)")
     ax.set_ylabel(f"cross-validated {metric}")
     ax.set_title("performance against fairness, per candidate", fontsize=9)
     fig.tight_layout()
     return fig
 
-# %% ../nbs/04_evaluation.ipynb #21
+# %% ../nbs/04_evaluation.ipynb #28
 THRESHOLDS = np.round(np.linspace(0.01, 0.99, 99), 2)
 
 def threshold_curve(y, scores) -> pd.DataFrame:
@@ -158,7 +237,7 @@ def threshold_curve(y, scores) -> pd.DataFrame:
                          "false_positive_share": fp / len(y), "false_negative_share": fn / len(y),
                          "positive_share": positive.mean(axis=1)})
 
-# %% ../nbs/04_evaluation.ipynb #22
+# %% ../nbs/04_evaluation.ipynb #29
 def choose_threshold(curve: pd.DataFrame, cfg: Config) -> tuple[float, str]:
     "The threshold `model.threshold` asks for, and the reason in words."
     rule = cfg.model.threshold
@@ -178,7 +257,7 @@ def choose_threshold(curve: pd.DataFrame, cfg: Config) -> tuple[float, str]:
     best = reaching.loc[reaching.precision.idxmax()]
     return float(best.threshold), f"the best precision ({best.precision:.3f}) with recall at least {rule.recall:g}"
 
-# %% ../nbs/04_evaluation.ipynb #26
+# %% ../nbs/04_evaluation.ipynb #33
 def plot_threshold_curve(curve: pd.DataFrame | None, threshold: float | None):
     "Precision, recall and F1 against the threshold, with the share predicted positive; None without a threshold."
     if curve is None:
@@ -194,18 +273,22 @@ def plot_threshold_curve(curve: pd.DataFrame | None, threshold: float | None):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/04_evaluation.ipynb #27
+# %% ../nbs/04_evaluation.ipynb #34
 NO_THRESHOLD = {"multiclass": "no threshold: the decision is the most likely class", "regression": "a quantity: no decision"}
+GROUP_THRESHOLDS = ("each group's own threshold, chosen by the threshold optimizer (0.5 on its group-shifted "
+                    "probabilities; model.threshold does not apply)")
 
 def decision_threshold(found: Candidates, chosen: str, cfg: Config) -> tuple[float | None, str, pd.DataFrame | None]:
     "The chosen candidate's threshold (two classes), the reason, and the curve it was read from."
     if cfg.data.task != "binary":
         return None, NO_THRESHOLD[cfg.data.task], None
     curve = threshold_curve(target_vector(found.rows, cfg), found.outputs[chosen][:, 1])
+    if found.mitigated.get(chosen, {}).get("method") == "threshold_optimizer":
+        return 0.5, GROUP_THRESHOLDS, curve
     threshold, reason = choose_threshold(curve, cfg)
     return threshold, reason, curve
 
-# %% ../nbs/04_evaluation.ipynb #30
+# %% ../nbs/04_evaluation.ipynb #38
 def with_threshold(pipeline: Pipeline, threshold: float | None) -> Pipeline:
     "The pipeline whose decisions use `threshold` (its model wrapped in `FixedThresholdClassifier`); as is at 0.5 or None."
     if threshold is None or threshold == 0.5:
@@ -220,10 +303,11 @@ def fit_model(train: pd.DataFrame, schema: dict, cfg: Config, model: str | Pipel
     if isinstance(model, str):
         candidate = next((c for c in cfg.model.candidates if candidate_name(c) == model), model)
         model = build_pipeline(schema, candidate, cfg.split.seed, rows=len(train))
-    with fitting_threads(len(train)):
-        return with_threshold(model, threshold).fit(train[model_columns(schema)], target_vector(train, cfg))
+    model, params = with_threshold(model, threshold), fit_params(model, train, cfg)
+    with fitting_threads(len(train)), routing(params):
+        return model.fit(train[pipeline_columns(model, schema)], target_vector(train, cfg), **params)
 
-# %% ../nbs/04_evaluation.ipynb #31
+# %% ../nbs/04_evaluation.ipynb #39
 def model_task(model) -> str:
     "binary, multiclass or regression, read from a fitted pipeline (or any fitted estimator)."
     from sklearn.base import is_regressor
@@ -253,7 +337,7 @@ def decisions(scores, threshold: float = 0.5) -> np.ndarray:
     "0/1 decisions: 1 when the score reaches the threshold."
     return (np.asarray(scores) >= threshold).astype(int)
 
-# %% ../nbs/04_evaluation.ipynb #35
+# %% ../nbs/04_evaluation.ipynb #43
 def classification_metrics(y_true, scores, threshold: float = 0.5) -> dict:
     "Two classes: ranking (ROC AUC, average precision), decision (F1, accuracy, balanced accuracy) and probability (log loss, Brier) metrics."
     from sklearn import metrics
@@ -282,7 +366,7 @@ def regression_metrics(y_true, predicted) -> dict:
     return {"rmse": float(np.sqrt(metrics.mean_squared_error(y, p))), "mae": float(metrics.mean_absolute_error(y, p)),
             "r2": float(metrics.r2_score(y, p))}
 
-# %% ../nbs/04_evaluation.ipynb #37
+# %% ../nbs/04_evaluation.ipynb #45
 def test_metrics(y_true, outputs: dict, threshold: float | None = None) -> dict:
     "The task's metrics of a model's outputs (from `predict_outputs`) against the actual values."
     if outputs["task"] == "regression":
@@ -310,7 +394,7 @@ def bootstrap_metrics(y_true, outputs: dict, threshold: float | None = None, n_b
     boot = pd.DataFrame(draws, columns=list(value))
     return pd.DataFrame({"value": value, "low": boot.quantile((1 - ci) / 2), "high": boot.quantile((1 + ci) / 2)}).rename_axis("metric")
 
-# %% ../nbs/04_evaluation.ipynb #40
+# %% ../nbs/04_evaluation.ipynb #48
 ONE_CLASS_SHARE = 0.95
 
 def one_class_warning(predicted, task: str) -> str | None:
@@ -331,7 +415,7 @@ def decision_note(predicted, task: str) -> str:
     common = pd.Series(np.asarray(predicted)).value_counts(normalize=True)
     return one_class_warning(predicted, task) or f"The most common decision ({esc(common.index[0])}) covers {common.iloc[0]:.1%} of the test rows."
 
-# %% ../nbs/04_evaluation.ipynb #44
+# %% ../nbs/04_evaluation.ipynb #52
 def class_names(cfg: Config) -> list[str]:
     "Display names of the negative and positive class."
     positive = str(cfg.data.positive_label)
@@ -394,7 +478,7 @@ def plot_test_results(y_true, outputs: dict, threshold: float | None, cfg: Confi
         return plot_multiclass(y_true, outputs["probabilities"], outputs["prediction"])
     return plot_evaluation(y_true, outputs["score"], threshold or 0.5, class_names(cfg))
 
-# %% ../nbs/04_evaluation.ipynb #47
+# %% ../nbs/04_evaluation.ipynb #55
 def _slices(X: pd.DataFrame, bins: int) -> dict[str, pd.Series]:
     "Slice labels of every column and every pair of columns."
     single = {c: binned(X[c], bins).astype(str) for c in X.columns}
@@ -420,7 +504,7 @@ def error_cohorts(X: pd.DataFrame, y_true, y_pred, min_size: int = 30, top: int 
     out = out[out.rows >= min_size].assign(lift=lambda d: d.error / errors.mean() if errors.mean() > 0 else np.nan)
     return out.sort_values(["error", "rows"], ascending=[False, False]).head(top).reset_index(drop=True)
 
-# %% ../nbs/04_evaluation.ipynb #51
+# %% ../nbs/04_evaluation.ipynb #59
 def fairness_note(cfg: Config) -> str:
     "Which sensitive features are measured, or that none is configured."
     if not cfg.data.sensitive_features:
@@ -428,7 +512,7 @@ def fairness_note(cfg: Config) -> str:
                 "fairness gates are reported as not evaluated.")
     return "Measured on: " + ", ".join(code(s) for s in cfg.data.sensitive_features) + "."
 
-# %% ../nbs/04_evaluation.ipynb #57
+# %% ../nbs/04_evaluation.ipynb #65
 def standing_in(proxies: pd.DataFrame, schema: dict, cfg: Config) -> pd.DataFrame:
     "The strong proxies of each excluded sensitive feature that are still model inputs."
     excluded = [s for s in cfg.data.sensitive_features if s in cfg.model.exclude_features]
@@ -445,7 +529,7 @@ def load_proxies(ctx: RunContext, train: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(read_json(path)["proxies"], columns=["sensitive", "feature", "measure", "strength", "strong"])
     return proxy_table(train, ctx.config)
 
-# %% ../nbs/04_evaluation.ipynb #61
+# %% ../nbs/04_evaluation.ipynb #69
 def explain_chosen(pipeline, test: pd.DataFrame, train: pd.DataFrame, columns: list[str], seed: int) -> dict:
     "The chosen model's explanations on 200 seeded test rows: one per class for more than two classes, else one."
     if model_task(pipeline) == "multiclass":
@@ -460,7 +544,7 @@ def importance_table(explanations: dict) -> pd.DataFrame:
         table["mean"] = table.mean(axis=1)
     return table.sort_values(table.columns[-1], ascending=False)
 
-# %% ../nbs/04_evaluation.ipynb #63
+# %% ../nbs/04_evaluation.ipynb #71
 def most_wrong_row(expl, y_true: pd.Series, outputs: dict) -> int:
     "Position, in an explanation's sample, of the row the model is most confidently wrong about."
     rows = expl.values.index
@@ -480,9 +564,11 @@ def explanation_of(explanations: dict, y_true: pd.Series, outputs: dict):
         return first
     return explanations[str(y_true.loc[first.values.index[most_wrong_row(first, y_true, outputs)]])]
 
-# %% ../nbs/04_evaluation.ipynb #69
+# %% ../nbs/04_evaluation.ipynb #77
 SKOPS_TRUSTED_TYPES = ["numpy.dtype", "sklearn.tree._tree.Tree",
-                       "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
+                       "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+                       "mlops_nb.models.ExponentiatedGradientClassifier", "mlops_nb.models.GroupThresholdClassifier",
+                       "mlops_nb.models.GroupEncoder"]
 TRUSTED_TYPES_TAG = "mlops_nb.trusted_types"  # the extra types a version's config listed (model.trusted_types)
 REFERENCE_STATS = "reference_stats.json"
 REFERENCE_STATS_PATH = f"extra_files/{REFERENCE_STATS}"  # inside the logged model directory
@@ -504,7 +590,7 @@ def untrusted_types(model, trusted: list[str]) -> list[str]:
     found = skops.io.get_untrusted_types(data=skops.io.dumps(model))
     return sorted(set(found) - set(SKOPS_TRUSTED_TYPES) - set(trusted))
 
-# %% ../nbs/04_evaluation.ipynb #71
+# %% ../nbs/04_evaluation.ipynb #79
 @contextlib.contextmanager
 def temporary_environment(**values: str):
     "Set environment variables for the duration of the block, then restore them."
@@ -526,7 +612,7 @@ def _download(uri: str, client, dst: str | Path | None = None) -> Path:
     with temporary_environment(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=client.tracking_uri))
 
-# %% ../nbs/04_evaluation.ipynb #72
+# %% ../nbs/04_evaluation.ipynb #80
 class ModelIntegrityError(MlopsError):
     "A registered model's files do not match their recorded sha256, or it is not a reviewed skops model."
     exit_code = 1
@@ -552,7 +638,7 @@ def _check_skops(directory: Path, uri: str, reviewed: list[str] = ()) -> None:
     if extra:
         raise ModelIntegrityError(f"{uri}: trusts types outside the reviewed list: {extra}")
 
-# %% ../nbs/04_evaluation.ipynb #73
+# %% ../nbs/04_evaluation.ipynb #81
 @dataclass
 class LoadedModel:
     "A registered model version, verified and loaded."
@@ -593,7 +679,7 @@ def load_model_version(client, name: str, alias_or_version: str | int, flavor: s
         model = (mlflow.sklearn if flavor == "sklearn" else mlflow.pyfunc).load_model(str(local))
     return LoadedModel(model, name, int(mv.version), uri, sorted(mv.aliases), dict(mv.tags), local)
 
-# %% ../nbs/04_evaluation.ipynb #76
+# %% ../nbs/04_evaluation.ipynb #84
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 def alias_version(client, name: str, alias: str) -> str | None:
@@ -617,14 +703,14 @@ def champion_metrics(client, name: str, test: pd.DataFrame, cfg: Config) -> dict
     outputs = predict_outputs(champion, test[needed])
     return {"version": version, "metrics": test_metrics(target_vector(test, cfg), outputs, model_threshold(champion))}
 
-# %% ../nbs/04_evaluation.ipynb #77
+# %% ../nbs/04_evaluation.ipynb #85
 def champion_note(champion: dict | None, metric: str) -> str:
     "The champion's score on this test split, or that there is none to compare with."
     if champion is None:
         return "No comparable champion in the registry."
     return f"Champion: **version {champion['version']}**, {esc(metric)} {champion['metrics'][metric]:.4f} on this test split."
 
-# %% ../nbs/04_evaluation.ipynb #80
+# %% ../nbs/04_evaluation.ipynb #88
 def gate(name: str, value, threshold: float, higher_is_better: bool = True) -> dict:
     "One gate result; a missing (None/NaN) value fails."
     ok = value is not None and not pd.isna(value)
@@ -653,7 +739,7 @@ def _fairness_gates(fairness: pd.DataFrame, cfg: Config) -> list[dict]:
         out += [gate(f"{key}[{f}]", fairness.loc[f, column], threshold, False) for f in fairness.index if column in fairness]
     return out
 
-# %% ../nbs/04_evaluation.ipynb #81
+# %% ../nbs/04_evaluation.ipynb #89
 def check_gates(cfg: Config,
                 test_values: dict,  # metrics of the chosen model on the test split
                 cv_score: float,  # its cross-validated primary metric
@@ -712,7 +798,7 @@ def gates_markdown(gates: list[dict], champion: dict | None) -> str:
     missing = "" if champion else " No comparable champion in the registry: `min_lift_over_champion` is not evaluated."
     return f"**{len(evaluated) - len(failed)} of {len(evaluated)} gates passed.** {outcome}{missing}"
 
-# %% ../nbs/04_evaluation.ipynb #85
+# %% ../nbs/04_evaluation.ipynb #93
 def pip_requirements() -> list[str]:
     "The model's runtime requirements, pinned to the installed versions."
     return [f"{p}=={_installed_version(p)}" for p in ("mlflow", "scikit-learn", "skops", "pandas", "numpy", "scipy")]
@@ -743,7 +829,7 @@ def log_model(ctx: RunContext, pipeline: Pipeline, X_train: pd.DataFrame, refere
         mlflow.log_artifact(str(ref))
     return info
 
-# %% ../nbs/04_evaluation.ipynb #86
+# %% ../nbs/04_evaluation.ipynb #94
 def _tag_key(name: str) -> str:
     "A gate name as an MLflow tag key: `max_x[sex]` -> `max_x.sex`, other characters replaced."
     return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", name.replace("[", ".").removesuffix("]"))
@@ -778,12 +864,13 @@ def register_version(ctx: RunContext, info, gates: list[dict], extra_tags: dict 
     return {"name": name, "version": int(mv.version), "aliases": sorted(mv.aliases), "run_id": info.run_id,
             "uri": f"models:/{name}/{mv.version}", "model_uri": info.model_uri}
 
-# %% ../nbs/04_evaluation.ipynb #87
+# %% ../nbs/04_evaluation.ipynb #95
 def hyperparameters(pipeline: Pipeline) -> dict:
-    "The chosen estimator's hyperparameters (plain values only), looked through a decision threshold."
+    "The chosen estimator's hyperparameters (plain values only, nested ones too), looked through a decision threshold."
     final = pipeline.named_steps["model"]
     estimator = final.estimator if type(final).__name__ == "FixedThresholdClassifier" else final
-    return {k: v for k, v in estimator.get_params(deep=False).items() if v is None or isinstance(v, (str, int, float, bool))}
+    params = estimator.get_params(deep=True)  # deep: a mitigated model's own estimator too (`estimator__C`)
+    return {k: v for k, v in params.items() if v is None or isinstance(v, (str, int, float, bool))}
 
 def config_params(cfg: Config) -> dict:
     "The resolved configuration as flat MLflow parameters (`data.target`, `model.cv_folds`, ...)."
@@ -797,20 +884,23 @@ def log_params(ctx: RunContext, pipeline: Pipeline, chosen: str, threshold: floa
         log_batch(ctx, run_id, params=params)
     return params
 
-# %% ../nbs/04_evaluation.ipynb #90
+# %% ../nbs/04_evaluation.ipynb #98
 def reference_outputs(pipeline: Pipeline, X: pd.DataFrame) -> np.ndarray:
     "What the reference keeps of the model's outputs: the positive-class probability, the predicted class, or the value."
     outputs = predict_outputs(pipeline, X)
     return outputs["score"] if outputs["task"] == "binary" else outputs["prediction"]
 
-def version_tags(chosen: str, cfg: Config, test_values: dict, threshold: float | None, searched: dict) -> dict:
-    "Tags describing the registered version: estimator, task, metric, threshold, labels, searched settings."
+def version_tags(chosen: str, cfg: Config, test_values: dict, threshold: float | None, searched: dict,
+                 mitigated: dict | None = None,  # `Candidates.mitigated`
+                ) -> dict:
+    "Tags describing the registered version: estimator, task, metric, threshold, labels, searched settings, mitigation."
     primary = cfg.model.primary_metric
     return {"mlops_nb.estimator": chosen, "mlops_nb.task": cfg.data.task, "mlops_nb.primary_metric": primary,
             f"mlops_nb.test_{primary}": str(test_values[primary]), "mlops_nb.positive_label": str(cfg.data.positive_label),
-            "mlops_nb.threshold": str(threshold), "mlops_nb.searched": json.dumps(searched.get(chosen, {}), default=str)}
+            "mlops_nb.threshold": str(threshold), "mlops_nb.searched": json.dumps(searched.get(chosen, {}), default=str),
+            "mlops_nb.mitigation": json.dumps((mitigated or {}).get(chosen))}
 
-# %% ../nbs/04_evaluation.ipynb #93
+# %% ../nbs/04_evaluation.ipynb #101
 def limitations(cfg: Config, predicted, threshold_reason: str, groups: pd.DataFrame, task: str) -> list[str]:
     "Known limitations of this evaluation, derived from the config and the results."
     out = []
@@ -836,7 +926,23 @@ def limitations(cfg: Config, predicted, threshold_reason: str, groups: pd.DataFr
                "of these rows.")
     return out
 
-# %% ../nbs/04_evaluation.ipynb #94
+def mitigation_limitations(mitigation: dict | None,  # the chosen candidate's entry of `Candidates.mitigated`, if any
+                           cfg: Config) -> list[str]:
+    "What a fairness-mitigated model's readers must know: how it was mitigated, and what it needs."
+    if mitigation is None:
+        return []
+    constraint = mitigation["constraint"].replace("_", " ")
+    common = (f"Mitigated for {constraint} over {', '.join(cfg.data.sensitive_features)} with fairlearn "
+              f"({mitigation['method'].replace('_', ' ')}) from {mitigation['base']}: the fairness on new data is the test "
+              "split's above, not a guarantee, and it costs some performance (see the candidates).")
+    if mitigation["method"] == "exponentiated_gradient":
+        return [common + " The model is a weighted mix of refits of the estimator; it does not read the sensitive "
+                         "features to predict."]
+    return [common + " Each group has its own decision threshold: the model reads the sensitive features to decide "
+                     "(they are required inputs), which treats groups differently by design; check that this is "
+                     "lawful for the intended use. Its probabilities are shifted per group, not calibrated."]
+
+# %% ../nbs/04_evaluation.ipynb #102
 def _items(values, missing: str = "not stated in the config") -> str:
     values = [values] if isinstance(values, str) else list(values or [])
     return "<ul>" + "".join(f"<li>{esc(v)}</li>" for v in values) + "</ul>" if values else f"<p><i>{esc(missing)}</i></p>"
@@ -861,7 +967,7 @@ def model_card_html(cfg: Config, card: dict) -> str:
              "table.model-card td,table.model-card th{border:1px solid #ccc;padding:3px 8px}</style>")
     return f'<section class="model-card">{style}{"".join(parts)}</section>'
 
-# %% ../nbs/04_evaluation.ipynb #96
+# %% ../nbs/04_evaluation.ipynb #104
 def card_data(cfg: Config, ctx: RunContext, train: pd.DataFrame, test: pd.DataFrame, columns: list[str]) -> dict:
     "The data section of the model card."
     target = f"{cfg.data.target} ({cfg.data.task}" + (f", positive: {cfg.data.positive_label})" if cfg.data.task == "binary" else ")")
@@ -870,7 +976,7 @@ def card_data(cfg: Config, ctx: RunContext, train: pd.DataFrame, test: pd.DataFr
             "split": f"{cfg.split.strategy}, test share {cfg.split.test_size}, seed {cfg.split.seed}",
             "model inputs": ", ".join(columns), "sensitive features": ", ".join(cfg.data.sensitive_features) or "none"}
 
-# %% ../nbs/04_evaluation.ipynb #100
+# %% ../nbs/04_evaluation.ipynb #108
 def evaluation_summary(test_values: dict, baseline: dict, cv_score: float, champion: dict | None, fairness: pd.DataFrame,
                        gates: list[dict], model: dict, cfg: Config) -> dict:
     "The part of the run summary this stage contributes."

@@ -4,11 +4,11 @@
 
 # %% ../nbs/01a_models.ipynb #2
 from __future__ import annotations
-import contextlib, importlib, inspect, itertools
+import contextlib, importlib, inspect, itertools, warnings
 
 import numpy as np
 import pandas as pd
-from sklearn.base import clone, is_classifier, is_regressor
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, clone, is_classifier, is_regressor
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
@@ -18,10 +18,13 @@ from .core import (LOWER_IS_BETTER, CandidateConfig, Config, ConfigError, apply_
 from .eda import HIGH_CARDINALITY, RARE_CATEGORY_ROWS, is_positive
 
 # %% auto #0
-__all__ = ['FOREST_MAX_ROWS', 'BUILTIN_MODELS', 'SCALED_MODULES', 'METRIC_SCORERS', 'feature_types', 'model_columns',
-           'feature_table', 'make_preprocessor', 'builtin_model', 'import_estimator', 'own_model', 'candidate_name',
-           'make_model', 'needs_scaling', 'estimator_pipeline', 'build_pipeline', 'higher_is_better', 'target_vector',
-           'cv_splitter', 'fitting_threads', 'cv_sample', 'cross_validated', 'cross_validate_model', 'search_candidate']
+__all__ = ['FOREST_MAX_ROWS', 'BUILTIN_MODELS', 'SCALED_MODULES', 'METRIC_SCORERS', 'MITIGATION_MAX_ITER', 'MITIGATIONS',
+           'feature_types', 'model_columns', 'feature_table', 'make_preprocessor', 'builtin_model', 'import_estimator',
+           'own_model', 'candidate_name', 'make_model', 'needs_scaling', 'estimator_pipeline', 'build_pipeline',
+           'higher_is_better', 'target_vector', 'cv_splitter', 'fitting_threads', 'routing', 'cv_sample',
+           'cross_validated', 'cross_validate_model', 'search_candidate', 'ExponentiatedGradientClassifier',
+           'GroupEncoder', 'rate_threshold', 'GroupThresholdClassifier', 'mitigated_pipeline', 'pipeline_columns',
+           'needs_sensitive_features']
 
 # %% ../nbs/01a_models.ipynb #5
 def feature_types(schema: dict,  # from `load_schema`
@@ -220,19 +223,26 @@ def fitting_threads(rows: int):
     from threadpoolctl import threadpool_limits
     return threadpool_limits(limits=1, user_api="openmp") if rows < 100_000 else contextlib.nullcontext()
 
+def routing(fit_params: dict | None):
+    "A context routing `fit_params` to the steps that ask for them (scikit-learn's metadata routing), when there are any."
+    import sklearn
+    return sklearn.config_context(enable_metadata_routing=True) if fit_params else contextlib.nullcontext()
+
 def cv_sample(train: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     "The training rows models are cross-validated on: all, or above `model.cv_max_rows` a sample seeded by `split.seed`."
     limit = cfg.model.cv_max_rows
     return train if limit is None or len(train) <= limit else train.sample(n=limit, random_state=cfg.split.seed)
 
 # %% ../nbs/01a_models.ipynb #32
-def cross_validated(pipeline: Pipeline, X: pd.DataFrame, y: pd.Series, cfg: Config) -> tuple[dict, np.ndarray]:
+def cross_validated(pipeline: Pipeline, X: pd.DataFrame, y: pd.Series, cfg: Config,
+                    fit_params: dict | None = None,  # more inputs of fit, row by row (e.g. `sensitive_features`)
+                   ) -> tuple[dict, np.ndarray]:
     "The task's metrics over the folds (mean and standard deviation) and each row's out-of-fold output."
     from sklearn.model_selection import cross_validate
     scorers = METRIC_SCORERS[cfg.data.task]
-    with fitting_threads(len(X)):
+    with fitting_threads(len(X)), routing(fit_params):
         scores = cross_validate(pipeline, X, y, cv=cv_splitter(y, cfg), scoring=scorers, error_score="raise",
-                                return_estimator=True, return_indices=True)
+                                return_estimator=True, return_indices=True, params=fit_params or None)
     out = {}
     for metric in scorers:
         values = scores[f"test_{metric}"] * (1 if higher_is_better(metric) else -1)
@@ -273,3 +283,238 @@ def search_candidate(pipeline: Pipeline, candidate: CandidateConfig, X: pd.DataF
     table = pd.DataFrame(search.cv_results_["params"]).rename(columns=lambda k: k.removeprefix("model__"))
     table[cfg.model.primary_metric] = sign * search.cv_results_["mean_test_score"]
     return clone(pipeline).set_params(**search.best_params_), best, table
+
+# %% ../nbs/01a_models.ipynb #41
+MITIGATION_MAX_ITER = 20  # the most iterations of fairlearn's ExponentiatedGradient per fit
+
+def _final_estimator(pipeline):
+    "The estimator at the end of a pipeline, looked through a decision threshold."
+    final = pipeline.steps[-1][1] if isinstance(pipeline, Pipeline) else pipeline
+    return final.estimator if type(final).__name__ == "FixedThresholdClassifier" else final
+
+def _positive_probability(estimator, X) -> np.ndarray:
+    "A fitted binary estimator's probability of class 1 (0 or 1 for a member that saw only one class)."
+    classes = list(estimator.classes_)
+    if 1 not in classes:
+        return np.zeros(len(X))
+    if len(classes) == 1:
+        return np.ones(len(X))
+    return estimator.predict_proba(X)[:, classes.index(1)]
+
+# %% ../nbs/01a_models.ipynb #42
+class ExponentiatedGradientClassifier(ClassifierMixin, BaseEstimator):
+    "fairlearn's exponentiated-gradient reduction, kept as the weighted mix of its fits (deterministic, binary 0/1)."
+    __metadata_request__fit = {"sensitive_features": True}  # fit asks for the groups (scikit-learn metadata routing)
+
+    def __init__(self, estimator=None,  # an unfitted classifier whose fit accepts `sample_weight`
+                 constraints: str = "demographic_parity",  # or "equalized_odds"
+                 eps: float = 0.01,  # fairlearn's allowed constraint violation
+                 max_iter: int = MITIGATION_MAX_ITER):
+        self.estimator = estimator
+        self.constraints = constraints
+        self.eps = eps
+        self.max_iter = max_iter
+
+    def fit(self, X, y, sensitive_features=None):
+        "Run the reduction on X (numbers) and y (0/1) for the groups in `sensitive_features`; keep the fits with weight."
+        from fairlearn.reductions import DemographicParity, EqualizedOdds, ExponentiatedGradient
+        from sklearn.utils.validation import validate_data
+        X, y = validate_data(self, X, np.asarray(y, dtype=int), reset=True)
+        if sensitive_features is None:
+            raise ValueError("ExponentiatedGradientClassifier.fit needs sensitive_features (each row's group)")
+        moments = {"demographic_parity": DemographicParity, "equalized_odds": EqualizedOdds}
+        if self.constraints not in moments:
+            raise ValueError(f"constraints: expected one of {list(moments)}, got {self.constraints!r}")
+        reduction = ExponentiatedGradient(clone(self.estimator), moments[self.constraints](), eps=self.eps,
+                                          max_iter=self.max_iter)
+        with warnings.catch_warnings():  # fairlearn 0.15 uses pandas idioms pandas 3 deprecates: not ours to fix
+            warnings.filterwarnings("ignore", category=pd.errors.Pandas4Warning, module="fairlearn")
+            reduction.fit(X, y, sensitive_features=np.asarray(sensitive_features).astype(str))
+        kept = reduction.weights_ > 0
+        self.estimators_ = list(reduction.predictors_[kept])
+        self.weights_ = reduction.weights_[kept].to_numpy(dtype=float) / reduction.weights_[kept].sum()
+        self.n_iter_ = int(reduction.last_iter_) + 1
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        "The weighted mean of the kept fits' probabilities: columns for class 0 and class 1."
+        from sklearn.utils.validation import check_is_fitted, validate_data
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False)
+        positive = sum(w * _positive_probability(e, X) for e, w in zip(self.estimators_, self.weights_))
+        return np.column_stack([1 - positive, positive])
+
+    def predict(self, X) -> np.ndarray:
+        "0/1 decisions at 0.5 (a decision threshold of the model wraps this estimator)."
+        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
+
+# %% ../nbs/01a_models.ipynb #46
+def _group_text(values: pd.Series) -> pd.Series:
+    "Values as text, missing ones as '(missing)'."
+    return values.astype(object).where(values.notna(), "(missing)").map(str)
+
+class GroupEncoder(TransformerMixin, BaseEstimator):
+    "Each row's group per column as a number: text values by name, numeric ones (> max_values values) by quantile range."
+
+    def __init__(self, bins: int = 5,  # quantile ranges of a numeric column with many values
+                 max_values: int = 10):  # a numeric column with more distinct values is cut into ranges
+        self.bins = bins
+        self.max_values = max_values
+
+    def fit(self, X, y=None):
+        "Learn each column's groups: its values (as text, missing as '(missing)'), or its quantile edges."
+        X = pd.DataFrame(X)
+        self.feature_names_in_ = np.asarray([str(c) for c in X.columns], dtype=object)
+        self.n_features_in_ = X.shape[1]
+        self.edges_, self.categories_ = {}, {}
+        for name, column in zip(self.feature_names_in_, X.columns):
+            values = X[column]
+            numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+            if numeric and values.nunique() > self.max_values:
+                quantiles = np.nanquantile(values.astype(float), np.linspace(0, 1, self.bins + 1))
+                self.edges_[name] = np.unique(quantiles[1:-1])
+            else:
+                self.categories_[name] = sorted(_group_text(values).unique().tolist())
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        "Group numbers: a value's position among the known values (-1 unseen), or its range (missing: the last + 1)."
+        from sklearn.utils.validation import check_is_fitted
+        check_is_fitted(self)
+        X = pd.DataFrame(X)
+        X.columns = [str(c) for c in X.columns]
+        codes = []
+        for name in self.feature_names_in_:
+            if name in self.edges_:
+                values = X[name].astype(float).to_numpy()
+                ranges = np.searchsorted(self.edges_[name], values, side="right").astype(float)
+                codes.append(np.where(np.isnan(values), len(self.edges_[name]) + 1, ranges))
+            else:
+                codes.append(pd.Index(self.categories_[name]).get_indexer(_group_text(X[name])).astype(float))
+        return np.column_stack(codes)
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        "One output per input column, under its name."
+        return np.asarray(self.feature_names_in_, dtype=object)
+
+# %% ../nbs/01a_models.ipynb #49
+class _GivenScores(BaseEstimator):
+    "A fitted 'estimator' whose score is its single input column: lets fairlearn's ThresholdOptimizer work on given scores."
+    def fit(self, X=None, y=None):
+        self.fitted_ = True
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        return np.asarray(X, dtype=float)[:, 0]
+
+def rate_threshold(scores, rate: float) -> float:
+    "The threshold that selects (score >= threshold) the share `rate` of `scores`: midway between two scores."
+    ranked = np.sort(np.asarray(scores, dtype=float))[::-1]
+    selected = int(round(rate * len(ranked)))
+    if selected <= 0:
+        return float(min(1.0, ranked[0] + 1e-9))
+    if selected >= len(ranked):
+        return float(ranked[-1])
+    return float((ranked[selected - 1] + ranked[selected]) / 2)
+
+# %% ../nbs/01a_models.ipynb #51
+class GroupThresholdClassifier(ClassifierMixin, BaseEstimator):
+    "fairlearn's threshold optimizer made deterministic: each group's own threshold on the estimator's probability."
+
+    def __init__(self, estimator=None,  # an unfitted probabilistic classifier
+                 group_columns: int = 1,  # the last columns of the input are group numbers (a `GroupEncoder`'s)
+                 constraints: str = "demographic_parity",  # or "equalized_odds"
+                 objective: str = "accuracy_score",  # or "balanced_accuracy_score"
+                 cv: int = 3,  # folds of the out-of-fold scores the thresholds are chosen on
+                 random_state: int | None = None):  # seed of those folds
+        self.estimator = estimator
+        self.group_columns = group_columns
+        self.constraints = constraints
+        self.objective = objective
+        self.cv = cv
+        self.random_state = random_state
+
+    def _split(self, X) -> tuple[np.ndarray, np.ndarray]:
+        "The estimator's inputs and the rows' group numbers."
+        return X[:, :-self.group_columns], X[:, -self.group_columns:]
+
+    def fit(self, X, y):
+        "Choose each group's threshold on out-of-fold probabilities (fairlearn), then fit the estimator on all rows."
+        from sklearn.model_selection import StratifiedKFold, cross_val_predict
+        from sklearn.utils.validation import validate_data
+        X, y = validate_data(self, X, np.asarray(y, dtype=int), reset=True)
+        features, codes = self._split(X)
+        folds = StratifiedKFold(self.cv, shuffle=True, random_state=self.random_state)
+        scores = cross_val_predict(clone(self.estimator), features, y, cv=folds, method="predict_proba")[:, 1]
+        self.group_codes_, group = np.unique(codes, axis=0, return_inverse=True)
+        selected = self._fairlearn_selection(scores, y, group.ravel())
+        self.thresholds_ = np.array([rate_threshold(scores[group.ravel() == g], selected[group.ravel() == g].mean())
+                                     for g in range(len(self.group_codes_))])
+        self.default_threshold_ = rate_threshold(scores, selected.mean())  # for a group not seen in training
+        self.estimator_ = clone(self.estimator).fit(features, y)
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def _fairlearn_selection(self, scores: np.ndarray, y: np.ndarray, group: np.ndarray) -> np.ndarray:
+        "Each row's probability of a positive decision under fairlearn's randomized group thresholds."
+        from fairlearn.postprocessing import ThresholdOptimizer
+        optimizer = ThresholdOptimizer(estimator=_GivenScores().fit(), constraints=self.constraints,
+                                       objective=self.objective, prefit=True, predict_method="predict")
+        optimizer.fit(scores[:, None], y, sensitive_features=group.astype(str))
+        rules = optimizer.interpolated_thresholder_.interpolation_dict
+        selected = np.zeros(len(scores))
+        for g in np.unique(group):
+            rule, rows = rules[str(g)], group == g
+            selected[rows] = rule.p0 * rule.operation0(scores[rows]) + rule.p1 * rule.operation1(scores[rows])
+        return selected
+
+    def group_thresholds(self, X) -> np.ndarray:
+        "Each row's threshold: its group's, or for a group not seen in training the overall one."
+        codes = self._split(X)[1]
+        known = (codes[:, None, :] == self.group_codes_[None, :, :]).all(axis=2)
+        return np.where(known.any(axis=1), self.thresholds_[known.argmax(axis=1)], self.default_threshold_)
+
+    def predict_proba(self, X) -> np.ndarray:
+        "The estimator's probability, shifted in log-odds by the group's threshold: 0.5 falls on that threshold."
+        from sklearn.utils.validation import check_is_fitted, validate_data
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False)
+        scores = np.clip(_positive_probability(self.estimator_, self._split(X)[0]), 1e-12, 1 - 1e-12)
+        thresholds = np.clip(self.group_thresholds(X), 1e-12, 1 - 1e-12)
+        positive = 1 / (1 + np.exp(np.log(thresholds / (1 - thresholds)) - np.log(scores / (1 - scores))))
+        return np.column_stack([1 - positive, positive])
+
+    def predict(self, X) -> np.ndarray:
+        "0/1 decisions: the estimator's probability reaches the row's group threshold."
+        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
+
+# %% ../nbs/01a_models.ipynb #56
+MITIGATIONS = ("exponentiated_gradient", "threshold_optimizer")
+
+def mitigated_pipeline(pipeline: Pipeline,  # the candidate's unfitted pipeline
+                       method: str,  # one of `MITIGATIONS`
+                       sensitive: list[str],  # the sensitive features
+                       constraint: str = "demographic_parity",  # or "equalized_odds"
+                       objective: str = "accuracy_score",  # the threshold optimizer's objective
+                       seed: int = 0) -> Pipeline:
+    "The candidate's pipeline with its estimator mitigated by `method` (unfitted)."
+    preprocess, estimator = clone(pipeline.named_steps["preprocess"]), clone(pipeline.named_steps["model"])
+    if method == "exponentiated_gradient":
+        return Pipeline([("preprocess", preprocess),
+                         ("model", ExponentiatedGradientClassifier(estimator, constraints=constraint))])
+    if method != "threshold_optimizer":
+        raise ConfigError(f"rai.mitigation: unknown method {method!r}; choose from {list(MITIGATIONS)}")
+    preprocess.set_params(transformers=preprocess.transformers + [("groups", GroupEncoder(), list(sensitive))])
+    model = GroupThresholdClassifier(estimator, group_columns=len(sensitive), constraints=constraint, objective=objective,
+                                     random_state=seed)
+    return Pipeline([("preprocess", preprocess), ("model", model)])
+
+def pipeline_columns(pipeline: Pipeline, schema: dict) -> list[str]:
+    "The columns a pipeline reads (those its `preprocess` step selects), in schema order."
+    selected = {c for _, _, columns in pipeline.named_steps["preprocess"].transformers for c in columns}
+    return [c for c in schema["features"] if c in selected]
+
+def needs_sensitive_features(pipeline: Pipeline) -> bool:
+    "Whether fitting the pipeline needs each row's group (`sensitive_features`): an exponentiated-gradient model."
+    return isinstance(_final_estimator(pipeline), ExponentiatedGradientClassifier)
