@@ -25,20 +25,20 @@ from .eda import (QUANTILE_LEVELS, _check_header, _rows, categorical_statistics,
 
 # %% auto #0
 __all__ = ['NO_VERSION', 'SMALL_REFERENCE_ROWS', 'DRIFT_TESTS', 'BLOCKING_ANOMALIES', 'ESTIMATION_ASSUMPTION', 'NOT_ESTIMATED',
-           'LOG_FIELDS', 'LOG_REQUIRED', 'LEVELS', 'BASELINE_ONLY', 'apply_version_task', 'MonitoringScope',
+           'LOG_FIELDS', 'LOG_REQUIRED', 'LEVELS', 'ENGINES', 'BASELINE_ONLY', 'apply_version_task', 'MonitoringScope',
            'run_version', 'monitoring_scope', 'version_summary', 'ks_drift', 'chisquare_drift', 'quantile_levels',
            'wasserstein_drift', 'level_weights', 'jensenshannon_drift', 'psi_drift', 'default_test', 'column_drift',
            'drift_report', 'dataset_drift', 'schema_anomalies', 'validate_batch', 'anomaly_table', 'weighted_metrics',
            'expected_metrics', 'multiclass_metrics', 'regression_metrics', 'measured_performance',
            'estimated_performance', 'inference_log_record', 'append_inference_log', 'utc_time', 'read_inference_log',
-           'join_labels', 'decision_findings', 'retraining_decision', 'read_batch', 'numeric_column', 'category_counts',
-           'chunked_drift_report', 'assess_parquet', 'model_outputs', 'prediction_values', 'assess_batch',
-           'safe_batch_id', 'new_batch_id', 'monitoring_history', 'last_retrain', 'log_monitoring_run',
+           'join_labels', 'decision_findings', 'retraining_decision', 'read_batch', 'parquet_source', 'numeric_column',
+           'category_counts', 'chunked_drift_report', 'assess_parquet', 'model_outputs', 'prediction_values',
+           'assess_batch', 'safe_batch_id', 'new_batch_id', 'monitoring_history', 'last_retrain', 'log_monitoring_run',
            'record_decision', 'load_monitored_batch', 'assess_monitored_batch', 'decision_record', 'monitor_batch',
-           'batches_over_time', 'monitor_periods', 'plot_history', 'monitored_batch', 'assess_scope', 'scope_decision',
-           'decision_summary', 'drift_table', 'plot_drift', 'anomaly_view', 'performance_table', 'serving_skew_view',
-           'drift_thresholds', 'decision_policy', 'backtest_slices', 'backtest', 'false_alarms', 'false_alarm_summary',
-           'resampled_metric', 'estimate_check', 'monitoring_results', 'finish_monitoring']
+           'batches_over_time', 'monitor_periods', 'plot_history', 'check_engine', 'monitored_batch', 'assess_scope',
+           'scope_decision', 'decision_summary', 'drift_table', 'plot_drift', 'anomaly_view', 'performance_table',
+           'serving_skew_view', 'drift_thresholds', 'decision_policy', 'backtest_slices', 'backtest', 'false_alarms',
+           'false_alarm_summary', 'resampled_metric', 'estimate_check', 'monitoring_results', 'finish_monitoring']
 
 # %% ../nbs/05_monitoring.ipynb #6
 def apply_version_task(cfg: Config, reference: dict) -> Config:
@@ -691,11 +691,26 @@ def _parquet_file(path: str | Path | pq.ParquetFile) -> pq.ParquetFile:
     _check_header(pf.schema_arrow.names, path)
     return pf
 
+def parquet_source(path: str | Path):
+    "A Parquet file (a checked `ParquetFile`) or a dataset folder (`pyarrow.dataset`, `key=value` partitions)."
+    import pyarrow.dataset as ds
+    if not Path(path).is_dir(): return _parquet_file(path)
+    return ds.dataset(str(path), format="parquet", partitioning="hive")
+
+def _record_batches(source, columns: list[str], batch_rows: int):
+    "Record batches of some columns of a `ParquetFile` or a `pyarrow.dataset` folder."
+    if isinstance(source, pq.ParquetFile): return source.iter_batches(batch_size=batch_rows, columns=columns)
+    return source.to_batches(columns=columns, batch_size=batch_rows)
+
+def _row_count(source) -> int:
+    "The rows of a `ParquetFile` (from its metadata) or of a `pyarrow.dataset` folder."
+    return source.metadata.num_rows if isinstance(source, pq.ParquetFile) else source.count_rows()
+
 def numeric_column(pf: pq.ParquetFile, column: str, batch_rows: int = 131_072,
                    missing_values: tuple | list = ()) -> np.ndarray:
-    "One numeric column of the file as floats without missing values, read a record batch at a time."
-    out, at = np.empty(pf.metadata.num_rows, dtype=float), 0
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=[column]):
+    "One numeric column of a Parquet file or folder (`parquet_source`) as floats, missing values left out."
+    out, at = np.empty(_row_count(pf), dtype=float), 0
+    for batch in _record_batches(pf, [column], batch_rows):
         arr = batch.column(0)
         if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type): x = arr.to_numpy(zero_copy_only=False).astype(float, copy=False)
         else: x = pd.to_numeric(arr.to_pandas().replace({m: np.nan for m in missing_values}), errors="coerce").to_numpy(dtype=float)  # validated: numbers
@@ -707,7 +722,7 @@ def category_counts(pf: pq.ParquetFile, columns: list[str], batch_rows: int = 13
                     missing_values: tuple | list = ()) -> dict[str, Counter]:
     "The count of each category (as text) of the given columns, accumulated over record batches; missing-value markers left out."
     counts = {c: Counter() for c in columns}
-    for batch in (pf.iter_batches(batch_size=batch_rows, columns=columns) if columns else []):
+    for batch in (_record_batches(pf, columns, batch_rows) if columns else []):
         for c in columns:
             arr = batch.column(c)
             if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):  # pyarrow counts, no Python string per row
@@ -1069,26 +1084,48 @@ def plot_history(history: pd.DataFrame, cfg: Config):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/05_monitoring.ipynb #74
+# %% ../nbs/05_monitoring.ipynb #75
+ENGINES = ("pandas", "spark")
+
+def check_engine(engine: str,  # the ENGINE parameter
+                 batch_mode: bool = True,  # a batch is monitored (not a training run's test split)
+                 inference_log: str | None = None, labels: bool = False) -> None:
+    "`ConfigError` for an unknown engine, or Spark asked for a training run, an inference log or labels."
+    if engine not in ENGINES:
+        raise ConfigError(f"ENGINE (--engine): 'pandas' or 'spark', got {engine!r}")
+    if engine == "spark" and (not batch_mode or inference_log is not None or labels):
+        raise ConfigError("ENGINE (--engine) spark monitors a Parquet batch: "
+                          "no training run, --inference-log or --labels")
+
 def monitored_batch(scope: MonitoringScope,
                     batch: str | None = None,  # the BATCH parameter
                     inference_log: str | None = None,  # the INFERENCE_LOG parameter
                     labels: bool = False,  # the LABELS parameter
                     since: str | None = None, until: str | None = None,  # the SINCE and UNTIL parameters
+                    engine: str = "pandas",  # the ENGINE parameter
                    ) -> tuple[pd.DataFrame | Path | None, dict | None]:
     "The batch to monitor and where it came from: the batch given, the training run's test split, or None (no version)."
     from mlops_nb.eda import load_splits
+    check_engine(engine, batch_mode=scope.batch_mode, inference_log=inference_log, labels=labels)
     if scope.loaded is None:
         return None, None
+    if engine == "spark":  # the Parquet file or folder itself: Spark reads it, the plots read it a column at a time
+        return Path(batch), {"kind": "data", "path": str(batch), "engine": "spark"}
     if scope.batch_mode:
         return load_monitored_batch(scope.config, scope.loaded, batch, inference_log, labels, since, until)
     test = load_splits(scope.context)[1]
     return test, {"kind": "test split", "path": None, "run_id": scope.context.run_id}
 
-def assess_scope(scope: MonitoringScope, batch, labels: bool = False, inference_log: str | None = None) -> dict | None:
+def assess_scope(scope: MonitoringScope, batch, labels: bool = False, inference_log: str | None = None,
+                 engine: str = "pandas",  # the ENGINE parameter (spark: `spark.assess_parquet_spark`)
+                 master: str = "local[2]",  # the MASTER parameter
+                ) -> dict | None:
     "`assess_monitored_batch` of the monitored batch (the test split: with its labels); None without a version."
     if scope.loaded is None:
         return None
+    if engine == "spark":
+        from mlops_nb.spark import assess_parquet_spark  # 06a comes after this notebook: imported when asked for
+        return assess_parquet_spark(scope.config, batch, scope.loaded, scope.reference, master=master)
     labelled = labels or not scope.batch_mode
     return assess_monitored_batch(batch, scope.loaded, scope.reference, scope.config, labelled,
                                   from_log=inference_log is not None)
@@ -1108,7 +1145,7 @@ def scope_decision(scope: MonitoringScope, result: dict | None, source: dict | N
     record = decision_record(result, scope.config, scope.loaded, name, source, requested, last)
     return record_decision(scope.config, scope.client, record, out)
 
-# %% ../nbs/05_monitoring.ipynb #75
+# %% ../nbs/05_monitoring.ipynb #76
 def decision_summary(decision: dict | None) -> str:
     "The decision and its reasons as Markdown (escaped), or why there is none."
     if decision is None:
@@ -1128,7 +1165,7 @@ def _source_note(source: dict) -> str:
     return (f" Read from the inference log {esc(source['path'])}{window}: {source['rows_read']:,} rows, of which "
             f"{source['failed_requests']:,} failed requests and {source['other_models']:,} rows of other versions were left out.")
 
-# %% ../nbs/05_monitoring.ipynb #78
+# %% ../nbs/05_monitoring.ipynb #79
 def drift_table(decision: dict | None,  # from `scope_decision`
                 target: str = "target",  # the target column's name (label drift)
                ) -> pd.DataFrame | None:
@@ -1143,12 +1180,12 @@ def drift_table(decision: dict | None,  # from `scope_decision`
     ordered = columns.sort_values("drifted", ascending=False, kind="stable")
     return pd.concat([ordered, extra]).rename_axis("column") if len(extra) else ordered.rename_axis("column")
 
-# %% ../nbs/05_monitoring.ipynb #81
+# %% ../nbs/05_monitoring.ipynb #82
 def _batch_column(batch: pd.DataFrame | Path, column: str, kind: str, cfg: Config):
-    "A column of the batch: its values (a frame), or read from the Parquet file (numbers, or counts per category)."
+    "A column of the batch: its values (a frame), or read from the Parquet file or folder (numbers, or counts)."
     if isinstance(batch, pd.DataFrame):
         return batch[column]
-    pf = _parquet_file(batch)
+    pf = parquet_source(batch)
     if kind == "numeric":
         return numeric_column(pf, column, missing_values=cfg.data.missing_values)
     return category_counts(pf, [column], missing_values=cfg.data.missing_values)[column]
@@ -1177,7 +1214,7 @@ def _plot_categories(ax, reference: dict, values, top: int = 8) -> None:
     ax.set_yticks(at, [plot_text(k, 18) for k in keys], fontsize=7)
     ax.invert_yaxis()
 
-# %% ../nbs/05_monitoring.ipynb #82
+# %% ../nbs/05_monitoring.ipynb #83
 def plot_drift(scope: MonitoringScope, batch, decision: dict | None,
                max_columns: int = 12,  # drifted columns first, then the others in order
               ):
@@ -1202,7 +1239,7 @@ def plot_drift(scope: MonitoringScope, batch, decision: dict | None,
     fig.tight_layout()
     return fig
 
-# %% ../nbs/05_monitoring.ipynb #86
+# %% ../nbs/05_monitoring.ipynb #87
 def anomaly_view(decision: dict | None):
     "The batch's anomalies as a table, or a line saying there are none."
     from IPython.display import Markdown
@@ -1212,10 +1249,13 @@ def anomaly_view(decision: dict | None):
         return Markdown("No anomalies: every value is of a kind the model saw in training.")
     return anomaly_table(decision["anomalies"])
 
-def performance_table(decision: dict | None) -> pd.DataFrame | None:
-    "Measured and estimated metrics side by side, and estimated minus measured where both exist."
+def performance_table(decision: dict | None):
+    "Measured and estimated metrics side by side, estimated minus measured where both exist (or why there are none)."
+    from IPython.display import Markdown
     if decision is None:
         return None
+    if not decision["performance"] and not decision["estimated_performance"]:
+        return Markdown(" ".join(map(esc, decision["assumptions"])))
     skip = {"rows", "tp", "fp", "fn", "tn"}
     table = pd.DataFrame({"measured": pd.Series(decision["performance"], dtype=object),
                           "estimated": pd.Series(decision["estimated_performance"], dtype=object)})
@@ -1225,14 +1265,14 @@ def performance_table(decision: dict | None) -> pd.DataFrame | None:
         return table.rename_axis("metric")
     return table.assign(difference=table["estimated"] - table["measured"]).rename_axis("metric")
 
-# %% ../nbs/05_monitoring.ipynb #87
+# %% ../nbs/05_monitoring.ipynb #88
 def serving_skew_view(decision: dict | None) -> pd.DataFrame | None:
     "An inference log's logged probabilities against the registered model's on the same inputs (nothing otherwise)."
     if decision is None or not decision.get("serving_skew"):
         return None
     return pd.DataFrame([decision["serving_skew"]], index=pd.Index(["serving skew"], name="check"))
 
-# %% ../nbs/05_monitoring.ipynb #94
+# %% ../nbs/05_monitoring.ipynb #95
 def drift_thresholds(scope: MonitoringScope) -> pd.DataFrame | None:
     "Each tested column's kind, test and threshold, and when it counts as drifted; the prediction and the label too."
     if scope.loaded is None:
@@ -1266,7 +1306,7 @@ def decision_policy(cfg: Config) -> pd.DataFrame:
             ("gates.min_primary_metric", str(cfg.gates.min_primary_metric), gate)]
     return pd.DataFrame(rows, columns=["setting", "value", "rule"]).set_index("setting")
 
-# %% ../nbs/05_monitoring.ipynb #99
+# %% ../nbs/05_monitoring.ipynb #100
 BASELINE_ONLY = "Part of a training run's monitoring baseline; not computed for a batch."
 
 def backtest_slices(test: pd.DataFrame,  # the test split
@@ -1284,7 +1324,7 @@ def backtest_slices(test: pd.DataFrame,  # the test split
     name = lambda g: str(g[0]) if len(g) == 1 else f"{g[0]} to {g[-1]}"
     return {name(g): test[test[t].isin(g)].reset_index(drop=True) for g in groups}
 
-# %% ../nbs/05_monitoring.ipynb #101
+# %% ../nbs/05_monitoring.ipynb #102
 def backtest(scope: MonitoringScope, test: pd.DataFrame | None):
     "Each held-out slice of the test split monitored as a labelled batch: drift, primary metric, the decision."
     from IPython.display import Markdown
@@ -1303,7 +1343,7 @@ def backtest(scope: MonitoringScope, test: pd.DataFrame | None):
                      "first reason": reasons[0]})
     return pd.DataFrame(rows).set_index("slice")
 
-# %% ../nbs/05_monitoring.ipynb #104
+# %% ../nbs/05_monitoring.ipynb #105
 def false_alarms(scope: MonitoringScope, test: pd.DataFrame | None,
                  resamples: int = 50,  # seeded resamples of the test split
                 ) -> pd.DataFrame | None:
@@ -1335,7 +1375,7 @@ def false_alarm_summary(scope: MonitoringScope, alarms: pd.DataFrame | None):
     flags = alarms.drop(columns=["drift share", "dataset drift"]).mean()
     return flags.rename("flagged in resamples").to_frame().rename_axis("column")
 
-# %% ../nbs/05_monitoring.ipynb #107
+# %% ../nbs/05_monitoring.ipynb #108
 def resampled_metric(y,  # the outcomes as the model learns them
                      outputs: dict,  # the model's outputs on the same rows
                      metric: str,  # a metric of `measured_performance`
@@ -1392,7 +1432,7 @@ def estimate_check(scope: MonitoringScope, test: pd.DataFrame | None,
     table["estimate within"] = pd.Series({primary: "yes" if inside else "no"}, dtype=object)
     return table.fillna({"estimate within": ""}).rename_axis("metric")
 
-# %% ../nbs/05_monitoring.ipynb #111
+# %% ../nbs/05_monitoring.ipynb #112
 def monitoring_results(scope: MonitoringScope, decision: dict | None, alarms: pd.DataFrame | None,
                        estimates,  # from `estimate_check`
                       ) -> dict:
