@@ -8,9 +8,9 @@ RUN_ARGS ?=
 # Two workers, one test file each (files share session fixtures: the e2e run, the PostgreSQL server).
 # JupyterLab refuses to start as root without --allow-root (CI and these machines run as root).
 LAB_ROOT := $(shell [ "$$(id -u)" -eq 0 ] && echo --allow-root)
-PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15 -rs
 
-.PHONY: install install-spark install-server system-packages run test test-slow check-clean check-export test-nbs test-py lab lock clean \
+.PHONY: install install-spark install-server install-evidently system-packages run test test-slow check-clean check-export test-nbs test-py lab lock clean \
         server server-stop docs
 
 $(STAMP): settings.ini setup.py requirements.lock
@@ -66,7 +66,7 @@ run: install
 	$(BIN)/mlops-nb run $(RUN_ARGS)
 
 ## Every check, in CI's order: notebooks clean, export in sync, notebook tests, pytest.
-test: install system-packages install-spark install-server check-clean check-export test-nbs test-py
+test: install system-packages install-spark install-server install-evidently check-clean check-export test-nbs test-py
 
 check-clean: install
 	$(BIN)/nbstripout --verify nbs/*.ipynb nbs/tutorials/*.ipynb
@@ -79,9 +79,10 @@ check-export: install
 test-nbs: install
 	$(BIN)/nbdev_test --n_workers 2 --timing
 
-# pytest exits 5 when it collects no test: that is not a failure of the suite.
+# pytest exits 5 when it collects no test: that is not a failure of the suite. Slow tests are deselected (tests/conftest.py);
+# any skip but a missing Docker engine fails the run (MLOPS_NB_STRICT_SKIPS=1), and -rs prints every skip's reason.
 test-py: install
-	$(BIN)/pytest $(PYTEST_ARGS) tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+	MLOPS_NB_STRICT_SKIPS=1 $(BIN)/pytest $(PYTEST_ARGS) tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
 
 ## The heavy variants (1M rows, 1,000 columns, 30 s load, long fuzzing): not part of `make test`.
 test-slow: install system-packages install-spark install-server
@@ -134,11 +135,14 @@ EVIDENTLY_VENV := benchmarks/.venv-evidently
 TOOLS_VENV     := benchmarks/.venv-tools
 BENCH_DURATION ?= 30
 
-$(EVIDENTLY_VENV)/.installed:
+$(EVIDENTLY_VENV)/.installed: benchmarks/requirements-evidently.lock
 	$(PYTHON) -m venv $(EVIDENTLY_VENV)
 	$(EVIDENTLY_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(EVIDENTLY_VENV)/bin/python -m pip install --quiet "evidently==0.7.*" "pandas<3" pyarrow
+	$(EVIDENTLY_VENV)/bin/python -m pip install --quiet -r benchmarks/requirements-evidently.lock
 	touch $@
+
+## Evidently in its own venv (it needs pandas < 3): the drift comparison of `make bench`, and its smoke in `make test`.
+install-evidently: $(EVIDENTLY_VENV)/.installed
 
 $(TOOLS_VENV)/.installed:
 	$(PYTHON) -m venv $(TOOLS_VENV)

@@ -12,6 +12,51 @@ CLI = Path(sys.executable).parent / "mlops-nb"
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: heavy variants, run by `make test-slow` (MLOPS_NB_SLOW=1)")
+    config.stash[SKIPS] = []
+
+
+# `make test` runs every test but the slow ones: those are deselected (not skipped), so a skip always means something
+# is missing. MLOPS_NB_STRICT_SKIPS=1 (set by `make test`) fails the run on any skip but the one allowed below.
+SKIPS = pytest.StashKey[list]()
+ALLOWED_SKIPS = ("no Docker engine here",)  # CI's runners have Docker; this machine has none
+
+
+def pytest_collection_modifyitems(config, items):
+    "Deselect the slow tests unless MLOPS_NB_SLOW is set or a marker expression (`-m`) chooses the tests."
+    if os.environ.get("MLOPS_NB_SLOW") or config.getoption("markexpr"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
+def pytest_runtest_logreport(report):
+    "Remember each skip with its reason (the controller sees every worker's reports)."
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _CONFIG[0].stash[SKIPS].append((report.nodeid, reason))
+
+
+_CONFIG: list = []
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session):
+    _CONFIG[:] = [session.config]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    "With MLOPS_NB_STRICT_SKIPS=1, a skip whose reason is not allowed fails the run, naming the test and the reason."
+    if not os.environ.get("MLOPS_NB_STRICT_SKIPS") or hasattr(session.config, "workerinput"):
+        return
+    unexpected = [(test, reason) for test, reason in session.config.stash[SKIPS]
+                  if not any(allowed in reason for allowed in ALLOWED_SKIPS)]
+    if unexpected:
+        for test, reason in unexpected:
+            print(f"\nunexpected skip: {test}: {reason}")
+        print(f"{len(unexpected)} unexpected skip(s): `make test` runs every test (MLOPS_NB_STRICT_SKIPS=1)")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def free_port() -> int:

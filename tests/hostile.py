@@ -4,7 +4,6 @@ Not a test module: tests/test_hostile_data.py, test_reports_browser.py and test_
 expensive run (eda, rai, baseline, evaluation on the kitchen-sink data, then `mlops-nb monitor`) happens once per
 pytest process.
 """
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +23,8 @@ KITCHEN_MODEL = "kitchen"  # its registered model's name (the config's name)
 
 
 def slow(test):
-    "Mark a test slow: `make test-slow` (MLOPS_NB_SLOW=1 pytest -m slow) runs it; the default suite skips it."
-    skip = pytest.mark.skipif(not os.environ.get("MLOPS_NB_SLOW"), reason="slow: run with `make test-slow` (MLOPS_NB_SLOW=1)")
-    return pytest.mark.slow(skip(test))
+    "Mark a test slow: `make test-slow` (MLOPS_NB_SLOW=1 pytest -m slow) runs it; the default suite deselects it (conftest)."
+    return pytest.mark.slow(test)
 
 
 def signal_frame(n: int = 400, seed: int = 0) -> pd.DataFrame:

@@ -50,6 +50,7 @@ def test_drift_against_evidently(drift):
     assert drift["false_drift"][0]["evidently"]["tests"] == ["K-S p_value", "chi-square p_value"]
 
 
+@pytest.mark.slow  # a pipeline run with a per-cell breakdown: `make test-slow`
 def test_pipeline_breakdown(tmp_path):
     d = read(bench_pipeline.main(["--smoke", "--out", str(tmp_path)]))
     r = d["run"]
@@ -69,6 +70,7 @@ def test_cell_kinds():
     assert kind("ctx = run_context(CONFIG, RUN_DIR)\ncfg = ctx.config") == "context" and kind("fig = plot(x)") == "compute"
 
 
+@pytest.mark.slow  # two full pipeline runs: `make test-slow`; `make bench` runs the script itself
 def test_scaling_two_sizes_and_plot(tmp_path):
     d = read(bench_scaling.main(["--smoke", "--out", str(tmp_path)]))
     assert [r["rows"] for r in d["sizes"]] == [500, 1000] and all(r["status"] == "succeeded" for r in d["sizes"])

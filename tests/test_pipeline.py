@@ -150,7 +150,7 @@ def test_reproduce_gives_identical_metrics_and_refuses_changed_data(tmp_path):
     from sklego.datasets import load_arrests
     data = tmp_path / "arrests.csv"
     load_arrests(as_frame=True).head(900).to_csv(data, index=False)
-    config = write_config(tmp_path, data={"source": "arrests.csv", **ARRESTS_ROLES}, model={"candidates": ["logistic_regression", "random_forest"], "cv_folds": 3})
+    config = write_config(tmp_path, data={"source": "arrests.csv", **ARRESTS_ROLES}, model={"candidates": ["logistic_regression"], "cv_folds": 3})
     assert run_cli("run", "--config", config, "--stages", "eda,baseline,evaluation", cwd=tmp_path).returncode == 0
     run_id = next(p.name for p in (tmp_path / "reports").iterdir() if p.is_dir())
     proc = run_cli("reproduce", run_id, cwd=tmp_path)

@@ -229,7 +229,8 @@ except MlopsError as e: print(json.dumps({"version": version, "refused": f"{type
 '''
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+# The races on SQLite are `make test-slow`: the team server (PostgreSQL) is where concurrent promotions meet in practice.
+@pytest.fixture(params=[pytest.param("sqlite", marks=pytest.mark.slow), "postgresql"])
 def backend(request, tmp_path):
     "A tracking URI: a SQLite file, or the PostgreSQL-backed team server (skipped without PostgreSQL)."
     if request.param == "sqlite": return f"sqlite:///{tmp_path / 'mlruns.db'}"
