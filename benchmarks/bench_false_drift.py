@@ -19,7 +19,7 @@ TARGETS = {"false_drift_rate": 0.07, "max_distance_error": 0.005}
 
 
 def rates(runs: list[dict]) -> dict:
-    "Per-column and per-kind share of batches flagged, the dataset-drift share (half the columns or more), the tests used."
+    "Per-column and per-kind share of batches flagged, the dataset-drift share (half the columns or more), the tests."
     columns = list(runs[0])
     per_column = {c: sum(r[c]["drifted"] for r in runs) / len(runs) for c in columns}
     kinds = {"numeric": [c for c in columns if c in NUMERIC], "categorical": [c for c in columns if c not in NUMERIC]}
@@ -30,10 +30,12 @@ def rates(runs: list[dict]) -> dict:
             "dataset_drift_share": sum(sum(r[c]["drifted"] for c in r) / len(r) >= 0.5 for r in runs) / len(runs)}
 
 
-def one_size(rows: int, ref_path: Path, work: Path, n_batches: int, evidently_batches: int | None, exact_batches: int) -> dict:
+def one_size(rows: int, ref_path: Path, work: Path, n_batches: int, evidently_batches: int | None,
+             exact_batches: int) -> dict:
     "Ours on `n_batches` unshifted batches of `rows` rows (Evidently on the first `evidently_batches` of them)."
     import pandas as pd
-    batches = pd.concat([unshifted_frame(rows, seed=1_000 * rows + i).assign(__batch=i) for i in range(n_batches)], ignore_index=True)
+    frames = [unshifted_frame(rows, seed=1_000 * rows + i).assign(__batch=i) for i in range(n_batches)]
+    batches = pd.concat(frames, ignore_index=True)
     path = work / f"batches_{rows}.parquet"
     batches.to_parquet(path)
     ours = run_worker([python(), HERE / "drift_worker.py", "batches", ref_path, path, exact_batches])
@@ -43,8 +45,8 @@ def one_size(rows: int, ref_path: Path, work: Path, n_batches: int, evidently_ba
     if evidently_batches:
         first = work / f"batches_{rows}_evidently.parquet"
         batches[batches["__batch"] < evidently_batches].to_parquet(first)
-        out["evidently"] = rates(run_worker([EVIDENTLY_PYTHON, HERE / "evidently_worker.py", "batches", ref_path, first],
-                                            timeout=6 * 3600)["runs"])
+        worker = [EVIDENTLY_PYTHON, HERE / "evidently_worker.py", "batches", ref_path, first]
+        out["evidently"] = rates(run_worker(worker, timeout=6 * 3600)["runs"])
     path.unlink()
     return out
 
@@ -55,24 +57,28 @@ def main(argv=None) -> Path:
     p.add_argument("--reference-rows", type=int, default=100_000)
     p.add_argument("--batches", type=int, default=200, help="unshifted batches per size (ours)")
     p.add_argument("--evidently-batches", type=int, default=10,
-                   help="of those, how many Evidently judges (each of its runs rereads the whole reference: seconds each)")
+                   help="of those, how many Evidently judges (each of its runs rereads the whole reference)")
     p.add_argument("--exact-batches", type=int, default=20, help="batches whose distances are also computed exactly")
     p.add_argument("--no-evidently", action="store_true", help="run ours only")
     a = p.parse_args(argv)
     sizes = [100, 1000] if a.smoke else [int(s) for s in a.sizes.split(",")]
-    ref_rows, n, ev, ex = (5_000, 10, 2, 2) if a.smoke else (a.reference_rows, a.batches, a.evidently_batches, a.exact_batches)
-    skipped = "--no-evidently" if a.no_evidently else (None if EVIDENTLY_PYTHON.exists() else f"{EVIDENTLY_PYTHON} is absent (`make bench` creates it)")
+    ref_rows, n, ev, ex = ((5_000, 10, 2, 2) if a.smoke
+                           else (a.reference_rows, a.batches, a.evidently_batches, a.exact_batches))
+    absent = None if EVIDENTLY_PYTHON.exists() else f"{EVIDENTLY_PYTHON} is absent (`make bench` creates it)"
+    skipped = "--no-evidently" if a.no_evidently else absent
     with tempfile.TemporaryDirectory(prefix="bench-false-drift-") as tmp:
         ref_path = Path(tmp) / "reference.parquet"
         unshifted_frame(ref_rows, seed=7).to_parquet(ref_path)
         results = [one_size(r, ref_path, Path(tmp), n, None if skipped else min(ev, n), min(ex, n)) for r in sizes]
-    path = write_result("false_drift", {"smoke": a.smoke, "evidently_skipped": skipped, "targets": TARGETS, "reference_rows": ref_rows,
-                                        "columns": {"numeric": len(NUMERIC), "categorical": len(WIDE_CATEGORICAL)},
-                                        "sizes": results}, a.out)
+    path = write_result("false_drift", {"smoke": a.smoke, "evidently_skipped": skipped, "targets": TARGETS,
+                                        "reference_rows": ref_rows, "sizes": results,
+                                        "columns": {"numeric": len(NUMERIC), "categorical": len(WIDE_CATEGORICAL)}},
+                        a.out)
     for r in results:
         o, e = r["ours"], r.get("evidently")
-        print(f"{r['rows']:>6,} rows: ours {o['rate_all']:.1%} (max column {o['max_rate_column']:.0%}, {', '.join(o['tests'])})"
-              + (f" | evidently {e['rate_all']:.1%} (max column {e['max_rate_column']:.0%})" if e else ""), file=sys.stderr)
+        theirs = f" | evidently {e['rate_all']:.1%} (max column {e['max_rate_column']:.0%})" if e else ""
+        print(f"{r['rows']:>6,} rows: ours {o['rate_all']:.1%} (max column {o['max_rate_column']:.0%}, "
+              f"{', '.join(o['tests'])}){theirs}", file=sys.stderr)
     return path
 
 

@@ -142,7 +142,8 @@ def reference_cdf(levels: np.ndarray,  # the quantile levels
     j = np.clip(i, 1, len(quantiles) - 1)
     lo, hi = quantiles[j - 1], quantiles[j]  # inside the range: lo ≤ v < hi ('right') or lo < v ≤ hi ('left')
     inside = np.where(hi > lo, (v - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0)
-    return np.where(i == 0, 0.0, np.where(i == len(quantiles), 1.0, levels[j - 1] + (levels[j] - levels[j - 1]) * inside))
+    between = levels[j - 1] + (levels[j] - levels[j - 1]) * inside
+    return np.where(i == 0, 0.0, np.where(i == len(quantiles), 1.0, between))
 
 def ks_statistic(levels: np.ndarray, quantiles: np.ndarray, x: np.ndarray) -> float:
     "Largest gap between the batch's empirical distribution function and the reference's (`reference_cdf`)."
@@ -153,9 +154,9 @@ def ks_statistic(levels: np.ndarray, quantiles: np.ndarray, x: np.ndarray) -> fl
                      np.abs(below - reference_cdf(levels, quantiles, v, "left")).max()))
 
 def ks_drift(reference: dict, values) -> float:
-    """Kolmogorov–Smirnov p-value of the batch against the reference: scipy's two-sample test against the stored sample
-    when that is the whole column; else against all the reference rows through their quantiles (`ks_statistic`), with
-    scipy's asymptotic two-sample p-value for the batch's and the reference's counts."""
+    """Kolmogorov–Smirnov p-value of the batch against the reference: scipy's two-sample test against the stored
+    sample when that is the whole column; else against all the reference rows through their quantiles
+    (`ks_statistic`), with scipy's asymptotic two-sample p-value for the batch's and the reference's counts."""
     from scipy.stats import ks_2samp, kstwo
     x, sample = _numbers(values), reference["sample"]
     if "quantiles" not in reference or reference["count"] <= len(sample):
@@ -164,7 +165,8 @@ def ks_drift(reference: dict, values) -> float:
     d = ks_statistic(quantile_levels(reference), np.asarray(reference["quantiles"], dtype=float), x)
     return float(kstwo.sf(d, np.round(n * m / (n + m))))
 
-def pooled_counts(ref: np.ndarray, cur: np.ndarray, min_expected: float = MIN_EXPECTED_COUNT) -> tuple[np.ndarray, np.ndarray]:
+def pooled_counts(ref: np.ndarray, cur: np.ndarray,  # aligned reference and batch counts per category
+                  min_expected: float = MIN_EXPECTED_COUNT) -> tuple[np.ndarray, np.ndarray]:
     """Aligned counts with the categories expected fewer than `min_expected` times in the smaller sample merged into one
     (with the next rarest too while the merged one is still expected fewer times)."""
     expected = min(ref.sum(), cur.sum()) * (ref + cur) / (ref.sum() + cur.sum())
@@ -1293,8 +1295,9 @@ def drift_thresholds(scope: MonitoringScope) -> pd.DataFrame | None:
         _, _, threshold, score_kind = DRIFT_TESTS[test]
         return f"{test}: " + (f"p-value < {threshold:g}" if score_kind == "p_value" else f"distance ≥ {threshold:g}")
     small, large = f"batch under {SMALL_BATCH_ROWS:,} values", f"batch of {SMALL_BATCH_ROWS:,} values or more"
-    rows = {c: {"kind": ref["kind"], small: rule(default_test(ref["kind"], reference["rows"], SMALL_BATCH_ROWS - 1)),
-                large: rule(default_test(ref["kind"], reference["rows"], SMALL_BATCH_ROWS))} for c, ref in tested.items()}
+    test = lambda ref, rows: rule(default_test(ref["kind"], reference["rows"], rows))
+    rows = {c: {"kind": ref["kind"], small: test(ref, SMALL_BATCH_ROWS - 1), large: test(ref, SMALL_BATCH_ROWS)}
+            for c, ref in tested.items()}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("column")
 
 def decision_policy(cfg: Config) -> pd.DataFrame:

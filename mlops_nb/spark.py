@@ -15,8 +15,8 @@ from scipy.stats import kstwo
 
 from .core import Config, ConfigError, DataValidationError, MlopsError, finish_stage, md, mlflow_client, run_context, tracking_uri
 from .evaluation import CHAMPION, decisions, load_model_version, pip_requirements, positive_scores, temporary_environment
-from .monitoring import (DRIFT_TESTS, _column_reference, _override, chisquare_counts, dataset_drift, default_test, ks_drift,
-                                 level_weights, quantile_levels, reference_cdf)
+from .monitoring import (DRIFT_TESTS, _column_reference, _override, chisquare_counts, dataset_drift, default_test,
+                                 ks_drift, level_weights, quantile_levels, reference_cdf)
 from .registry import parse_model_spec, resolve_model
 
 # %% auto #0
@@ -200,7 +200,7 @@ def _bucket_counts(frame, column: str, splits: list[float]) -> np.ndarray:
 
 # %% ../nbs/06a_spark.ipynb #21
 def _ks_counts(frame, column: str, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    "For each point (sorted, distinct) of the reference sample or quantiles: how many batch values are below it and at it."
+    "For each point (sorted, distinct) of the reference sample or quantiles: how many batch values are below and at it."
     from pyspark.sql import functions as F
     below_next = _bucket_counts(frame, column, [-np.inf, *points.tolist(), np.inf])  # [-inf, p1), [p1, p2), ..., [pk, inf]
     at = dict(frame.where(F.col(f"`{column}`").cast("double").isin(points.tolist()))
@@ -208,15 +208,15 @@ def _ks_counts(frame, column: str, points: np.ndarray) -> tuple[np.ndarray, np.n
     return np.cumsum(below_next)[:-1], np.array([at.get(float(p), 0) for p in points], dtype=np.int64)
 
 def _whole_sample(reference: dict) -> bool:
-    "Whether a numeric column's stored sample is the whole column (then KS compares with it, as monitoring's `ks_drift` does)."
+    "Whether a numeric column's stored sample is the whole column (then KS compares with it, as `ks_drift` does)."
     return "quantiles" not in reference or reference["count"] <= len(reference["sample"])
 
-KS_COLLECT_ROWS = 10_000  # KS against a large reference: up to this many batch values are collected and tested as monitoring does
+KS_COLLECT_ROWS = 10_000  # KS against a large reference: at most this many batch values are collected
 
 def _ks_score(reference: dict, batch: dict) -> float:
-    """The KS p-value: monitoring's `ks_drift` on the collected values (a large reference, a small batch); else from counts,
-    exact for up to 10,000 batch rows against the whole column's sample (a batch with the same ranks), else scipy's
-    asymptotic formula (against a large reference: its distribution function at its quantiles)."""
+    """The KS p-value: monitoring's `ks_drift` on the collected values (a large reference, a small batch); else from
+    counts, exact for up to 10,000 batch rows against the whole column's sample (a batch with the same ranks), else
+    scipy's asymptotic formula (against a large reference: its distribution function at its quantiles)."""
     if "values" in batch: return ks_drift(reference, batch["values"])
     points, below, at, n = batch["points"], batch["below"], batch["at"], batch["present"]
     if not _whole_sample(reference):
@@ -282,7 +282,7 @@ SPARK_SCORES = {"ks": _ks_score, "chisquare": _chisquare_score, "wasserstein": _
 # %% ../nbs/06a_spark.ipynb #25
 def _tests(reference: dict, columns: list[str], methods: dict | None,
            present: dict) -> dict:  # column: the batch's values in it (missing ones left out)
-    "The (test, threshold) of each column: the override in `methods`, else monitoring's default for the reference and batch sizes."
+    "The (test, threshold) of each column: the override in `methods`, else monitoring's default for the two sizes."
     out = {}
     for c in columns:
         test, threshold = _override(c, methods)
@@ -295,7 +295,7 @@ def batch_statistics_spark(frame,  # the batch as a Spark frame (every reference
                            reference: dict, columns: list[str],
                            methods: dict | None = None,  # per-column test overrides, as in monitoring
                            no_range: tuple = ()) -> dict:
-    "Per-column statistics of a Spark batch: counts and range, each column's (test, threshold) (`tests`), and what its test needs."
+    "Per-column statistics of a Spark batch: counts and range, each column's (test, threshold) and what its test needs."
     from pyspark.sql import functions as F
     _column_types(frame, reference, columns)
     stats = _basic_statistics(frame, reference, columns, no_range)
@@ -312,7 +312,8 @@ def batch_statistics_spark(frame,  # the batch as a Spark frame (every reference
             x = frame.select(F.col(f"`{c}`").cast("double").alias("x")).where(F.col("x").isNotNull())
             st["values"] = np.array([r[0] for r in x.collect()], dtype=float)
         elif st["present"] and test == "ks":
-            st["points"] = np.unique(np.asarray(ref["sample"] if _whole_sample(ref) else ref["quantiles"], dtype=float)) + 0.0  # no -0.0
+            points = ref["sample"] if _whole_sample(ref) else ref["quantiles"]
+            st["points"] = np.unique(np.asarray(points, dtype=float)) + 0.0  # + 0.0: no -0.0
             st["below"], st["at"] = _ks_counts(frame, c, st["points"])
         elif st["present"] and test in ("jensenshannon", "psi"):
             st["edges"] = np.histogram_bin_edges([ref["min"], ref["max"], st["min"], st["max"]], bins=10)
@@ -344,8 +345,8 @@ def reference_drift_spark(cfg: Config,
     columns = [c for c in reference["columns"] if c not in exclude]
     _check_inputs(frame, columns, "the batch")
     stats = batch_statistics_spark(frame, reference, columns, methods, no_range=tuple(exclude))
-    rows = {c: drift_from_statistics(_column_reference(reference["columns"][c], reference), stats["columns"][c], *stats["tests"][c], column=c)
-            for c in columns}
+    rows = {c: drift_from_statistics(_column_reference(reference["columns"][c], reference), stats["columns"][c],
+                                     *stats["tests"][c], column=c) for c in columns}
     table = pd.DataFrame.from_dict(rows, orient="index", columns=["test", "score", "threshold", "drifted"]).rename_axis("column")
     table.attrs.update(rows=stats["rows"], statistics=stats["columns"], batch_columns=list(frame.columns))
     return table
@@ -411,5 +412,5 @@ def _prediction_drift(spark, cfg: Config, data, loaded, reference: dict, methods
         refs = {"rows": reference["rows"], "columns": {"prediction": pred_ref}}
         stats = batch_statistics_spark(scores, refs, ["prediction"], methods)
         scores.unpersist()
-    return drift_from_statistics(_column_reference(pred_ref, reference), stats["columns"]["prediction"], *stats["tests"]["prediction"],
-                                 column="prediction")
+    return drift_from_statistics(_column_reference(pred_ref, reference), stats["columns"]["prediction"],
+                                 *stats["tests"]["prediction"], column="prediction")
