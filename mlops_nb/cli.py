@@ -18,7 +18,7 @@ __all__ = ['app', 'DECISION_EXIT_CODES', 'guarded', 'run', 'validate', 'monitor'
 
 # %% ../nbs/08_cli.ipynb #6
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="mlops_nb: notebook-first MLOps for tabular classification.")
+                  help="mlops_nb: notebook-first MLOps for tabular supervised learning (classification and regression).")
 _state = {"debug": False}
 
 # %% ../nbs/08_cli.ipynb #7
@@ -103,26 +103,21 @@ def monitor(data: Optional[Path] = typer.Argument(None, help="Batch file (CSV/Pa
             batch_id: Optional[str] = typer.Option(None, "--batch-id", help="Name of the batch (default: time-based)."),
             out: Path = typer.Option(Path("reports"), "--out", help="Reports folder."),
             exit_zero: bool = typer.Option(False, "--exit-zero", help="Exit 0 whatever the decision."),
-            engine: str = typer.Option("pandas", "--engine", help="pandas, or spark (a large Parquet batch; drift only, no performance)."),
+            engine: str = typer.Option("pandas", "--engine", help="pandas, or spark (a large Parquet file or folder)."),
             master: str = typer.Option("local[2]", "--master", help="Spark master for --engine spark.")):
     "Drift, anomalies, performance and the retraining decision for a batch; exit 0 ok, 5 investigate, 6 retrain."
-    from mlops_nb.core import ConfigError, MlopsError, load_config
+    from mlops_nb.core import ConfigError, MlopsError
     from mlops_nb.monitoring import new_batch_id, safe_batch_id
     from mlops_nb.pipeline import monitor_notebook, write_dashboard
     def body():
-        cfg = load_config(config, set_)
         if engine not in ("pandas", "spark"): raise ConfigError(f"--engine: 'pandas' or 'spark', got {engine!r}")
         name = safe_batch_id(batch_id or new_batch_id())
-        if engine == "spark":
-            if inference_log or labels: raise ConfigError("--engine spark monitors a Parquet batch: no --inference-log or --labels")
-            from mlops_nb.spark import monitor_batch_spark
-            d = monitor_batch_spark(cfg, data, model, out, name, master=master)
-        else:
-            try:
-                d = monitor_notebook(config, set_, data, inference_log, labels, model, out, name, since, until)
-            except MlopsError:
-                _batch_report(out, name)
-                raise
+        try:
+            d = monitor_notebook(config, set_, data, inference_log, labels, model, out, name, since, until,
+                                 engine=engine, master=master)
+        except MlopsError:
+            _batch_report(out, name)
+            raise
         write_dashboard(out)
         folder = Path(out).resolve() / "monitoring" / d["batch_id"]
         typer.echo(f"decision: {d['decision']} ({'; '.join(d['reasons'][:3]) or 'no reasons'})", err=True)

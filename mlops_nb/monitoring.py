@@ -25,19 +25,21 @@ from .eda import (QUANTILE_LEVELS, _check_header, _rows, categorical_statistics,
 
 # %% auto #0
 __all__ = ['NO_VERSION', 'SMALL_REFERENCE_ROWS', 'SMALL_BATCH_ROWS', 'MIN_EXPECTED_COUNT', 'DRIFT_TESTS', 'BLOCKING_ANOMALIES',
-           'ESTIMATION_ASSUMPTION', 'NOT_ESTIMATED', 'LOG_FIELDS', 'LOG_REQUIRED', 'LEVELS', 'BASELINE_ONLY',
-           'apply_version_task', 'MonitoringScope', 'run_version', 'monitoring_scope', 'version_summary',
-           'reference_cdf', 'ks_statistic', 'ks_drift', 'pooled_counts', 'chisquare_counts', 'chisquare_drift',
-           'quantile_levels', 'wasserstein_drift', 'level_weights', 'jensenshannon_drift', 'psi_drift', 'default_test',
-           'column_drift', 'drift_report', 'dataset_drift', 'schema_anomalies', 'validate_batch', 'anomaly_table',
-           'weighted_metrics', 'expected_metrics', 'multiclass_metrics', 'regression_metrics', 'measured_performance',
-           'estimated_performance', 'inference_log_record', 'append_inference_log', 'utc_time', 'read_inference_log',
-           'join_labels', 'decision_findings', 'retraining_decision', 'read_batch', 'numeric_column', 'category_counts',
-           'chunked_drift_report', 'assess_parquet', 'model_outputs', 'prediction_values', 'assess_batch',
-           'safe_batch_id', 'new_batch_id', 'monitoring_history', 'last_retrain', 'log_monitoring_run',
-           'record_decision', 'load_monitored_batch', 'assess_monitored_batch', 'decision_record', 'monitor_batch',
-           'batches_over_time', 'monitor_periods', 'plot_history', 'monitored_batch', 'assess_scope', 'scope_decision',
-           'decision_summary', 'drift_table', 'plot_drift', 'anomaly_view', 'performance_table', 'serving_skew_view',
+           'ESTIMATION_ASSUMPTION', 'NOT_ESTIMATED', 'LOG_FIELDS', 'LOG_REQUIRED', 'LEVELS', 'LOGGED_OUTPUTS',
+           'ENGINES', 'BASELINE_ONLY', 'apply_version_task', 'MonitoringScope', 'run_version', 'monitoring_scope',
+           'version_summary', 'reference_cdf', 'ks_statistic', 'ks_drift', 'pooled_counts', 'chisquare_counts',
+           'chisquare_drift', 'quantile_levels', 'wasserstein_drift', 'level_weights', 'jensenshannon_drift',
+           'psi_drift', 'default_test', 'column_drift', 'drift_report', 'dataset_drift', 'schema_anomalies',
+           'validate_batch', 'anomaly_table', 'weighted_metrics', 'expected_metrics', 'multiclass_metrics',
+           'regression_metrics', 'measured_performance', 'estimated_performance', 'inference_log_record',
+           'append_inference_log', 'utc_time', 'read_inference_log', 'join_labels', 'decision_findings',
+           'retraining_decision', 'read_batch', 'parquet_source', 'numeric_column', 'category_counts',
+           'chunked_drift_report', 'assess_parquet', 'log_policy_record', 'logged_reference', 'logged_outputs',
+           'model_outputs', 'prediction_values', 'assess_batch', 'safe_batch_id', 'new_batch_id', 'monitoring_history',
+           'last_retrain', 'log_monitoring_run', 'record_decision', 'load_monitored_batch', 'assess_monitored_batch',
+           'decision_record', 'monitor_batch', 'batches_over_time', 'monitor_periods', 'plot_history', 'check_engine',
+           'private_log_scope', 'monitored_batch', 'assess_scope', 'scope_decision', 'decision_summary', 'drift_table',
+           'log_policy_view', 'plot_drift', 'anomaly_view', 'performance_table', 'serving_skew_view',
            'drift_thresholds', 'decision_policy', 'backtest_slices', 'backtest', 'false_alarms', 'false_alarm_summary',
            'resampled_metric', 'estimate_check', 'monitoring_results', 'finish_monitoring']
 
@@ -55,6 +57,7 @@ class MonitoringScope:
     reference: dict | None  # the reference statistics stored with the version
     batch_mode: bool  # a batch's report (`mlops-nb monitor`), not a training run's baseline
     context: RunContext | None = None  # the training run (baseline only)
+    log_policy: dict | None = None  # a private inference log's policy (`logged_reference`): the reference is its view
 
 def _scope(cfg: Config, client, loaded, batch_mode: bool, ctx: RunContext | None = None) -> MonitoringScope:
     "The scope of a loaded version (or of none), the config given the version's task."
@@ -688,6 +691,9 @@ def decision_findings(result: dict, cfg: Config) -> list[tuple[str, str]]:
         d = result.get(key)
         if d and d["drifted"]: out.append(("investigate", f"{name}: {d['test']} {d['score']:.4g} vs threshold {d['threshold']:g}"))
     if result.get("anomalies"): out.append(("investigate", f"schema anomalies: {_anomaly_summary(result['anomalies'])}"))
+    unmonitored = result.get("unmonitored_columns") or {}
+    if unmonitored:
+        out.append(("ok", "not monitored: " + "; ".join(f"{c} ({why})" for c, why in unmonitored.items())))
     skew = result.get("serving_skew")
     if skew and skew["mismatched_rows"]:
         out.append(("investigate", f"serving skew: {skew['mismatched_rows']} of {skew['rows']} logged probabilities differ from the "
@@ -740,11 +746,26 @@ def _parquet_file(path: str | Path | pq.ParquetFile) -> pq.ParquetFile:
     _check_header(pf.schema_arrow.names, path)
     return pf
 
+def parquet_source(path: str | Path):
+    "A Parquet file (a checked `ParquetFile`) or a dataset folder (`pyarrow.dataset`, `key=value` partitions)."
+    import pyarrow.dataset as ds
+    if not Path(path).is_dir(): return _parquet_file(path)
+    return ds.dataset(str(path), format="parquet", partitioning="hive")
+
+def _record_batches(source, columns: list[str], batch_rows: int):
+    "Record batches of some columns of a `ParquetFile` or a `pyarrow.dataset` folder."
+    if isinstance(source, pq.ParquetFile): return source.iter_batches(batch_size=batch_rows, columns=columns)
+    return source.to_batches(columns=columns, batch_size=batch_rows)
+
+def _row_count(source) -> int:
+    "The rows of a `ParquetFile` (from its metadata) or of a `pyarrow.dataset` folder."
+    return source.metadata.num_rows if isinstance(source, pq.ParquetFile) else source.count_rows()
+
 def numeric_column(pf: pq.ParquetFile, column: str, batch_rows: int = 131_072,
                    missing_values: tuple | list = ()) -> np.ndarray:
-    "One numeric column of the file as floats without missing values, read a record batch at a time."
-    out, at = np.empty(pf.metadata.num_rows, dtype=float), 0
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=[column]):
+    "One numeric column of a Parquet file or folder (`parquet_source`) as floats, missing values left out."
+    out, at = np.empty(_row_count(pf), dtype=float), 0
+    for batch in _record_batches(pf, [column], batch_rows):
         arr = batch.column(0)
         if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type): x = arr.to_numpy(zero_copy_only=False).astype(float, copy=False)
         else: x = pd.to_numeric(arr.to_pandas().replace({m: np.nan for m in missing_values}), errors="coerce").to_numpy(dtype=float)  # validated: numbers
@@ -756,7 +777,7 @@ def category_counts(pf: pq.ParquetFile, columns: list[str], batch_rows: int = 13
                     missing_values: tuple | list = ()) -> dict[str, Counter]:
     "The count of each category (as text) of the given columns, accumulated over record batches; missing-value markers left out."
     counts = {c: Counter() for c in columns}
-    for batch in (pf.iter_batches(batch_size=batch_rows, columns=columns) if columns else []):
+    for batch in (_record_batches(pf, columns, batch_rows) if columns else []):
         for c in columns:
             arr = batch.column(c)
             if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):  # pyarrow counts, no Python string per row
@@ -838,7 +859,69 @@ def _log_batch(cfg: Config, labels_data, inference_log, labels: bool, loaded, si
     return log, {"kind": "inference_log", "path": str(inference_log), "rows_read": read, "failed_requests": failed,
                  "other_models": read - failed - len(log), "since": None if since is None else str(since), "until": None if until is None else str(until)}
 
-# %% ../nbs/05_monitoring.ipynb #56
+# %% ../nbs/05_monitoring.ipynb #57
+LOGGED_OUTPUTS = ("Private inference log (hashed or dropped inputs): the model cannot re-score its rows, so the logged "
+                  "predictions and probabilities are monitored and serving skew is not checked.")
+
+def log_policy_record(inference_log: str | Path) -> dict | None:
+    "The `policy.json` written by the service beside an inference log's files, or None (every input logged as it was)."
+    p = Path(inference_log)
+    path = (p if p.is_dir() else p.parent) / "policy.json"
+    return read_json(path) if path.is_file() else None
+
+def _check_salt(cfg: Config, salt: bytes | None, record: dict, hashed: list[str], inference_log) -> None:
+    "`ConfigError` naming `serving.log_salt_env` when the salt is missing or is not the one that hashed the log."
+    from mlops_nb.serving import salt_id
+    s = cfg.serving
+    if salt is None:
+        raise ConfigError(f"serving.log_salt_env: {inference_log} has hashed column(s) {hashed}: set the environment "
+                          f"variable {s.log_salt_env} (or serving.log_salt_file) to the salt the service used")
+    if salt_id(salt) != record.get("salt_id"):
+        source = (f"serving.log_salt_file {s.log_salt_file}" if s.log_salt_file
+                  else f"the environment variable {s.log_salt_env}")
+        raise ConfigError(f"serving.log_salt_env: the salt from {source} is not the one that hashed {inference_log} "
+                          f"(fingerprint {salt_id(salt)}; policy.json: {record.get('salt_id')})")
+
+def logged_reference(cfg: Config, reference: dict,
+                     inference_log: str | Path,  # a .jsonl file or folder, with the service's `policy.json` beside it
+                    ) -> tuple[dict, dict | None]:
+    "The reference as a private log sees it and its policy, or (reference, None)."
+    from mlops_nb.serving import LogPolicy, hash_reference, log_salt
+    record = log_policy_record(inference_log)
+    if record is None:
+        return reference, None
+    policy = LogPolicy(dict(record.get("columns") or {}), record.get("default", "keep"))
+    actions = {c: policy.action(c) for c in reference["columns"]}
+    if set(actions.values()) <= {"keep"}:
+        return reference, None
+    hashed = [c for c, a in actions.items() if a == "hash" and "counts" in reference["columns"][c]]  # text columns
+    salt = log_salt(cfg) if hashed else None
+    if hashed:
+        _check_salt(cfg, salt, record, hashed, inference_log)
+    view = hash_reference(reference, LogPolicy(policy.columns, policy.default, salt))
+    unmonitored = view["unmonitored_columns"]
+    return view, {"actions": actions, "salt_id": record.get("salt_id"), "unmonitored_columns": unmonitored}
+
+def logged_outputs(log: pd.DataFrame,  # the inference log's rows (`read_inference_log`)
+                   task: str) -> dict:
+    "The model's outputs as the log recorded them, in `evaluation.predict_outputs`' form (two classes or a quantity)."
+    if task == "multiclass":
+        raise ConfigError("serving.log_columns: a model of several classes cannot be monitored from a log with "
+                          "hashed or dropped inputs yet (its per-class probabilities are not read back); "
+                          "keep its inputs")
+    needed = ["prediction", "probability"] if task == "binary" else ["prediction"]
+    absent = log[needed].isna().any(axis=1)
+    if absent.any():
+        missing = " or ".join(needed)
+        raise DataValidationError(f"inference log: {_rows(absent)} of successful requests have no {missing}")
+    if task == "regression":
+        values = log["prediction"].astype(float).to_numpy()
+        return {"task": task, "prediction": values, "probabilities": None, "score": None}
+    score = log["probability"].astype(float).to_numpy()
+    return {"task": task, "prediction": log["prediction"].astype(int).to_numpy(), "score": score,
+            "probabilities": pd.DataFrame({"0": 1 - score, "1": score})}
+
+# %% ../nbs/05_monitoring.ipynb #59
 def _serving_skew(expected, logged, tolerance: float = 1e-6) -> dict:
     "The logged probabilities against the registered model's on the same inputs."
     diff = np.abs(np.asarray(expected, dtype=float) - np.asarray(logged, dtype=float))
@@ -881,7 +964,7 @@ def _concat_outputs(parts: list[dict]) -> dict:
         return pd.concat(values, ignore_index=True) if isinstance(values[0], pd.DataFrame) else np.concatenate(values)
     return {k: parts[0][k] if k == "task" else join([p[k] for p in parts]) for k in parts[0]}
 
-# %% ../nbs/05_monitoring.ipynb #57
+# %% ../nbs/05_monitoring.ipynb #60
 def assess_batch(batch: pd.DataFrame,  # validated batch (target column present when labels are)
                  reference: dict, cfg: Config,
                  outputs: dict,  # the model's outputs on the batch (`model_outputs`)
@@ -929,7 +1012,7 @@ def _assessment(columns: pd.DataFrame, rows: int, reference: dict, cfg: Config,
         out["label_drift"] = column_drift(label_ref, truth[known], reference["rows"], *_override(t, methods), column=t)
     return out
 
-# %% ../nbs/05_monitoring.ipynb #58
+# %% ../nbs/05_monitoring.ipynb #61
 def safe_batch_id(batch_id: str) -> str:
     "A batch id usable as a folder name."
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", batch_id or ""):
@@ -943,7 +1026,7 @@ def new_batch_id() -> str:
     from mlops_nb.core import new_run_id
     return new_run_id()
 
-# %% ../nbs/05_monitoring.ipynb #59
+# %% ../nbs/05_monitoring.ipynb #62
 _HISTORY_METRICS = ("roc_auc", "average_precision", "f1", "accuracy", "balanced_accuracy", "log_loss", "brier", "rmse", "mae", "r2")
 
 def monitoring_history(out: str | Path = "reports") -> pd.DataFrame:
@@ -958,7 +1041,7 @@ def monitoring_history(out: str | Path = "reports") -> pd.DataFrame:
                      **{f"estimated_{k}": v for k, v in d["estimated_performance"].items() if k in _HISTORY_METRICS}})
     return pd.DataFrame(rows).sort_values("time", kind="stable").reset_index(drop=True) if rows else pd.DataFrame(columns=["batch_id", "time", "decision"])
 
-# %% ../nbs/05_monitoring.ipynb #60
+# %% ../nbs/05_monitoring.ipynb #63
 def last_retrain(client, cfg: Config, out: str | Path, model_name: str) -> dict | None:
     "The model's most recent retrain decision, from the decision files under `out` and the MLflow monitoring runs."
     found = []
@@ -972,7 +1055,7 @@ def last_retrain(client, cfg: Config, out: str | Path, model_name: str) -> dict 
     found = [f for f in found if f["time"]]
     return max(found, key=lambda f: dt.datetime.fromisoformat(f["time"])) if found else None
 
-# %% ../nbs/05_monitoring.ipynb #61
+# %% ../nbs/05_monitoring.ipynb #64
 def _metric_key(name: str) -> str: return re.sub(r"[^A-Za-z0-9_\-. /]", "_", str(name))
 
 def log_monitoring_run(cfg: Config, client, decision: dict, batch_dir: Path) -> str:
@@ -992,7 +1075,7 @@ def log_monitoring_run(cfg: Config, client, decision: dict, batch_dir: Path) -> 
     log_batch(RunContext(cfg, batch_dir, info), run.info.run_id, metrics=m, tags={**tags, **{f"mlops_nb.{k}": v for k, v in info.items() if k != "tracking_uri"}})
     return run.info.run_id
 
-# %% ../nbs/05_monitoring.ipynb #62
+# %% ../nbs/05_monitoring.ipynb #65
 def record_decision(cfg: Config, client, record: dict, out: str | Path) -> dict:
     "Write decision.json in out/monitoring/<batch_id>/ and log it with an MLflow monitoring run (its report is the notebook's)."
     batch_dir = Path(out) / "monitoring" / record["batch_id"]
@@ -1006,7 +1089,7 @@ def record_decision(cfg: Config, client, record: dict, out: str | Path) -> dict:
     client.set_terminated(run_id)
     return read_json(path)
 
-# %% ../nbs/05_monitoring.ipynb #64
+# %% ../nbs/05_monitoring.ipynb #67
 def _is_parquet(data) -> bool:
     return isinstance(data, (str, Path)) and Path(data).suffix.lower() in (".parquet", ".pq")
 
@@ -1033,14 +1116,21 @@ def assess_monitored_batch(batch: pd.DataFrame | Path,  # from `load_monitored_b
                            labels: bool = False, methods: dict | None = None,
                            from_log: bool = False,  # the batch is an inference log
                            batch_rows: int = 131_072,  # a Parquet batch is read this many rows at a time
+                           log_policy: dict | None = None,  # a private log's policy (`reference`: its view)
                           ) -> dict:
     "Validate, score and assess a batch: drift, anomalies, outputs, performance and (inference log) the serving skew."
     if isinstance(batch, Path):
         return {**assess_parquet(batch, loaded, reference, cfg, labels, methods, batch_rows), "serving_skew": None}
-    anomalies = validate_batch(batch, reference, cfg, labels, ignore=LOG_FIELDS if from_log else ())
+    unmonitored = list((log_policy or {}).get("unmonitored_columns", {}))
+    anomalies = validate_batch(batch, reference, cfg, labels, ignore=[*LOG_FIELDS, *unmonitored] if from_log else ())
     batch = _numeric_columns(batch, reference)
-    outputs, skew = model_outputs(loaded, batch, from_log)
-    return {**assess_batch(batch, reference, cfg, outputs, labels, methods, anomalies), "serving_skew": skew}
+    if log_policy is None:
+        outputs, skew = model_outputs(loaded, batch, from_log)
+        return {**assess_batch(batch, reference, cfg, outputs, labels, methods, anomalies), "serving_skew": skew}
+    outputs = logged_outputs(batch, reference.get("task", "binary"))
+    result = assess_batch(batch, reference, cfg, outputs, labels, methods, anomalies)
+    return {**result, "serving_skew": None, "unmonitored_columns": log_policy["unmonitored_columns"],
+            "assumptions": [*result["assumptions"], LOGGED_OUTPUTS]}
 
 def decision_record(result: dict, cfg: Config, loaded, batch_id: str,
                     source: dict,  # where the batch came from
@@ -1052,9 +1142,9 @@ def decision_record(result: dict, cfg: Config, loaded, batch_id: str,
     return {"decision": decision, "reasons": reasons, "batch_id": batch_id,
             "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "model": {"name": loaded.name, "version": loaded.version, "uri": loaded.uri, "requested": requested},
-            "source": source, **result}
+            "source": source, "unmonitored_columns": {}, **result}
 
-# %% ../nbs/05_monitoring.ipynb #65
+# %% ../nbs/05_monitoring.ipynb #68
 def monitor_batch(cfg: Config,
                   data: pd.DataFrame | str | Path | None = None,  # the batch (frame or CSV/Parquet file); with an inference log: its labels
                   inference_log: str | Path | None = None,  # a .jsonl file or folder written by the scoring service
@@ -1074,12 +1164,17 @@ def monitor_batch(cfg: Config,
     reference = loaded.reference_stats()
     apply_version_task(cfg, reference)
     batch_id = safe_batch_id(batch_id or new_batch_id())
+    policy = None
+    if inference_log is not None:  # hashed or dropped columns: the reference as the log sees it
+        reference, policy = logged_reference(cfg, reference, inference_log)
     batch, source = load_monitored_batch(cfg, loaded, data, inference_log, labels, since, until)
-    result = assess_monitored_batch(batch, loaded, reference, cfg, labels, methods, inference_log is not None, batch_rows)
+    source = {**source, "log_policy": policy} if policy else source
+    result = assess_monitored_batch(batch, loaded, reference, cfg, labels, methods, inference_log is not None,
+                                    batch_rows, policy)
     last = last_retrain(client, cfg, out, loaded.name)
     return record_decision(cfg, client, decision_record(result, cfg, loaded, batch_id, source, model, last), out)
 
-# %% ../nbs/05_monitoring.ipynb #70
+# %% ../nbs/05_monitoring.ipynb #73
 def batches_over_time(df: pd.DataFrame, cfg: Config,
                       reference_share: float = 0.5,  # the earliest periods holding at most this share of rows (at least one) train the model
                       max_batches: int = 4,  # later periods are grouped (consecutively) into at most this many batches
@@ -1098,7 +1193,7 @@ def batches_over_time(df: pd.DataFrame, cfg: Config,
     name = lambda g: str(g[0]) if len(g) == 1 else f"{g[0]} to {g[-1]}"  # consecutive later periods, at most `max_batches` batches
     return df[df[t] <= last].reset_index(drop=True), {name(g): df[df[t].isin(g)].reset_index(drop=True) for g in groups if len(g)}
 
-# %% ../nbs/05_monitoring.ipynb #71
+# %% ../nbs/05_monitoring.ipynb #74
 def monitor_periods(cfg: Config, batches: dict[str, pd.DataFrame], out: str | Path, model: str | None = None, labels: bool = True) -> pd.DataFrame:
     "Monitor each batch in order (batch id = its name); the decisions as a table."
     for name, batch in batches.items():
@@ -1118,29 +1213,60 @@ def plot_history(history: pd.DataFrame, cfg: Config):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/05_monitoring.ipynb #74
+# %% ../nbs/05_monitoring.ipynb #78
+ENGINES = ("pandas", "spark")
+
+def check_engine(engine: str,  # the ENGINE parameter
+                 batch_mode: bool = True,  # a batch is monitored (not a training run's test split)
+                 inference_log: str | None = None, labels: bool = False) -> None:
+    "`ConfigError` for an unknown engine, or Spark asked for a training run, an inference log or labels."
+    if engine not in ENGINES:
+        raise ConfigError(f"ENGINE (--engine): 'pandas' or 'spark', got {engine!r}")
+    if engine == "spark" and (not batch_mode or inference_log is not None or labels):
+        raise ConfigError("ENGINE (--engine) spark monitors a Parquet batch: "
+                          "no training run, --inference-log or --labels")
+
+def private_log_scope(scope: MonitoringScope, inference_log: str | None) -> MonitoringScope:
+    "The scope of an inference log with hashed or dropped columns: its reference as the log sees it."
+    from dataclasses import replace
+    if inference_log is None or scope.loaded is None:
+        return scope
+    reference, policy = logged_reference(scope.config, scope.reference, inference_log)
+    return replace(scope, reference=reference, log_policy=policy)
+
 def monitored_batch(scope: MonitoringScope,
                     batch: str | None = None,  # the BATCH parameter
                     inference_log: str | None = None,  # the INFERENCE_LOG parameter
                     labels: bool = False,  # the LABELS parameter
                     since: str | None = None, until: str | None = None,  # the SINCE and UNTIL parameters
+                    engine: str = "pandas",  # the ENGINE parameter
                    ) -> tuple[pd.DataFrame | Path | None, dict | None]:
     "The batch to monitor and where it came from: the batch given, the training run's test split, or None (no version)."
     from mlops_nb.eda import load_splits
+    check_engine(engine, batch_mode=scope.batch_mode, inference_log=inference_log, labels=labels)
     if scope.loaded is None:
         return None, None
+    if engine == "spark":  # the Parquet file or folder itself: Spark reads it, the plots read it a column at a time
+        return Path(batch), {"kind": "data", "path": str(batch), "engine": "spark"}
     if scope.batch_mode:
-        return load_monitored_batch(scope.config, scope.loaded, batch, inference_log, labels, since, until)
+        found, source = load_monitored_batch(scope.config, scope.loaded, batch, inference_log, labels, since, until)
+        return found, ({**source, "log_policy": scope.log_policy} if scope.log_policy else source)
     test = load_splits(scope.context)[1]
     return test, {"kind": "test split", "path": None, "run_id": scope.context.run_id}
 
-def assess_scope(scope: MonitoringScope, batch, labels: bool = False, inference_log: str | None = None) -> dict | None:
+def assess_scope(scope: MonitoringScope, batch, labels: bool = False, inference_log: str | None = None,
+                 engine: str = "pandas",  # the ENGINE parameter (spark: `spark.assess_parquet_spark`)
+                 master: str = "local[2]",  # the MASTER parameter
+                ) -> dict | None:
     "`assess_monitored_batch` of the monitored batch (the test split: with its labels); None without a version."
     if scope.loaded is None:
         return None
+    if engine == "spark":
+        from mlops_nb.spark import assess_parquet_spark  # 06a comes after this notebook: imported when asked for
+        return assess_parquet_spark(scope.config, batch, scope.loaded, scope.reference, master=master)
     labelled = labels or not scope.batch_mode
     return assess_monitored_batch(batch, scope.loaded, scope.reference, scope.config, labelled,
-                                  from_log=inference_log is not None)
+                                  from_log=inference_log is not None, log_policy=scope.log_policy)
 
 def scope_decision(scope: MonitoringScope, result: dict | None, source: dict | None,
                    batch_id: str | None = None,  # the BATCH_ID parameter
@@ -1157,7 +1283,7 @@ def scope_decision(scope: MonitoringScope, result: dict | None, source: dict | N
     record = decision_record(result, scope.config, scope.loaded, name, source, requested, last)
     return record_decision(scope.config, scope.client, record, out)
 
-# %% ../nbs/05_monitoring.ipynb #75
+# %% ../nbs/05_monitoring.ipynb #79
 def decision_summary(decision: dict | None) -> str:
     "The decision and its reasons as Markdown (escaped), or why there is none."
     if decision is None:
@@ -1177,7 +1303,7 @@ def _source_note(source: dict) -> str:
     return (f" Read from the inference log {esc(source['path'])}{window}: {source['rows_read']:,} rows, of which "
             f"{source['failed_requests']:,} failed requests and {source['other_models']:,} rows of other versions were left out.")
 
-# %% ../nbs/05_monitoring.ipynb #78
+# %% ../nbs/05_monitoring.ipynb #82
 def drift_table(decision: dict | None,  # from `scope_decision`
                 target: str = "target",  # the target column's name (label drift)
                ) -> pd.DataFrame | None:
@@ -1192,12 +1318,29 @@ def drift_table(decision: dict | None,  # from `scope_decision`
     ordered = columns.sort_values("drifted", ascending=False, kind="stable")
     return pd.concat([ordered, extra]).rename_axis("column") if len(extra) else ordered.rename_axis("column")
 
-# %% ../nbs/05_monitoring.ipynb #81
+# %% ../nbs/05_monitoring.ipynb #86
+def log_policy_view(scope: MonitoringScope, decision: dict | None):
+    "A private log's policy per input (`serving.log_policy_table`), then its unmonitored columns and why."
+    from IPython.display import Markdown, display
+    if decision is None:
+        return None
+    if scope.log_policy is None:
+        return Markdown("Every model input is monitored as it was received.")
+    from mlops_nb.serving import LogPolicy, log_policy_table
+    actions = scope.log_policy["actions"]
+    display(log_policy_table(LogPolicy(actions), list(actions)))
+    unmonitored = decision.get("unmonitored_columns") or {}
+    if not unmonitored:
+        return Markdown("Every model input is monitored (hashed text columns on their hashes). " + esc(LOGGED_OUTPUTS))
+    display(Markdown(f"**Not monitored**: {len(unmonitored)} of {len(actions)} model inputs. " + esc(LOGGED_OUTPUTS)))
+    return pd.DataFrame({"reason": pd.Series(unmonitored, dtype=object)}).rename_axis("unmonitored column")
+
+# %% ../nbs/05_monitoring.ipynb #88
 def _batch_column(batch: pd.DataFrame | Path, column: str, kind: str, cfg: Config):
-    "A column of the batch: its values (a frame), or read from the Parquet file (numbers, or counts per category)."
+    "A column of the batch: its values (a frame), or read from the Parquet file or folder (numbers, or counts)."
     if isinstance(batch, pd.DataFrame):
         return batch[column]
-    pf = _parquet_file(batch)
+    pf = parquet_source(batch)
     if kind == "numeric":
         return numeric_column(pf, column, missing_values=cfg.data.missing_values)
     return category_counts(pf, [column], missing_values=cfg.data.missing_values)[column]
@@ -1226,7 +1369,7 @@ def _plot_categories(ax, reference: dict, values, top: int = 8) -> None:
     ax.set_yticks(at, [plot_text(k, 18) for k in keys], fontsize=7)
     ax.invert_yaxis()
 
-# %% ../nbs/05_monitoring.ipynb #82
+# %% ../nbs/05_monitoring.ipynb #89
 def plot_drift(scope: MonitoringScope, batch, decision: dict | None,
                max_columns: int = 12,  # drifted columns first, then the others in order
               ):
@@ -1251,7 +1394,7 @@ def plot_drift(scope: MonitoringScope, batch, decision: dict | None,
     fig.tight_layout()
     return fig
 
-# %% ../nbs/05_monitoring.ipynb #86
+# %% ../nbs/05_monitoring.ipynb #93
 def anomaly_view(decision: dict | None):
     "The batch's anomalies as a table, or a line saying there are none."
     from IPython.display import Markdown
@@ -1261,10 +1404,13 @@ def anomaly_view(decision: dict | None):
         return Markdown("No anomalies: every value is of a kind the model saw in training.")
     return anomaly_table(decision["anomalies"])
 
-def performance_table(decision: dict | None) -> pd.DataFrame | None:
-    "Measured and estimated metrics side by side, and estimated minus measured where both exist."
+def performance_table(decision: dict | None):
+    "Measured and estimated metrics side by side, estimated minus measured where both exist (or why there are none)."
+    from IPython.display import Markdown
     if decision is None:
         return None
+    if not decision["performance"] and not decision["estimated_performance"]:
+        return Markdown(" ".join(map(esc, decision["assumptions"])))
     skip = {"rows", "tp", "fp", "fn", "tn"}
     table = pd.DataFrame({"measured": pd.Series(decision["performance"], dtype=object),
                           "estimated": pd.Series(decision["estimated_performance"], dtype=object)})
@@ -1274,14 +1420,14 @@ def performance_table(decision: dict | None) -> pd.DataFrame | None:
         return table.rename_axis("metric")
     return table.assign(difference=table["estimated"] - table["measured"]).rename_axis("metric")
 
-# %% ../nbs/05_monitoring.ipynb #87
+# %% ../nbs/05_monitoring.ipynb #94
 def serving_skew_view(decision: dict | None) -> pd.DataFrame | None:
     "An inference log's logged probabilities against the registered model's on the same inputs (nothing otherwise)."
     if decision is None or not decision.get("serving_skew"):
         return None
     return pd.DataFrame([decision["serving_skew"]], index=pd.Index(["serving skew"], name="check"))
 
-# %% ../nbs/05_monitoring.ipynb #94
+# %% ../nbs/05_monitoring.ipynb #101
 def drift_thresholds(scope: MonitoringScope) -> pd.DataFrame | None:
     "Each tested column's kind, test and threshold, and when it counts as drifted; the prediction and the label too."
     if scope.loaded is None:
@@ -1316,7 +1462,7 @@ def decision_policy(cfg: Config) -> pd.DataFrame:
             ("gates.min_primary_metric", str(cfg.gates.min_primary_metric), gate)]
     return pd.DataFrame(rows, columns=["setting", "value", "rule"]).set_index("setting")
 
-# %% ../nbs/05_monitoring.ipynb #99
+# %% ../nbs/05_monitoring.ipynb #106
 BASELINE_ONLY = "Part of a training run's monitoring baseline; not computed for a batch."
 
 def backtest_slices(test: pd.DataFrame,  # the test split
@@ -1334,7 +1480,7 @@ def backtest_slices(test: pd.DataFrame,  # the test split
     name = lambda g: str(g[0]) if len(g) == 1 else f"{g[0]} to {g[-1]}"
     return {name(g): test[test[t].isin(g)].reset_index(drop=True) for g in groups}
 
-# %% ../nbs/05_monitoring.ipynb #101
+# %% ../nbs/05_monitoring.ipynb #108
 def backtest(scope: MonitoringScope, test: pd.DataFrame | None):
     "Each held-out slice of the test split monitored as a labelled batch: drift, primary metric, the decision."
     from IPython.display import Markdown
@@ -1353,7 +1499,7 @@ def backtest(scope: MonitoringScope, test: pd.DataFrame | None):
                      "first reason": reasons[0]})
     return pd.DataFrame(rows).set_index("slice")
 
-# %% ../nbs/05_monitoring.ipynb #104
+# %% ../nbs/05_monitoring.ipynb #111
 def false_alarms(scope: MonitoringScope, test: pd.DataFrame | None,
                  resamples: int = 50,  # seeded resamples of the test split
                 ) -> pd.DataFrame | None:
@@ -1385,7 +1531,7 @@ def false_alarm_summary(scope: MonitoringScope, alarms: pd.DataFrame | None):
     flags = alarms.drop(columns=["drift share", "dataset drift"]).mean()
     return flags.rename("flagged in resamples").to_frame().rename_axis("column")
 
-# %% ../nbs/05_monitoring.ipynb #107
+# %% ../nbs/05_monitoring.ipynb #114
 def resampled_metric(y,  # the outcomes as the model learns them
                      outputs: dict,  # the model's outputs on the same rows
                      metric: str,  # a metric of `measured_performance`
@@ -1442,7 +1588,7 @@ def estimate_check(scope: MonitoringScope, test: pd.DataFrame | None,
     table["estimate within"] = pd.Series({primary: "yes" if inside else "no"}, dtype=object)
     return table.fillna({"estimate within": ""}).rename_axis("metric")
 
-# %% ../nbs/05_monitoring.ipynb #111
+# %% ../nbs/05_monitoring.ipynb #118
 def monitoring_results(scope: MonitoringScope, decision: dict | None, alarms: pd.DataFrame | None,
                        estimates,  # from `estimate_check`
                       ) -> dict:

@@ -493,7 +493,7 @@ def run_pipeline(config: str | Path | None = None,  # YAML config; None for the 
 
 # %% ../nbs/07_pipeline.ipynb #53
 MONITORING_PARAMETERS = ("CONFIG", "RUN_DIR", "BATCH", "INFERENCE_LOG", "LABELS", "MODEL", "BATCH_ID", "SINCE", "UNTIL",
-                         "OUT")
+                         "OUT", "ENGINE", "MASTER")
 
 def _existing(path: str | Path | None, what: str) -> str | None:
     "An absolute path that exists, or `ConfigError` naming it."
@@ -512,11 +512,14 @@ def monitoring_parameters(config: Path,  # the resolved config the notebook read
                           labels: bool = False,
                           model: str | None = None,  # NAME@ALIAS or NAME/VERSION
                           since: str | None = None, until: str | None = None,
+                          engine: str = "pandas",  # pandas, or spark (a Parquet batch)
+                          master: str = "local[2]",  # the Spark master
                          ) -> dict:
     "The monitoring notebook's parameters for one batch, each checked (papermill would accept anything)."
-    from mlops_nb.monitoring import safe_batch_id, utc_time
+    from mlops_nb.monitoring import check_engine, safe_batch_id, utc_time
     if data is None and inference_log is None:
         raise ConfigError("monitor: give a batch file (DATA) or --inference-log")
+    check_engine(engine, inference_log=inference_log, labels=labels)
     if inference_log is not None and data is not None and not labels:
         raise ConfigError("monitor: with --inference-log, DATA is its labels: add --labels or leave DATA out")
     if model is not None:
@@ -526,7 +529,8 @@ def monitoring_parameters(config: Path,  # the resolved config the notebook read
     utc_time(until, "--until")
     return {"CONFIG": str(config), "RUN_DIR": None, "BATCH": _existing(data, "batch file"),
             "INFERENCE_LOG": _existing(inference_log, "inference log"), "LABELS": bool(labels), "MODEL": model,
-            "BATCH_ID": safe_batch_id(batch_id), "SINCE": since, "UNTIL": until, "OUT": str(Path(out).resolve())}
+            "BATCH_ID": safe_batch_id(batch_id), "SINCE": since, "UNTIL": until, "OUT": str(Path(out).resolve()),
+            "ENGINE": engine, "MASTER": master}
 
 # %% ../nbs/07_pipeline.ipynb #55
 def _error_classes(base: type = MlopsError) -> dict[str, type]:
@@ -555,6 +559,8 @@ def monitor_notebook(config: str | Path | None = None,  # YAML config; None for 
                      batch_id: str | None = None,  # default: UTC time plus a random suffix
                      since: str | None = None, until: str | None = None,  # the inference log's window
                      notebooks: str | Path | None = None,  # where the notebooks are
+                     engine: str = "pandas",  # pandas, or spark: a Parquet batch assessed by Spark
+                     master: str = "local[2]",  # the Spark master (engine spark)
                     ) -> dict:
     "Execute the monitoring notebook for one batch into `out/monitoring/<batch_id>/`; return its decision, or raise its error."
     from mlops_nb.monitoring import new_batch_id, safe_batch_id
@@ -562,7 +568,8 @@ def monitor_notebook(config: str | Path | None = None,  # YAML config; None for 
     batch_id = safe_batch_id(batch_id or new_batch_id())
     folder = Path(out).resolve() / "monitoring" / batch_id
     config_path = folder / "config.yaml"
-    params = monitoring_parameters(config_path, Path(out), batch_id, data, inference_log, labels, model, since, until)
+    params = monitoring_parameters(config_path, Path(out), batch_id, data, inference_log, labels, model, since, until,
+                                   engine, master)
     _writable_dir(folder)
     config_path.write_text(yaml.safe_dump(resolved_config(cfg), sort_keys=False))
     (folder / "decision.json").unlink(missing_ok=True)  # a batch id used again: no stale decision

@@ -34,11 +34,11 @@ __all__ = ['logger', 'INTEGER_RANGES', 'TYPE_NAMES', 'PROBLEM_COLUMNS', 'FORMATS
            'check_exposure', 'bearer_token', 'authorized', 'unauthorized', 'VersionNotServed', 'approval_problem',
            'servable_version', 'Served', 'single_threaded', 'ModelSlot', 'Outputs', 'shared_probabilities',
            'model_outputs', 'plain_values', 'answer_fields', 'MicroBatcher', 'LogPolicy', 'hash_value', 'salt_id',
-           'log_policy', 'check_log_columns', 'hash_reference', 'log_policy_table', 'refusal_record', 'logged_columns',
-           'log_lines', 'new_log_path', 'remove_old_logs', 'write_policy_record', 'InferenceLogWriter',
-           'ServiceMetrics', 'ScoringService', 'start_service', 'stop_service', 'reload_models', 'read_body',
-           'parse_json', 'invoke', 'service_health', 'create_app', 'check_tls', 'run_service', 'serving_warnings',
-           'BackgroundServer', 'example_payloads']
+           'log_salt', 'log_policy', 'check_log_columns', 'hash_reference', 'log_policy_table', 'refusal_record',
+           'logged_columns', 'log_lines', 'new_log_path', 'remove_old_logs', 'write_policy_record',
+           'InferenceLogWriter', 'ServiceMetrics', 'ScoringService', 'start_service', 'stop_service', 'reload_models',
+           'read_body', 'parse_json', 'invoke', 'service_health', 'create_app', 'check_tls', 'run_service',
+           'serving_warnings', 'BackgroundServer', 'example_payloads']
 
 # %% ../nbs/05a_serving.ipynb #5
 INTEGER_RANGES = {"long": (-2**63, 2**63 - 1), "integer": (-2**31, 2**31 - 1)}
@@ -663,18 +663,23 @@ def salt_id(salt: bytes | None) -> str | None:
     return None if salt is None else hmac.new(salt, b"mlops_nb inference-log salt", hashlib.sha256).hexdigest()[:12]
 
 # %% ../nbs/05a_serving.ipynb #51
+def log_salt(cfg: Config) -> bytes | None:
+    "The inference log's salt, from `serving.log_salt_file` or the variable named by `serving.log_salt_env`; or None."
+    s = cfg.serving
+    file = None if s.log_salt_file is None else resolve_path(cfg, s.log_salt_file)
+    secret = read_secret(file, s.log_salt_env, "serving.log_salt_file")
+    return None if secret is None else secret.encode("utf-8")
+
 def log_policy(cfg: Config) -> LogPolicy:
     "The config's inference-log policy, with the salt read from its file or environment variable when a column is hashed."
     s = cfg.serving
     hashed = s.log_default == "hash" or "hash" in s.log_columns.values()
     salt = None
     if hashed:
-        file = None if s.log_salt_file is None else resolve_path(cfg, s.log_salt_file)
-        secret = read_secret(file, s.log_salt_env, "serving.log_salt_file")
-        if secret is None:
+        salt = log_salt(cfg)
+        if salt is None:
             raise ConfigError("serving.log_columns: hashed columns need a secret salt: set the environment variable "
                               f"{s.log_salt_env} or serving.log_salt_file")
-        salt = secret.encode("utf-8")
     return LogPolicy(dict(s.log_columns), s.log_default, salt, s.log_retention_days, int(s.log_max_file_mb * 2**20))
 
 def check_log_columns(policy: LogPolicy, inputs: list[str], uri: str) -> None:
@@ -693,7 +698,7 @@ def hash_reference(reference: dict,  # reference statistics (`LoadedModel.refere
         if action == "drop":
             unmonitored[name] = "dropped from the inference log"
         elif action == "hash" and "counts" not in stats:
-            unmonitored[name] = "a hashed number: its distribution is gone"
+            unmonitored[name] = "hashed numeric: its distribution is gone"
         elif action == "hash":
             columns[name] = {**stats, "counts": {hash_value(k, policy.salt): n for k, n in stats["counts"].items()}}
         else:
@@ -703,8 +708,10 @@ def hash_reference(reference: dict,  # reference statistics (`LoadedModel.refere
 def log_policy_table(policy: LogPolicy, columns: list[str]) -> pd.DataFrame:
     "Per input column: what the log keeps, and what monitoring can still do with it (the cost of hashing or dropping)."
     cost = {"keep": "drift, input checks and explanations as usual",
-            "hash": "drift of a text column's categories (hashed with the same salt); a number's distribution is lost",
-            "drop": "nothing: no drift, no input check and no view of the column in monitoring; performance is still measured"}
+            "hash": "drift of a text column's categories (hashed with the same salt); a number's distribution is lost; "
+                    "the model cannot re-score the log (no serving-skew check: the logged outputs are monitored)",
+            "drop": "no drift, no input check, no view of the column in monitoring; the model cannot re-score the log "
+                    "(no serving-skew check: the logged outputs are monitored); performance is still measured"}
     rows = [{"column": c, "in the log": policy.action(c), "monitoring": cost[policy.action(c)]} for c in columns]
     return pd.DataFrame(rows).set_index("column")
 

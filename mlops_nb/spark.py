@@ -20,9 +20,10 @@ from .monitoring import (DRIFT_TESTS, _column_reference, _override, chisquare_co
 from .registry import parse_model_spec, resolve_model
 
 # %% auto #0
-__all__ = ['SPARK_QUANTILE_ERROR', 'KS_COLLECT_ROWS', 'SPARK_SCORES', 'SparkUnavailable', 'java_available', 'spark_session',
-           'ScoringModel', 'partition_columns', 'read_parquet_spark', 'prepare_frame', 'score_parquet_spark',
-           'batch_statistics_spark', 'drift_from_statistics', 'reference_drift_spark', 'monitor_batch_spark']
+__all__ = ['SPARK_QUANTILE_ERROR', 'KS_COLLECT_ROWS', 'SPARK_SCORES', 'SPARK_ASSUMPTION', 'SparkUnavailable', 'java_available',
+           'spark_session', 'ScoringModel', 'partition_columns', 'read_parquet_spark', 'prepare_frame',
+           'score_parquet_spark', 'batch_statistics_spark', 'drift_from_statistics', 'reference_drift_spark',
+           'assess_parquet_spark', 'monitor_batch_spark']
 
 # %% ../nbs/06a_spark.ipynb #7
 class SparkUnavailable(MlopsError):
@@ -370,35 +371,50 @@ def _spark_anomalies(stats: dict, reference: dict, cfg: Config, batch_columns: l
     return out
 
 # %% ../nbs/06a_spark.ipynb #33
+SPARK_ASSUMPTION = ("The Spark engine measures no performance and estimates none "
+                    "(both need the rows in memory: use the pandas engine on a sample).")
+
+def assess_parquet_spark(cfg: Config,  # the config, with the version's task (`monitoring.apply_version_task`)
+                         data: str | Path,  # the batch: a Parquet file or dataset folder
+                         loaded,  # the monitored `LoadedModel`
+                         reference: dict,  # its reference statistics
+                         methods: dict | None = None,  # per-column test overrides, as in monitoring
+                         master: str = "local[2]",  # Spark master
+                        ) -> dict:
+    "A large Parquet batch assessed with Spark (drift, prediction drift, anomalies) as `assess_monitored_batch` does."
+    from mlops_nb.monitoring import ESTIMATION_ASSUMPTION
+    spark = spark_session(master)
+    drift = reference_drift_spark(cfg, data, reference, methods, master)
+    statistics = {"rows": drift.attrs["rows"], "columns": drift.attrs["statistics"]}
+    anomalies = _spark_anomalies(statistics, reference, cfg, drift.attrs["batch_columns"])
+    drifted, share = dataset_drift(drift, cfg.monitoring.drift_share)
+    return {"rows": drift.attrs["rows"], "reference_rows": reference["rows"], "task": reference.get("task", "binary"),
+            "dataset_drift": drifted, "drift_share": share, "drift_share_threshold": cfg.monitoring.drift_share,
+            "columns": drift.to_dict("index"),
+            "excluded_columns": [cfg.data.time_column] if cfg.data.time_column in reference["columns"] else [],
+            "prediction_drift": _prediction_drift(spark, cfg, data, loaded, reference, methods), "label_drift": None,
+            "anomalies": anomalies, "performance": {}, "labelled_rows": 0, "estimated_performance": {},
+            "assumptions": [f"{SPARK_ASSUMPTION} {ESTIMATION_ASSUMPTION}"], "serving_skew": None, "engine": "spark"}
+
+# %% ../nbs/06a_spark.ipynb #34
 def monitor_batch_spark(cfg: Config,
                         data: str | Path,  # the batch: a Parquet file or dataset folder
                         model: str | None = None,  # NAME@ALIAS or NAME/VERSION; default the champion, else the challenger
                         out: str | Path = "reports",  # decisions go to out/monitoring/<batch_id>/
                         batch_id: str | None = None, methods: dict | None = None, master: str = "local[2]") -> dict:
-    "Monitor a large Parquet batch with Spark (drift, prediction drift, anomalies, decision); written and logged as monitoring does."
-    import datetime as dt
-    from mlops_nb.monitoring import (ESTIMATION_ASSUMPTION, _safe_id, last_retrain, new_batch_id, record_decision, retraining_decision)
-    spark, client = spark_session(master), mlflow_client(tracking_uri(cfg))
+    "`assess_parquet_spark`, then monitoring's decision, written and logged (decision.json, MLflow); no report."
+    from mlops_nb.monitoring import (apply_version_task, decision_record, last_retrain, new_batch_id, record_decision,
+                                     safe_batch_id)
+    client = mlflow_client(tracking_uri(cfg))
     loaded = resolve_model(client, cfg, model)
-    reference, batch_id = loaded.reference_stats(), _safe_id(batch_id or new_batch_id())
-    drift = reference_drift_spark(cfg, data, reference, methods, master)
-    anomalies = _spark_anomalies({"rows": drift.attrs["rows"], "columns": drift.attrs["statistics"]}, reference, cfg, drift.attrs["batch_columns"])
-    prediction = _prediction_drift(spark, cfg, data, loaded, reference, methods)
-    drifted, share = dataset_drift(drift, cfg.monitoring.drift_share)
-    result = {"rows": drift.attrs["rows"], "reference_rows": reference["rows"], "dataset_drift": drifted, "drift_share": share,
-              "drift_share_threshold": cfg.monitoring.drift_share, "columns": drift.to_dict("index"),
-              "excluded_columns": [cfg.data.time_column] if cfg.data.time_column in reference["columns"] else [],
-              "prediction_drift": prediction, "label_drift": None, "anomalies": anomalies, "performance": {}, "labelled_rows": 0,
-              "estimated_performance": {}, "engine": "spark",
-              "assumptions": ["The Spark engine measures no performance and estimates none (both need the rows in memory: use the "
-                              "pandas engine on a sample). " + ESTIMATION_ASSUMPTION]}
-    decision, reasons = retraining_decision(result, cfg, last_retrain(client, cfg, out, loaded.name))
-    record = {"decision": decision, "reasons": reasons, "batch_id": batch_id, "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "model": {"name": loaded.name, "version": loaded.version, "uri": loaded.uri, "requested": model},
-              "source": {"kind": "data", "path": str(data), "engine": "spark"}, **result, "serving_skew": None}
-    return record_decision(cfg, client, record, out)
+    reference, batch_id = loaded.reference_stats(), safe_batch_id(batch_id or new_batch_id())
+    apply_version_task(cfg, reference)
+    result = assess_parquet_spark(cfg, data, loaded, reference, methods, master)
+    source = {"kind": "data", "path": str(data), "engine": "spark"}
+    last = last_retrain(client, cfg, out, loaded.name)
+    return record_decision(cfg, client, decision_record(result, cfg, loaded, batch_id, source, model, last), out)
 
-# %% ../nbs/06a_spark.ipynb #34
+# %% ../nbs/06a_spark.ipynb #35
 def _prediction_drift(spark, cfg: Config, data, loaded, reference: dict, methods: dict | None) -> dict | None:
     "Drift of the model's scores on the batch (scored by `spark_udf`) against the reference scores."
     from pyspark.sql import functions as F

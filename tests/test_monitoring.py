@@ -385,7 +385,8 @@ def test_the_inference_log_lines_are_those_of_the_old_writer(tmp_path):
 
 DECISION_KEYS = {"decision", "reasons", "batch_id", "time", "model", "source", "rows", "reference_rows", "task", "dataset_drift",
                  "drift_share", "drift_share_threshold", "columns", "excluded_columns", "prediction_drift", "label_drift",
-                 "anomalies", "performance", "labelled_rows", "estimated_performance", "assumptions", "serving_skew", "mlflow_run_id"}
+                 "anomalies", "performance", "labelled_rows", "estimated_performance", "assumptions", "serving_skew",
+                 "mlflow_run_id", "unmonitored_columns"}
 
 
 @pytest.fixture(scope="module")
@@ -512,3 +513,69 @@ def test_a_multiclass_and_a_regression_batch_are_monitored_with_their_labels(tmp
         assert d["estimated_performance"] == {} and "not estimated" in d["assumptions"][0]
         assert d["prediction_drift"]["test"] == "ks" and "not estimated" in html
     assert html.count('src="data:image/png;base64,') >= 1
+
+
+# --- a private inference log: hashed and dropped columns (issue 19 item 3) --------------------------------------------
+
+SALT = "a-secret-salt-for-the-tests"
+PRIVATE = {"c1": "hash", "x2": "hash", "x3": "drop"}  # a hashed text column, a hashed number, a dropped number
+
+
+def _private_config(project) -> Path:
+    "The project's config with the service's log policy and salt variable (the log's own policy.json is what counts)."
+    import yaml
+    cfg = yaml.safe_load(Path(project.config).read_text())
+    cfg["serving"] = {"log_columns": PRIVATE, "log_salt_env": "MLOPS_NB_TEST_LOG_SALT"}
+    path = project.folder / "private.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _write_private_log(project, folder: Path, rows: pd.DataFrame) -> None:
+    "Rows scored by the registered pipeline, written with the service's own log writer (log_lines, policy.json)."
+    from mlops_nb.serving import LogPolicy, Outputs, Rows, log_lines, write_policy_record
+    policy = LogPolicy(PRIVATE, salt=SALT.encode())
+    X = rows[NUMERIC + CATEGORICAL]
+    p = positive_scores(project.pipeline, X)
+    outputs = Outputs("binary", decisions(p), np.column_stack([1 - p, p]), ("0", "1"))
+    lines = log_lines(Rows({c: X[c].to_numpy() for c in X}, len(X)), outputs, "req-0", project.cfg.model_name,
+                      str(project.model["version"]), policy=policy)
+    write_policy_record(folder, policy)
+    (folder / "part-0.jsonl").write_text("".join(line + "\n" for line in lines))
+
+
+def test_a_private_log_is_monitored_on_its_hashes_and_says_what_a_dropped_column_costs(project, tmp_path, monkeypatch):
+    from mlops_nb.pipeline import monitor_notebook
+    rows = synthetic(300, seed=21, c1_p=(0.3, 0.3, 0.4))  # c1 moved a little: a score a wrong comparison would change
+    _write_private_log(project, tmp_path / "private", rows)
+    text = (tmp_path / "private" / "part-0.jsonl").read_text()
+    assert '"x3"' not in text and '"c1": "a"' not in text and '"c1": "h:' in text  # what the service wrote
+    X = rows[NUMERIC + CATEGORICAL]
+    p = positive_scores(project.pipeline, X)
+    append_inference_log(tmp_path / "plain" / "part-0.jsonl", X, p, decisions(p), "req-0", project.cfg.model_name,
+                         str(project.model["version"]))
+    plain = monitor_batch(project.cfg, inference_log=tmp_path / "plain", out=tmp_path / "plain-out", batch_id="plain")
+    config = _private_config(project)
+    monkeypatch.setenv("MLOPS_NB_TEST_LOG_SALT", SALT)
+    d = monitor_notebook(config, inference_log=tmp_path / "private", out=tmp_path / "reports", batch_id="private")
+    assert set(d["columns"]) == {"x1", "c1", "c2"} and set(plain["columns"]) == set(NUMERIC + CATEGORICAL)
+    for c in ("x1", "c1", "c2"):  # the hashed text column: the same test and score as on the raw values
+        assert d["columns"][c]["test"] == plain["columns"][c]["test"]
+        assert d["columns"][c]["score"] == pytest.approx(plain["columns"][c]["score"], rel=1e-9, abs=1e-12), c
+    assert d["unmonitored_columns"] == {"x3": "dropped from the inference log",
+                                        "x2": "hashed numeric: its distribution is gone"}
+    assert "c1" not in d["anomalies"] and d["anomalies"] == {}
+    assert d["serving_skew"] is None and plain["serving_skew"]["mismatched_rows"] == 0  # the model cannot re-score
+    assert d["prediction_drift"]["score"] == pytest.approx(plain["prediction_drift"]["score"], abs=1e-12)  # as logged
+    assert any(r.startswith("not monitored: ") and "x3 (dropped from the inference log)" in r for r in d["reasons"])
+    assert d["source"]["log_policy"]["actions"]["x3"] == "drop" and SALT not in json.dumps(d)
+    html = (tmp_path / "reports" / "monitoring" / "private" / "monitoring.html").read_text()
+    assert "dropped from the inference log" in html and "hashed numeric" in html and "Not monitored" in html
+    assert "the model cannot re-score the log" in html  # the policy table's cost of each choice
+    monkeypatch.setenv("MLOPS_NB_TEST_LOG_SALT", "not-the-salt-the-service-used")
+    wrong = "serving.log_salt_env: the salt from the environment variable MLOPS_NB_TEST_LOG_SALT"
+    with pytest.raises(ConfigError, match=wrong):
+        monitor_notebook(config, inference_log=tmp_path / "private", out=tmp_path / "reports", batch_id="wrong-salt")
+    monkeypatch.delenv("MLOPS_NB_TEST_LOG_SALT")
+    with pytest.raises(ConfigError, match=r"serving.log_salt_env: .* hashed column\(s\) \['c1'\]"):
+        monitor_batch(load_config(config), inference_log=tmp_path / "private", out=tmp_path, batch_id="no-salt")

@@ -160,7 +160,7 @@ def test_reproduce_gives_identical_metrics_and_refuses_changed_data(tmp_path):
     proc = run_cli("compare", run_id, again, cwd=tmp_path)  # two runs side by side: the same settings, the same metrics
     assert proc.returncode == 0 and "0 setting(s) differ" in proc.stdout, proc.stderr
     page = tmp_path / "reports" / "compare" / f"{run_id}_vs_{again}.html"
-    assert page.is_file() and "test_roc_auc" in page.read_text() and page.name in html.unescape((tmp_path / "reports" / "index.html").read_text())
+    assert page.is_file() and "test_roc_auc" in html.unescape(page.read_text()) and page.name in html.unescape((tmp_path / "reports" / "index.html").read_text())
     pd.read_csv(data).assign(age=lambda d: d.age + 1).to_csv(data, index=False)
     proc = run_cli("reproduce", run_id, cwd=tmp_path)
     assert proc.returncode == 4 and "data changed" in proc.stderr and "Traceback" not in proc.stderr

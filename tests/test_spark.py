@@ -160,5 +160,28 @@ def test_monitor_batch_spark_decides_as_the_pandas_engine(project, tmp_path):
     assert s["prediction_drift"]["score"] == pytest.approx(p["prediction_drift"]["score"], abs=0.003)
     rows = lambda anomalies: {c: {k: f["rows"] for k, f in found.items()} for c, found in anomalies.items()}
     assert rows(s["anomalies"]) == rows(p["anomalies"])  # out-of-range ages, counted the same
-    assert (tmp_path / "spark" / "monitoring" / "b1" / "monitoring.html").exists()
     assert s["source"]["engine"] == "spark" and s["performance"] == {}
+    assert [p.name for p in (tmp_path / "spark" / "monitoring" / "b1").iterdir()] == ["decision.json"]  # no report
+
+
+def test_monitor_engine_spark_reports_with_the_monitoring_notebook(project, tmp_path):
+    "`mlops-nb monitor --engine spark`: the monitoring notebook run with ENGINE=spark; its HTML is the batch's report."
+    import json
+    from conftest import run_cli
+    test = project["test"]
+    test.assign(age=test["age"] + 8).to_parquet(tmp_path / "shifted.parquet", index=False)
+    store = f"tracking.uri=sqlite:///{project['folder'] / 'mlruns.db'}"
+    proc = run_cli("monitor", tmp_path / "shifted.parquet", "--engine", "spark", "--set", store,
+                   "--set", "data.sample_rows=1500", "--batch-id", "big", "--out", tmp_path / "reports", cwd=tmp_path)
+    assert proc.returncode in (0, 5, 6), proc.stderr
+    folder = tmp_path / "reports" / "monitoring" / "big"
+    d = json.loads((folder / "decision.json").read_text())
+    assert d["source"]["engine"] == "spark" and d["engine"] == "spark" and d["columns"]["age"]["drifted"]
+    html = (folder / "monitoring.html").read_text()
+    assert "Batch <strong>big</strong>" in html and 'src="data:image/png;base64,' in html
+    assert "Spark engine measures no" in html
+    assert f"report: {folder / 'monitoring.html'}" in proc.stdout
+    injected = [c for c in json.loads((folder / "monitoring.ipynb").read_text())["cells"]
+                if "injected-parameters" in c["metadata"].get("tags", [])][0]
+    assert 'ENGINE = "spark"' in "".join(injected["source"])
+    assert 'href="monitoring/big/monitoring.html"' in (tmp_path / "reports" / "index.html").read_text()
