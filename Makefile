@@ -129,7 +129,7 @@ server: install-server
 server-stop:
 	$(AS_PG) $(PG_BIN)/pg_ctl -D $(SERVER_DIR)/pgdata -m fast -w stop
 
-## Benchmarks (benchmarks/README.md): drift vs Evidently, pipeline, scaling to 1M rows, serving vs mlflow under wrk.
+## Benchmarks (benchmarks/README.md): drift vs Evidently, false drift by batch size, pipeline, scaling to 1M rows, serving vs mlflow under wrk.
 ## About an hour; rewrites benchmarks/results/ and benchmarks/README.md. BENCH_DURATION: seconds per wrk case.
 EVIDENTLY_VENV := benchmarks/.venv-evidently
 TOOLS_VENV     := benchmarks/.venv-tools
@@ -150,9 +150,10 @@ $(TOOLS_VENV)/.installed:
 	touch $@
 
 .PHONY: bench bench-smoke
-bench: install $(EVIDENTLY_VENV)/.installed $(TOOLS_VENV)/.installed
+bench: install install-evidently $(TOOLS_VENV)/.installed
 	command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/python benchmarks/bench_drift.py
+	$(BIN)/python benchmarks/bench_false_drift.py
 	$(BIN)/python benchmarks/bench_pipeline.py
 	$(BIN)/python benchmarks/bench_scaling.py
 	$(BIN)/python benchmarks/bench_serving.py --duration $(BENCH_DURATION)

@@ -4,6 +4,11 @@ Drift pairs: 20 columns, 15 numeric (normal, skewed, uniform, exponential, integ
 (3 to 12 categories, some rare). The current side shifts some columns clearly (normed Wasserstein or Jensen-Shannon
 well above 0.1), some slightly (well below 0.1) and leaves the rest alone, so a correct method decides every column the
 same way as the exact computation. No missing values (Evidently and we treat them differently; see the README).
+Four more columns (NEAR) have a true score within 0.01 of the 0.1 threshold, two below and two above, so that a small
+score error or sampling noise can change a decision: the comparison of decisions can fail.
+
+False-drift frames (`unshifted_frame`): the 15 numeric columns and 4 categorical ones of 10 to 20 categories (uniform,
+and uneven with rare ones), never shifted: every column flagged as drifted is a false alarm.
 """
 from __future__ import annotations
 
@@ -21,6 +26,26 @@ CATEGORIES = {"c0": (["red", "green", "blue"], [0.5, 0.3, 0.2]),
 SHIFTED_CATEGORIES = {"c1": [0.15, 0.2, 0.2, 0.2, 0.25],            # strong shift (JS about 0.15)
                       "c3": [0.38, 0.31, 0.2, 0.11],                 # slight shift (JS about 0.02)
                       "c4": [0.05, 0.1, 0.1, 0.12, 0.13, 0.15, 0.15, 0.2]}  # strong shift
+
+
+# near the threshold: numeric columns shifted by 0.095 and 0.105 standard deviations (normed Wasserstein = the shift);
+# categorical ones whose current probabilities are mixed toward a reversed order until Jensen-Shannon is 0.095 / 0.105
+NEAR_NUMERIC = {"t0": 0.095, "t1": 0.105}
+NEAR_CATEGORICAL = {"t2": 0.095, "t3": 0.105}
+NEAR = [*NEAR_NUMERIC, *NEAR_CATEGORICAL]
+NEAR_P = np.array([0.3, 0.2, 0.15, 0.12, 0.1, 0.08, 0.05])
+WIDE_CATEGORIES = {"w10": np.full(10, 0.1), "w12": 1 / np.arange(1, 13), "w15": 1 / np.arange(1, 16) ** 1.2,
+                   "w20": 1 / np.arange(1, 21) ** 1.5}  # uniform, then ever more uneven (rarest of w20: 0.4%)
+WIDE_CATEGORIES = {c: p / p.sum() for c, p in WIDE_CATEGORIES.items()}
+WIDE_CATEGORICAL = list(WIDE_CATEGORIES)
+
+
+def near_probabilities(target: float) -> np.ndarray:
+    "Current-side probabilities of a NEAR categorical column: Jensen-Shannon distance `target` from NEAR_P."
+    from scipy.optimize import brentq
+    from scipy.spatial.distance import jensenshannon
+    mix = lambda t: (1 - t) * NEAR_P + t * NEAR_P[::-1]
+    return mix(brentq(lambda t: jensenshannon(NEAR_P, mix(t)) - target, 0.0, 1.0))
 
 
 def _numeric(name: str, n: int, rng: np.random.Generator, shifted: bool) -> np.ndarray:
@@ -49,6 +74,19 @@ def drift_frame(n: int, seed: int, shifted: bool) -> pd.DataFrame:
     for c in CATEGORICAL:
         values, p = CATEGORIES[c]
         cols[c] = rng.choice(values, n, p=SHIFTED_CATEGORIES[c] if shifted and c in SHIFTED_CATEGORIES else p)
+    for c, size in NEAR_NUMERIC.items():
+        cols[c] = rng.normal(0, 1, n) + (size if shifted else 0.0)
+    for c, target in NEAR_CATEGORICAL.items():
+        cols[c] = rng.choice([f"v{j}" for j in range(len(NEAR_P))], n, p=near_probabilities(target) if shifted else NEAR_P)
+    return pd.DataFrame(cols)
+
+
+def unshifted_frame(n: int, seed: int) -> pd.DataFrame:
+    "`n` rows of the false-drift study: the 15 numeric columns and the WIDE categorical ones, from the reference distribution."
+    rng = np.random.default_rng(seed)
+    cols = {c: _numeric(c, n, rng, False) for c in NUMERIC}
+    for c, p in WIDE_CATEGORIES.items():
+        cols[c] = rng.choice([f"{c}_{j:02d}" for j in range(len(p))], n, p=p)
     return pd.DataFrame(cols)
 
 
@@ -60,7 +98,7 @@ def drift_pair(n: int, seed: int = 0, shifted: bool = True) -> tuple[pd.DataFram
 def drift_schema(df: pd.DataFrame) -> dict:
     "The schema that `mlops_nb.eda.reference_statistics` needs (kinds of the 20 columns; no target)."
     return {"features": list(df.columns), "target": "__no_target__",
-            "columns": {c: {"kind": "numeric" if c in NUMERIC else "categorical"} for c in df.columns}}
+            "columns": {c: {"kind": "numeric" if c in NUMERIC or c in NEAR_NUMERIC else "categorical"} for c in df.columns}}
 
 
 def classification_frame(n: int, seed: int = 0) -> pd.DataFrame:

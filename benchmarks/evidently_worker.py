@@ -3,6 +3,7 @@ evidently==0.7.*, pandas<3). Imports nothing from mlops_nb. Prints a RESULT JSON
 
     evidently_worker.py drift REF.parquet CUR.parquet     one pair: time and memory of Report([DataDriftPreset()]).run
     evidently_worker.py fpr PAIRS_DIR N                   N small pairs: per-column decisions (false drift rate)
+    evidently_worker.py batches REF.parquet BATCHES.parquet   each batch (column `__batch`) against one reference
 """
 from __future__ import annotations
 
@@ -57,9 +58,18 @@ def fpr(pairs_dir: str, n: str) -> dict:
     return {"runs": runs, "total_seconds": time.perf_counter() - t0}
 
 
+def batches(ref_path: str, batches_path: str) -> dict:
+    import pandas as pd
+    ref, all_batches = pd.read_parquet(ref_path), pd.read_parquet(batches_path)
+    runs, t0 = [], time.perf_counter()
+    for _, b in all_batches.groupby("__batch", sort=True):
+        runs.append(_run(ref, b.drop(columns="__batch"))[0])
+    return {"runs": runs, "total_seconds": time.perf_counter() - t0}
+
+
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
-    out = {"drift": drift, "fpr": fpr}[mode](*args)
+    out = {"drift": drift, "fpr": fpr, "batches": batches}[mode](*args)
     out.update(mode=mode, evidently_version=metadata.version("evidently"), pandas_version=metadata.version("pandas"),
                peak_rss_bytes=_peak())
     print("RESULT " + json.dumps(out), flush=True)

@@ -22,6 +22,7 @@ than absolute times.
 | script | what | results |
 | --- | --- | --- |
 | `bench_drift.py` | drift of 10k / 100k / 1M rows per side × 20 columns: ours (stored reference statistics, batch read whole or in chunks) vs Evidently 0.7 `DataDriftPreset` vs plain scipy; false drift on unshifted data with a small reference | `results/drift.json` |
+| `bench_false_drift.py` | false drift on unshifted data: 200 batches each of 100, 300, 1,000 and 10,000 rows against one 100,000-row reference, ours (test chosen by reference and batch size) and Evidently (the first batches of each size) | `results/false_drift.json` |
 | `bench_pipeline.py` | `mlops-nb run` on the built-in data, each stage split into kernel start, imports, compute, MLflow, hidden checks, papermill bookkeeping, HTML rendering; the pieces alone; a py-spy profile | `results/pipeline.json` |
 | `bench_scaling.py` | 10k / 100k / 1M synthetic rows × 20 columns through the whole pipeline: time and peak memory per stage | `results/scaling.json`, `results/scaling.png` |
 | `bench_serving.py` | `mlops-nb serve` vs `mlflow models serve` (the same one-thread model, and the model as logged) under `wrk`, two rounds in alternating order (1 row at concurrency 1 and 16, 1,000 rows at concurrency 4) | `results/serving.json` |
@@ -48,30 +49,49 @@ def machine_line(d: dict) -> str:
 
 
 def drift_section(d: dict) -> str:
+    from bench_drift import reference_build_seconds, speedups
     rows, big = [], d["sizes"][-1]
     for r in d["sizes"]:
         e, o, c, x = r["evidently"], r["ours"], r["ours_chunked"], r["exact_scipy"]
         rows.append([f"{r['rows_per_side']:,}", _s(o["total_seconds"]), _mib(o["peak_rss_bytes"]), _s(c["total_seconds"]), _mib(c["peak_rss_bytes"]),
                      _s(x["total_seconds"]), _mib(x["peak_rss_bytes"]), _s(e["total_seconds"]) if e else "skipped", _mib(e["peak_rss_bytes"]) if e else "",
                      f"{r['speedup_vs_evidently']['ours']:.0f}× / {r['speedup_vs_evidently']['ours_chunked']:.0f}×" if e else "",
+                     f"{speedups(r)['with_reference_build_one_batch']:.0f}× / {speedups(r)['with_reference_build_amortised_10']:.0f}×" if e else "",
                      f"{r['memory_share_of_evidently']['ours']:.2f} / {r['memory_share_of_evidently']['ours_chunked']:.2f}" if e else "",
                      f"{r['ours_vs_exact']['max_score_difference']:.4f}",
                      ", ".join(r["ours_vs_evidently"]["decisions_differ"]) or "none" if e else "",
                      f"{sum(v['drifted'] for v in o['columns'].values())}/{len(o['columns'])}"])
+    imports = d["sizes"][0]["ours"].get("rss_after_imports_bytes")
     out = ["## Drift", "", machine_line(d), "",
            "Seconds are the work after imports (ours: load the stored reference statistics + read the batch + tests; chunked: "
            "the same reading the Parquet batch in chunks; scipy and Evidently: read both full samples + tests), median of "
            f"{len(d['sizes'][0]['ours'].get('repeats_total_seconds', [1]))} runs (Evidently once at 1M). Memory is each process's "
-           "peak RSS, imports included (importing mlops_nb.monitoring alone takes about 230 MiB: it pulls in pandas, scipy, "
-           "scikit-learn, fairlearn and matplotlib). 15 numeric + 5 categorical columns; 7 drift by design.", "",
+           "peak RSS, imports included" + (f" (ours after its imports: {_mib(imports)} MiB)" if imports else "") + ". "
+           f"{d['sizes'][0]['columns']['numeric']} numeric + {d['sizes'][0]['columns']['categorical']} categorical columns; "
+           "7 drift by design" + (f", and {len(d['near_threshold_columns'])} more ({', '.join(d['near_threshold_columns'])}) have a "
+                                  "true score within 0.01 of the 0.1 threshold, so decisions can differ" if d.get("near_threshold_columns") else
+                                  "; no column lies near the threshold in these results, so the decision comparison could not fail "
+                                  "(`make bench` now adds four that do)") + ". Speed-ups with the stored reference are monitoring "
+           "as it runs; with the reference build (read, compute, write the statistics) counted, for one batch and amortised "
+           "over 10 batches (Evidently rereads the whole reference for each).", "",
            table(["rows/side", "ours s", "ours MiB", "chunked s", "chunked MiB", "scipy s", "scipy MiB", "Evidently s", "Evidently MiB",
-                  "speed-up (ours / chunked)", "memory share (ours / chunked)", "max |score − exact|",
+                  "speed-up (ours / chunked)", "speed-up with reference build (1 batch / over 10)", "memory share (ours / chunked)", "max |score − exact|",
                   "decisions differing from Evidently", "drifted"], rows), ""]
     if big["evidently"]:
         e = big["evidently"]
         out += [f"Reference statistics (built once at training time) take {_s(big['reference_statistics']['compute_seconds'])} s "
+                f"to compute ({_s(reference_build_seconds(big))} s with reading the reference and writing them) "
                 f"and {big['reference_statistics']['stats_bytes'] / 1024:,.0f} KiB at {big['rows_per_side']:,} rows; Evidently recomputes from "
                 f"the full reference on every batch ({_s(e['compute_seconds'])} s of its {_s(e['total_seconds'])} s).", ""]
+    near = [(r["rows_per_side"], r["near_threshold"]) for r in d["sizes"] if r.get("near_threshold")]
+    if near:
+        out += ["Columns near the threshold (true score within 0.01 of 0.1): exact score on these data, and decisions of ours "
+                "differing from the exact computation and from Evidently's:", "",
+                table(["rows/side", "exact scores", "differ from exact", "differ from Evidently"],
+                      [[f"{n:,}", ", ".join(f"{c} {v:.4f}" for c, v in x["exact_scores"].items()),
+                        f"{len(x['ours_vs_exact_differ'])}/{len(x['exact_scores'])}" + (f" ({', '.join(x['ours_vs_exact_differ'])})" if x["ours_vs_exact_differ"] else ""),
+                        f"{len(x['ours_vs_evidently_differ'])}/{len(x['exact_scores'])}" if "ours_vs_evidently_differ" in x else "skipped"]
+                       for n, x in near]), ""]
     out += ["### False drift on unshifted data, small reference", "",
             "Both sides drawn from the same distribution; share of columns flagged as drifted over independent seeded pairs "
             "(nominal 5%). Evidently's chi-square takes the reference counts as the true distribution (a goodness-of-fit "
@@ -87,6 +107,40 @@ def drift_section(d: dict) -> str:
     out += [table(["reference rows", "current rows", "pairs", "method", "tests", "numeric false drift", "categorical false drift",
                    "per categorical column", "runs with dataset drift"], rows), ""]
     return "\n".join(out)
+
+
+def _interval(rate: float, n: int) -> str:
+    "The 95% Clopper-Pearson interval of a rate observed over n batches."
+    from scipy.stats import binomtest
+    ci = binomtest(round(rate * n), n).proportion_ci()
+    return f"{ci.low:.1%}–{ci.high:.1%}"
+
+
+def false_drift_section(d: dict) -> str:
+    "The false-drift study of bench_false_drift.py: rates per batch size, ours and Evidently's."
+    rows = []
+    for r in d["sizes"]:
+        for name in ("ours", "evidently"):
+            g = r.get(name)
+            if not g: continue
+            worst = max(g["rate_per_column"], key=g["rate_per_column"].get)
+            err = g.get("max_distance_error")
+            rows.append([f"{r['rows']:,}", name, g["batches"], ", ".join(g["tests"]), f"{g['rate_all']:.1%}", f"{g['rate_numeric']:.1%}",
+                         f"{g['rate_categorical']:.1%}", f"{worst} {g['rate_per_column'][worst]:.1%} ({_interval(g['rate_per_column'][worst], g['batches'])})", f"{g['dataset_drift_share']:.1%}",
+                         "" if name != "ours" else "no distance" if err is None else f"{err:.4f} ({g['distance_columns_compared']} scores)"])
+    c = d["columns"]
+    return "\n".join(["## False drift by batch size", "", machine_line(d), "",
+                      f"Unshifted batches (every flag is a false alarm) against one {d['reference_rows']:,}-row reference; "
+                      f"{c['numeric']} numeric columns and {c['categorical']} categorical ones of 10 to 20 categories (uniform, and "
+                      "uneven with rare ones). Ours chooses the test by reference and batch size (KS / chi-square at p < 0.05 "
+                      "under 1,000 batch values, normed Wasserstein / Jensen–Shannon at 0.1 from 1,000 on); Evidently 0.7 by "
+                      "reference size only (distances here), judged on the first batches of each size (each of its runs rereads "
+                      "the whole reference). Dataset drift: half the columns or more flagged. The worst column's rate has its "
+                      "95% interval beside it: over a few hundred batches one column's rate is known to a few points only, so "
+                      "the worst of many columns of a 5% test lands above 5% by chance. Rates, not times: the machine's "
+                      "load does not change them.", "",
+                      table(["batch rows", "method", "batches", "tests", "false drift, all columns", "numeric", "categorical",
+                             "worst column", "batches with dataset drift", "max |distance − exact|"], rows), ""])
 
 
 def pipeline_section(d: dict) -> str:
@@ -161,10 +215,16 @@ def targets_section(res: dict) -> str:
     if "drift" in res and res["drift"]["sizes"][-1]["evidently"]:
         r = res["drift"]["sizes"][-1]; n = f"{r['rows_per_side']:,} rows"
         sp, mem = r["speedup_vs_evidently"], r["memory_share_of_evidently"]
-        rows += [[f"drift, {n}: ≥ 50× faster than Evidently", f"{sp['ours']:.0f}× (batch read whole), {sp['ours_chunked']:.0f}× (chunked)", _ok(sp["ours"] >= 50)],
+        from bench_drift import speedups
+        full = speedups(r)
+        rows += [[f"drift, {n}: ≥ 50× faster than Evidently", f"{sp['ours']:.0f}× (batch read whole), {sp['ours_chunked']:.0f}× (chunked) with "
+                  f"the stored reference; {full['with_reference_build_one_batch']:.0f}× with its build, one batch; "
+                  f"{full['with_reference_build_amortised_10']:.0f}× with its build amortised over 10", _ok(sp["ours"] >= 50)
+                  + ("" if full["with_reference_build_one_batch"] >= 50 else "; with the build, one batch: **not met**")],
                  [f"drift, {n}: ≤ 1/3 of Evidently's peak memory", f"{mem['ours']:.2f} (read whole), {mem['ours_chunked']:.2f} (chunked)",
                   _ok(mem["ours"] <= 1 / 3) + ("; chunked path: met" if mem["ours_chunked"] <= 1 / 3 and mem["ours"] > 1 / 3 else "")],
-                 [f"drift, {n}: identical decisions on every column", ", ".join(r["ours_vs_evidently"]["decisions_differ"]) or "20/20 identical",
+                  [f"drift, {n}: identical decisions on every column" + ("" if r.get("near_threshold") else " (no column near the threshold: cannot fail)"),
+                  ", ".join(r["ours_vs_evidently"]["decisions_differ"]) or f"{r['ours_vs_evidently']['columns']}/{r['ours_vs_evidently']['columns']} identical",
                   _ok(not r["ours_vs_evidently"]["decisions_differ"])],
                  [f"drift, {n}: numeric scores within 0.005 of the exact ones", f"max {r['ours_vs_exact']['max_score_difference']:.4f}", _ok(r["ours_vs_exact"]["max_score_difference"] <= 0.005)],
                  [f"drift, {n}: Parquet batch read in chunks under 500 MiB peak", f"{_mib(r['ours_chunked']['peak_rss_bytes'])} MiB",
@@ -173,6 +233,21 @@ def targets_section(res: dict) -> str:
             rows.append([f"false drift near 5% with a {f['reference_rows']:,}-row reference ({f['current_rows']:,}-row batches)",
                          f"ours {f['ours']['rate_numeric']:.1%} numeric, {f['ours']['rate_categorical']:.1%} categorical; Evidently "
                          f"{f['evidently']['rate_categorical']:.1%} categorical" if "evidently" in f else "", _ok(max(f["ours"]["rate_numeric"], f["ours"]["rate_categorical"]) <= 0.075)])
+    if "false_drift" in res:
+        fd = res["false_drift"]
+        for r in fd["sizes"]:
+            o, e = r["ours"], r.get("evidently")
+            rows.append([f"false drift ≤ {fd['targets']['false_drift_rate']:.0%} per column, {r['rows']:,}-row batches vs {fd['reference_rows']:,} reference rows",
+                         f"ours {o['rate_all']:.1%} over all columns ({', '.join(o['tests'])}; worst column {o['max_rate_column']:.1%}, "
+                         f"95% interval {_interval(o['max_rate_column'], o['batches'])})"
+                         + (f"; Evidently {e['rate_all']:.1%} (worst column {e['max_rate_column']:.0%})" if e else ""),
+                         _ok(o["rate_all"] <= fd["targets"]["false_drift_rate"])
+                         + ("" if o["max_rate_column"] <= fd["targets"]["false_drift_rate"] else
+                            "; the worst column above it" + (" (by chance: its interval holds 5%)"
+                                                              if float(_interval(o["max_rate_column"], o["batches"]).split("–")[0][:-1]) <= 5 else ""))])
+            if o.get("max_distance_error") is not None:
+                rows.append([f"distances within 0.005 of exact, {r['rows']:,}-row batches", f"max {o['max_distance_error']:.4f}",
+                             _ok(o["max_distance_error"] <= fd["targets"]["max_distance_error"])])
     if "pipeline" in res:
         r = res["pipeline"]["run"]
         rows += [["pipeline: whole run ≤ 90 s", f"{r['wall_seconds']:.0f} s", _ok(r["wall_seconds"] <= 90)],
@@ -192,11 +267,12 @@ def targets_section(res: dict) -> str:
 
 
 def write_readme(results: Path = RESULTS, readme: Path = HERE / "README.md", extra: str = "") -> Path:
-    res = {n: json.loads((results / f"{n}.json").read_text()) for n in ("drift", "pipeline", "scaling", "serving") if (results / f"{n}.json").exists()}
+    res = {n: json.loads((results / f"{n}.json").read_text()) for n in ("drift", "false_drift", "pipeline", "scaling", "serving")
+           if (results / f"{n}.json").exists()}
     parts = [INTRO, targets_section(res)]
-    for name, fn in (("drift", drift_section), ("pipeline", pipeline_section), ("scaling", scaling_section), ("serving", serving_section)):
+    for name, fn in (("drift", drift_section), ("false_drift", false_drift_section), ("pipeline", pipeline_section), ("scaling", scaling_section), ("serving", serving_section)):
         p = results / f"{name}.json"
-        parts.append(fn(json.loads(p.read_text())) if p.exists() else f"## {name.title()}\n\nNot run yet (`python benchmarks/bench_{name}.py`).\n")
+        parts.append(fn(json.loads(p.read_text())) if p.exists() else f"## {name.replace('_', ' ').title()}\n\nNot run yet (`python benchmarks/bench_{name}.py`).\n")
     findings = HERE / "FINDINGS.md"
     if findings.exists(): parts.append(findings.read_text())
     readme.write_text("\n".join(parts) + extra)

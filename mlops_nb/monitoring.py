@@ -24,22 +24,24 @@ from .eda import (QUANTILE_LEVELS, _check_header, _rows, categorical_statistics,
 # and should not pay for them
 
 # %% auto #0
-__all__ = ['NO_VERSION', 'SMALL_REFERENCE_ROWS', 'DRIFT_TESTS', 'BLOCKING_ANOMALIES', 'ESTIMATION_ASSUMPTION', 'NOT_ESTIMATED',
-           'LOG_FIELDS', 'LOG_REQUIRED', 'LEVELS', 'LOGGED_OUTPUTS', 'ENGINES', 'BASELINE_ONLY', 'apply_version_task',
-           'MonitoringScope', 'run_version', 'monitoring_scope', 'version_summary', 'ks_drift', 'chisquare_drift',
-           'quantile_levels', 'wasserstein_drift', 'level_weights', 'jensenshannon_drift', 'psi_drift', 'default_test',
-           'column_drift', 'drift_report', 'dataset_drift', 'schema_anomalies', 'validate_batch', 'anomaly_table',
-           'weighted_metrics', 'expected_metrics', 'multiclass_metrics', 'regression_metrics', 'measured_performance',
-           'estimated_performance', 'inference_log_record', 'append_inference_log', 'utc_time', 'read_inference_log',
-           'join_labels', 'decision_findings', 'retraining_decision', 'read_batch', 'parquet_source', 'numeric_column',
-           'category_counts', 'chunked_drift_report', 'assess_parquet', 'log_policy_record', 'logged_reference',
-           'logged_outputs', 'model_outputs', 'prediction_values', 'assess_batch', 'safe_batch_id', 'new_batch_id',
-           'monitoring_history', 'last_retrain', 'log_monitoring_run', 'record_decision', 'load_monitored_batch',
-           'assess_monitored_batch', 'decision_record', 'monitor_batch', 'batches_over_time', 'monitor_periods',
-           'plot_history', 'check_engine', 'private_log_scope', 'monitored_batch', 'assess_scope', 'scope_decision',
-           'decision_summary', 'drift_table', 'log_policy_view', 'plot_drift', 'anomaly_view', 'performance_table',
-           'serving_skew_view', 'drift_thresholds', 'decision_policy', 'backtest_slices', 'backtest', 'false_alarms',
-           'false_alarm_summary', 'resampled_metric', 'estimate_check', 'monitoring_results', 'finish_monitoring']
+__all__ = ['NO_VERSION', 'SMALL_REFERENCE_ROWS', 'SMALL_BATCH_ROWS', 'MIN_EXPECTED_COUNT', 'DRIFT_TESTS', 'BLOCKING_ANOMALIES',
+           'ESTIMATION_ASSUMPTION', 'NOT_ESTIMATED', 'LOG_FIELDS', 'LOG_REQUIRED', 'LEVELS', 'LOGGED_OUTPUTS',
+           'ENGINES', 'BASELINE_ONLY', 'apply_version_task', 'MonitoringScope', 'run_version', 'monitoring_scope',
+           'version_summary', 'reference_cdf', 'ks_statistic', 'ks_drift', 'pooled_counts', 'chisquare_counts',
+           'chisquare_drift', 'quantile_levels', 'wasserstein_drift', 'level_weights', 'jensenshannon_drift',
+           'psi_drift', 'default_test', 'column_drift', 'drift_report', 'dataset_drift', 'schema_anomalies',
+           'validate_batch', 'anomaly_table', 'weighted_metrics', 'expected_metrics', 'multiclass_metrics',
+           'regression_metrics', 'measured_performance', 'estimated_performance', 'inference_log_record',
+           'append_inference_log', 'utc_time', 'read_inference_log', 'join_labels', 'decision_findings',
+           'retraining_decision', 'read_batch', 'parquet_source', 'numeric_column', 'category_counts',
+           'chunked_drift_report', 'assess_parquet', 'log_policy_record', 'logged_reference', 'logged_outputs',
+           'model_outputs', 'prediction_values', 'assess_batch', 'safe_batch_id', 'new_batch_id', 'monitoring_history',
+           'last_retrain', 'log_monitoring_run', 'record_decision', 'load_monitored_batch', 'assess_monitored_batch',
+           'decision_record', 'monitor_batch', 'batches_over_time', 'monitor_periods', 'plot_history', 'check_engine',
+           'private_log_scope', 'monitored_batch', 'assess_scope', 'scope_decision', 'decision_summary', 'drift_table',
+           'log_policy_view', 'plot_drift', 'anomaly_view', 'performance_table', 'serving_skew_view',
+           'drift_thresholds', 'decision_policy', 'backtest_slices', 'backtest', 'false_alarms', 'false_alarm_summary',
+           'resampled_metric', 'estimate_check', 'monitoring_results', 'finish_monitoring']
 
 # %% ../nbs/05_monitoring.ipynb #6
 def apply_version_task(cfg: Config, reference: dict) -> Config:
@@ -109,7 +111,9 @@ def version_summary(scope: MonitoringScope) -> str:
             f"Reference: {reference['rows']:,} training rows, {len(reference['columns'])} input columns.")
 
 # %% ../nbs/05_monitoring.ipynb #12
-SMALL_REFERENCE_ROWS = 1000
+SMALL_REFERENCE_ROWS = 1000  # up to this many reference rows: p-value tests (Evidently's rule)
+SMALL_BATCH_ROWS = 1000  # fewer batch values than this: p-value tests (a distance would be mostly sampling noise)
+MIN_EXPECTED_COUNT = 5  # chi-square: categories expected fewer times than this are merged
 
 def _numbers(values) -> np.ndarray:
     "The non-missing values of a numeric column as floats."
@@ -131,17 +135,60 @@ def _category_counts(values) -> pd.Series:
     return pd.Series(values).dropna().astype(str).value_counts().astype(float)
 
 # %% ../nbs/05_monitoring.ipynb #13
+def reference_cdf(levels: np.ndarray,  # the quantile levels
+                  quantiles: np.ndarray,  # the reference's quantiles at those levels
+                  v: np.ndarray,  # where to evaluate
+                  side: str = "right",  # 'right': P(X ≤ v); 'left': P(X < v)
+                 ) -> np.ndarray:
+    "The reference's distribution function at `v`, linear between its stored quantiles (jumps where quantiles repeat)."
+    i = np.searchsorted(quantiles, v, side)
+    j = np.clip(i, 1, len(quantiles) - 1)
+    lo, hi = quantiles[j - 1], quantiles[j]  # inside the range: lo ≤ v < hi ('right') or lo < v ≤ hi ('left')
+    inside = np.where(hi > lo, (v - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0)
+    between = levels[j - 1] + (levels[j] - levels[j - 1]) * inside
+    return np.where(i == 0, 0.0, np.where(i == len(quantiles), 1.0, between))
+
+def ks_statistic(levels: np.ndarray, quantiles: np.ndarray, x: np.ndarray) -> float:
+    "Largest gap between the batch's empirical distribution function and the reference's (`reference_cdf`)."
+    x, n = np.sort(x), len(x)
+    v, first = np.unique(x, return_index=True)
+    at_most, below = np.r_[first[1:], n] / n, first / n  # the batch's share ≤ v and < v at each distinct value
+    return float(max(np.abs(at_most - reference_cdf(levels, quantiles, v, "right")).max(),
+                     np.abs(below - reference_cdf(levels, quantiles, v, "left")).max()))
+
 def ks_drift(reference: dict, values) -> float:
-    "Kolmogorov–Smirnov p-value of the batch against the stored reference sample."
-    from scipy.stats import ks_2samp
-    return float(ks_2samp(np.asarray(reference["sample"], dtype=float), _numbers(values)).pvalue)
+    """Kolmogorov–Smirnov p-value of the batch against the reference: scipy's two-sample test against the stored
+    sample when that is the whole column; else against all the reference rows through their quantiles
+    (`ks_statistic`), with scipy's asymptotic two-sample p-value for the batch's and the reference's counts."""
+    from scipy.stats import ks_2samp, kstwo
+    x, sample = _numbers(values), reference["sample"]
+    if "quantiles" not in reference or reference["count"] <= len(sample):
+        return float(ks_2samp(np.asarray(sample, dtype=float), x).pvalue)
+    n, m = len(x), reference["count"]
+    d = ks_statistic(quantile_levels(reference), np.asarray(reference["quantiles"], dtype=float), x)
+    return float(kstwo.sf(d, np.round(n * m / (n + m))))
+
+def pooled_counts(ref: np.ndarray, cur: np.ndarray,  # aligned reference and batch counts per category
+                  min_expected: float = MIN_EXPECTED_COUNT) -> tuple[np.ndarray, np.ndarray]:
+    """Aligned counts with the categories expected fewer than `min_expected` times in the smaller sample merged into one
+    (with the next rarest too while the merged one is still expected fewer times)."""
+    expected = min(ref.sum(), cur.sum()) * (ref + cur) / (ref.sum() + cur.sum())
+    order, k = np.argsort(expected, kind="stable"), int(np.sum(expected < min_expected))
+    if k == 0: return ref, cur
+    while k < len(order) and expected[order[:k]].sum() < min_expected: k += 1
+    rare, kept = order[:k], np.sort(order[k:])
+    return np.r_[ref[kept], ref[rare].sum()], np.r_[cur[kept], cur[rare].sum()]
+
+def chisquare_counts(ref: np.ndarray, cur: np.ndarray) -> float:
+    "Chi-square p-value of the 2-row contingency table of aligned counts, rare categories merged (`pooled_counts`)."
+    from scipy.stats import chi2_contingency
+    ref, cur = pooled_counts(np.asarray(ref, dtype=float), np.asarray(cur, dtype=float))
+    if len(ref) < 2: return 1.0  # one category (or one merged group) in both: nothing can differ
+    return float(chi2_contingency(np.vstack([ref, cur])).pvalue)
 
 def chisquare_drift(reference: dict, values) -> float:
     "Chi-square p-value of the 2-row contingency table: reference counts vs batch counts per category."
-    from scipy.stats import chi2_contingency
-    ref, cur = _aligned_counts(reference, values)
-    if len(ref) < 2: return 1.0  # one category in both: nothing can differ
-    return float(chi2_contingency(np.vstack([ref, cur])).pvalue)
+    return chisquare_counts(*_aligned_counts(reference, values))
 
 # %% ../nbs/05_monitoring.ipynb #14
 def _wasserstein_from_quantiles(levels: np.ndarray, quantiles: np.ndarray, x: np.ndarray) -> float:
@@ -210,9 +257,12 @@ DRIFT_TESTS = {  # name: (function, column kinds, default threshold, what the sc
 }
 
 def default_test(kind: str,  # 'numeric' or 'categorical' (the reference statistics' kind)
-                 reference_rows: int) -> str:
-    "Evidently's default: KS / chi-square up to 1,000 reference rows, Wasserstein / Jensen–Shannon above."
-    small = reference_rows <= SMALL_REFERENCE_ROWS
+                 reference_rows: int,  # rows of the whole reference
+                 batch_rows: int,  # the batch's values in the column (its rows, missing values left out)
+                ) -> str:
+    """KS / chi-square up to 1,000 reference rows (Evidently's rule) or under 1,000 batch values; Wasserstein /
+    Jensen–Shannon when both are larger."""
+    small = reference_rows <= SMALL_REFERENCE_ROWS or batch_rows < SMALL_BATCH_ROWS
     if kind == "numeric": return "ks" if small else "wasserstein"
     return "chisquare" if small else "jensenshannon"
 
@@ -226,15 +276,15 @@ def _override(column: str, methods: dict | None) -> tuple[str | None, float | No
 
 def column_drift(reference: dict,  # one column's reference statistics
                  values,  # the batch's values of that column (categorical: or their counts, a `Counter`)
-                 reference_rows: int,  # rows of the whole reference (chooses the default test)
+                 reference_rows: int,  # rows of the whole reference (with the batch's values, chooses the default test)
                  test: str | None = None, threshold: float | None = None, column: str = "") -> dict:
     "One column's drift: {'test', 'score', 'threshold', 'drifted'}."
-    test = test or default_test(reference["kind"], reference_rows)
+    present = int(sum(values.values())) if isinstance(values, Counter) else int(pd.Series(values).notna().sum())
+    test = test or default_test(reference["kind"], reference_rows, present)
     if test not in DRIFT_TESTS: raise ConfigError(f"drift test for {column!r}: unknown test {test!r}; choose from {list(DRIFT_TESTS)}")
     function, kinds, default, score_kind = DRIFT_TESTS[test]
     if reference["kind"] not in kinds: raise ConfigError(f"drift test for {column!r}: {test} does not apply to a {reference['kind']} column")
     threshold = default if threshold is None else float(threshold)
-    present = int(sum(values.values())) if isinstance(values, Counter) else int(pd.Series(values).notna().sum())
     if reference.get("count", 0) == 0 or present == 0:  # nothing to compare; an emptied column has drifted
         return {"test": test, "score": None, "threshold": threshold, "drifted": bool(present == 0 and reference.get("count", 0) > 0)}
     score = function(reference, values)
@@ -1387,12 +1437,13 @@ def drift_thresholds(scope: MonitoringScope) -> pd.DataFrame | None:
     label = f"(label: {reference.get('target_column', cfg.data.target)})"
     tested |= {name: reference[key] for key, name in (("prediction", "(prediction)"), ("target", label))
                if reference.get(key)}
-    rows = {}
-    for column, ref in tested.items():
-        test = default_test(ref["kind"], reference["rows"])
+    def rule(test: str) -> str:
         _, _, threshold, score_kind = DRIFT_TESTS[test]
-        rule = f"p-value < {threshold:g}" if score_kind == "p_value" else f"distance ≥ {threshold:g}"
-        rows[column] = {"kind": ref["kind"], "test": test, "threshold": threshold, "drifted when": rule}
+        return f"{test}: " + (f"p-value < {threshold:g}" if score_kind == "p_value" else f"distance ≥ {threshold:g}")
+    small, large = f"batch under {SMALL_BATCH_ROWS:,} values", f"batch of {SMALL_BATCH_ROWS:,} values or more"
+    test = lambda ref, rows: rule(default_test(ref["kind"], reference["rows"], rows))
+    rows = {c: {"kind": ref["kind"], small: test(ref, SMALL_BATCH_ROWS - 1), large: test(ref, SMALL_BATCH_ROWS)}
+            for c, ref in tested.items()}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("column")
 
 def decision_policy(cfg: Config) -> pd.DataFrame:

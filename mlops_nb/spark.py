@@ -11,19 +11,19 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 from scipy.spatial.distance import jensenshannon
-from scipy.stats import chi2_contingency, kstwo
+from scipy.stats import kstwo
 
 from .core import Config, ConfigError, DataValidationError, MlopsError, finish_stage, md, mlflow_client, run_context, tracking_uri
 from .evaluation import CHAMPION, decisions, load_model_version, pip_requirements, positive_scores, temporary_environment
-from .monitoring import (DRIFT_TESTS, _column_reference, _override, dataset_drift, default_test, ks_drift, level_weights,
-                                 quantile_levels)
+from .monitoring import (DRIFT_TESTS, _column_reference, _override, chisquare_counts, dataset_drift, default_test,
+                                 ks_drift, level_weights, quantile_levels, reference_cdf)
 from .registry import parse_model_spec, resolve_model
 
 # %% auto #0
-__all__ = ['SPARK_QUANTILE_ERROR', 'SPARK_SCORES', 'SPARK_ASSUMPTION', 'SparkUnavailable', 'java_available', 'spark_session',
-           'ScoringModel', 'partition_columns', 'read_parquet_spark', 'prepare_frame', 'score_parquet_spark',
-           'batch_statistics_spark', 'drift_from_statistics', 'reference_drift_spark', 'assess_parquet_spark',
-           'monitor_batch_spark']
+__all__ = ['SPARK_QUANTILE_ERROR', 'KS_COLLECT_ROWS', 'SPARK_SCORES', 'SPARK_ASSUMPTION', 'SparkUnavailable', 'java_available',
+           'spark_session', 'ScoringModel', 'partition_columns', 'read_parquet_spark', 'prepare_frame',
+           'score_parquet_spark', 'batch_statistics_spark', 'drift_from_statistics', 'reference_drift_spark',
+           'assess_parquet_spark', 'monitor_batch_spark']
 
 # %% ../nbs/06a_spark.ipynb #7
 class SparkUnavailable(MlopsError):
@@ -201,16 +201,31 @@ def _bucket_counts(frame, column: str, splits: list[float]) -> np.ndarray:
 
 # %% ../nbs/06a_spark.ipynb #21
 def _ks_counts(frame, column: str, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    "For each point (sorted, distinct) of the reference sample: how many batch values are below it and at it."
+    "For each point (sorted, distinct) of the reference sample or quantiles: how many batch values are below and at it."
     from pyspark.sql import functions as F
     below_next = _bucket_counts(frame, column, [-np.inf, *points.tolist(), np.inf])  # [-inf, p1), [p1, p2), ..., [pk, inf]
     at = dict(frame.where(F.col(f"`{column}`").cast("double").isin(points.tolist()))
               .groupBy(F.col(f"`{column}`").cast("double")).count().collect())
     return np.cumsum(below_next)[:-1], np.array([at.get(float(p), 0) for p in points], dtype=np.int64)
 
+def _whole_sample(reference: dict) -> bool:
+    "Whether a numeric column's stored sample is the whole column (then KS compares with it, as `ks_drift` does)."
+    return "quantiles" not in reference or reference["count"] <= len(reference["sample"])
+
+KS_COLLECT_ROWS = 10_000  # KS against a large reference: at most this many batch values are collected
+
 def _ks_score(reference: dict, batch: dict) -> float:
-    "The KS p-value from counts: exact for up to 10,000 batch rows (a batch with the same ranks), else scipy's asymptotic formula."
+    """The KS p-value: monitoring's `ks_drift` on the collected values (a large reference, a small batch); else from
+    counts, exact for up to 10,000 batch rows against the whole column's sample (a batch with the same ranks), else
+    scipy's asymptotic formula (against a large reference: its distribution function at its quantiles)."""
+    if "values" in batch: return ks_drift(reference, batch["values"])
     points, below, at, n = batch["points"], batch["below"], batch["at"], batch["present"]
+    if not _whole_sample(reference):
+        q, m = np.asarray(reference["quantiles"], dtype=float), reference["count"]
+        levels = quantile_levels(reference)
+        d = max(np.abs(reference_cdf(levels, q, points, "right") - (below + at) / n).max(),
+                np.abs(reference_cdf(levels, q, points, "left") - below / n).max())
+        return float(kstwo.sf(d, np.round(m * n / (m + n))))
     if n <= 10_000:  # rebuild a batch with the same order against the reference points: ks_2samp gives the same statistic and p-value
         inside = np.r_[points[0] - 1.0, (points[:-1] + points[1:]) / 2, points[-1] + 1.0]
         strictly = np.diff(np.r_[below, n]) - at
@@ -257,8 +272,7 @@ def _psi_score(reference: dict, batch: dict) -> float:
     return float(np.sum((cur - ref) * np.log(cur / ref)))
 
 def _chisquare_score(reference: dict, batch: dict) -> float:
-    ref, cur = _aligned(reference, batch["counts"])
-    return 1.0 if len(ref) < 2 else float(chi2_contingency(np.vstack([ref, cur])).pvalue)
+    return chisquare_counts(*_aligned(reference, batch["counts"]))  # rare categories merged, as monitoring does
 
 def _jensenshannon_score(reference: dict, batch: dict) -> float:
     return float(jensenshannon(*_proportions_from(reference, batch)))
@@ -267,23 +281,26 @@ SPARK_SCORES = {"ks": _ks_score, "chisquare": _chisquare_score, "wasserstein": _
                 "jensenshannon": _jensenshannon_score, "psi": _psi_score}  # Spark statistics; kinds, thresholds: DRIFT_TESTS
 
 # %% ../nbs/06a_spark.ipynb #25
-def _tests(reference: dict, columns: list[str], methods: dict | None) -> dict:
-    "The (test, threshold) of each column: the override in `methods`, else monitoring's default for the reference size."
+def _tests(reference: dict, columns: list[str], methods: dict | None,
+           present: dict) -> dict:  # column: the batch's values in it (missing ones left out)
+    "The (test, threshold) of each column: the override in `methods`, else monitoring's default for the two sizes."
     out = {}
     for c in columns:
         test, threshold = _override(c, methods)
-        test = test or default_test(reference["columns"][c]["kind"], reference["rows"])
+        test = test or default_test(reference["columns"][c]["kind"], reference["rows"], present[c])
         if test not in DRIFT_TESTS: raise ConfigError(f"drift test for {c!r}: unknown test {test!r}; choose from {list(DRIFT_TESTS)}")
         out[c] = (test, threshold)
     return out
 
 def batch_statistics_spark(frame,  # the batch as a Spark frame (every reference column present)
-                           reference: dict, tests: dict,  # from `_tests`
+                           reference: dict, columns: list[str],
+                           methods: dict | None = None,  # per-column test overrides, as in monitoring
                            no_range: tuple = ()) -> dict:
-    "Per-column statistics of a Spark batch: counts and range, plus what each column's drift test needs."
-    columns = list(tests)
+    "Per-column statistics of a Spark batch: counts and range, each column's (test, threshold) and what its test needs."
+    from pyspark.sql import functions as F
     _column_types(frame, reference, columns)
     stats = _basic_statistics(frame, reference, columns, no_range)
+    tests = stats["tests"] = _tests(reference, columns, methods, {c: stats["columns"][c]["present"] for c in columns})
     numeric = [c for c in columns if reference["columns"][c]["kind"] == "numeric" and stats["columns"][c]["present"]]
     levels = {c: quantile_levels(_column_reference(reference["columns"][c], reference)) for c in numeric if "quantiles" in reference["columns"][c]}
     for group in {tuple(v) for v in levels.values()}:  # the batch's quantiles at the reference's own levels (one group in practice)
@@ -292,8 +309,12 @@ def batch_statistics_spark(frame,  # the batch as a Spark frame (every reference
     for c, (test, _) in tests.items():
         st, ref = stats["columns"][c], reference["columns"][c]
         if ref["kind"] != "numeric": st["counts"] = _category_counts(frame, c)
+        elif st["present"] and test == "ks" and not _whole_sample(ref) and st["present"] <= KS_COLLECT_ROWS:
+            x = frame.select(F.col(f"`{c}`").cast("double").alias("x")).where(F.col("x").isNotNull())
+            st["values"] = np.array([r[0] for r in x.collect()], dtype=float)
         elif st["present"] and test == "ks":
-            st["points"] = np.unique(np.asarray(ref["sample"], dtype=float)) + 0.0  # + 0.0: no -0.0
+            points = ref["sample"] if _whole_sample(ref) else ref["quantiles"]
+            st["points"] = np.unique(np.asarray(points, dtype=float)) + 0.0  # + 0.0: no -0.0
             st["below"], st["at"] = _ks_counts(frame, c, st["points"])
         elif st["present"] and test in ("jensenshannon", "psi"):
             st["edges"] = np.histogram_bin_edges([ref["min"], ref["max"], st["min"], st["max"]], bins=10)
@@ -324,9 +345,9 @@ def reference_drift_spark(cfg: Config,
     exclude = [cfg.data.time_column] if cfg.data.time_column else []
     columns = [c for c in reference["columns"] if c not in exclude]
     _check_inputs(frame, columns, "the batch")
-    tests = _tests(reference, columns, methods)
-    stats = batch_statistics_spark(frame, reference, tests, no_range=tuple(exclude))
-    rows = {c: drift_from_statistics(reference["columns"][c], stats["columns"][c], *tests[c], column=c) for c in columns}
+    stats = batch_statistics_spark(frame, reference, columns, methods, no_range=tuple(exclude))
+    rows = {c: drift_from_statistics(_column_reference(reference["columns"][c], reference), stats["columns"][c],
+                                     *stats["tests"][c], column=c) for c in columns}
     table = pd.DataFrame.from_dict(rows, orient="index", columns=["test", "score", "threshold", "drifted"]).rename_axis("column")
     table.attrs.update(rows=stats["rows"], statistics=stats["columns"], batch_columns=list(frame.columns))
     return table
@@ -405,7 +426,7 @@ def _prediction_drift(spark, cfg: Config, data, loaded, reference: dict, methods
         scores = frame.select(udf(F.struct(*[F.col(f"`{c}`") for c in needed])).probability.alias("prediction")).cache()
         scores.count()  # score once: the statistics below read the cached scores
         refs = {"rows": reference["rows"], "columns": {"prediction": pred_ref}}
-        tests = _tests(refs, ["prediction"], methods)
-        stats = batch_statistics_spark(scores, refs, tests)
+        stats = batch_statistics_spark(scores, refs, ["prediction"], methods)
         scores.unpersist()
-    return drift_from_statistics(pred_ref, stats["columns"]["prediction"], *tests["prediction"], column="prediction")
+    return drift_from_statistics(_column_reference(pred_ref, reference), stats["columns"]["prediction"],
+                                 *stats["tests"]["prediction"], column="prediction")

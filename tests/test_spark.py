@@ -89,15 +89,27 @@ def test_scoring_refuses_what_it_cannot_score(project, tmp_path):
 
 
 def test_large_reference_drift_equals_the_pandas_engine(project, spark):
-    "Wasserstein / Jensen-Shannon (the reference has more than 1,000 rows): same tests, same decisions, scores within 0.003."
+    """The reference has more than 1,000 rows: a batch of fewer than 1,000 values gets KS (on its collected values) and
+    chi-square, a larger one Wasserstein / Jensen-Shannon; same tests, same decisions, scores within 0.003 of pandas'.
+    KS requested on more than 10,000 values: from counts at the reference's quantiles, p-values within 0.01."""
     test, reference, cfg = project["test"], project["reference"], project["cfg"]
-    for name, batch in {"same": test, "shifted": test.assign(age=test["age"] + 8, checks=test["checks"] * 2)}.items():
+    assert len(test) < 1000 < reference["rows"]
+    shift = lambda b: b.assign(age=b["age"] + 8, checks=b["checks"] * 2)
+    big = pd.concat([test] * (1000 // len(test) + 1), ignore_index=True)
+    for name, batch in {"same": test, "shifted": shift(test), "large": big, "large shifted": shift(big)}.items():
         s = S.reference_drift_spark(cfg, spark.createDataFrame(batch), reference)
         p = drift_report(batch, reference, exclude=[cfg.data.time_column])
         assert list(s.index) == list(p.index) and list(s.test) == list(p.test), name
         assert list(s.drifted) == list(p.drifted), (name, s, p)
         np.testing.assert_allclose(s.score.to_numpy(float), p.score.to_numpy(float), atol=0.003, rtol=0)
-    assert s.loc["age", "drifted"] and s.loc["age", "test"] == "wasserstein"
+        assert s.loc["age", "drifted"] == name.endswith("shifted")
+        assert s.loc["age", "test"] == ("wasserstein" if name.startswith("large") else "ks"), name
+    huge = pd.concat([test] * (10_000 // len(test) + 1), ignore_index=True)
+    huge = huge.assign(age=huge["age"] + np.random.default_rng(0).normal(0, 3, len(huge)))
+    s = S.reference_drift_spark(cfg, spark.createDataFrame(huge), reference, methods={"age": "ks"})
+    p = drift_report(huge, reference, methods={"age": "ks"}, exclude=[cfg.data.time_column])
+    assert s.loc["age", "score"] == pytest.approx(p.loc["age", "score"], abs=0.01)
+    assert s.loc["age", "drifted"] == p.loc["age", "drifted"]
 
 
 @pytest.mark.parametrize("rows", [300, 12_000], ids=["exact-ks", "asymptotic-ks"])
