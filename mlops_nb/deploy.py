@@ -29,8 +29,9 @@ __all__ = ['PARITY_TOLERANCE', 'LATENCY_REQUESTS', 'BATCH_INPUT', 'BATCH_OUTPUT'
            'answer_outputs', 'score_over_http', 'parity_table', 'parity_summary', 'parity_markdown', 'request_latency',
            'answer_of_example', 'mismatch_rows', 'batch_score_test', 'batch_markdown', 'signature_table',
            'example_requests', 'requests_markdown', 'version_outputs', 'side_by_side_metrics', 'side_by_side_fairness',
-           'disagreements', 'compare_with_champion', 'disagreement_markdown', 'promotion_blocker', 'promotion_step',
-           'readiness_results', 'readiness_metrics', 'deploy_results', 'check_ready']
+           'disagreements', 'compare_with_champion', 'comparison_fairness_note', 'disagreement_markdown',
+           'promotion_blocker', 'promotion_step', 'readiness_results', 'readiness_metrics', 'deploy_results',
+           'check_ready']
 
 # %% ../nbs/06_deploy.ipynb #9
 def version_status(registry: pd.DataFrame,  # `registry_table` of the model
@@ -164,7 +165,7 @@ def score_over_http(server: BackgroundServer | None, candidate: Candidate | None
                   for start in range(0, len(rows), chunk_rows)]
     return {**answer_outputs(bodies, candidate.task), "requests": len(bodies), "rows": len(rows)}
 
-# %% ../nbs/06_deploy.ipynb #cae7c6c9
+# %% ../nbs/06_deploy.ipynb #24
 PARITY_TOLERANCE = 1e-9  # the largest difference of a probability or a predicted quantity still counted as equal
 
 def parity_table(candidate: Candidate,
@@ -187,7 +188,7 @@ def parity_table(candidate: Candidate,
                           "largest difference": gap})
     return table[differs].set_index("test row")
 
-# %% ../nbs/06_deploy.ipynb #b3161fb4
+# %% ../nbs/06_deploy.ipynb #25
 def parity_summary(candidate: Candidate | None, served: dict | None, mismatches: pd.DataFrame | None) -> dict | None:
     "The comparison in numbers (`deploy.json`): passed, rows compared, rows that differ, rows refused, the override used."
     if candidate is None:
@@ -213,7 +214,7 @@ def parity_markdown(parity: dict | None) -> str:
     return (f"**The service's answers differ from the model's own on {parity['mismatched_rows']:,} of "
             f"{parity['rows']:,} rows** (the first are listed below; the stage fails at the end of this report). {override}")
 
-# %% ../nbs/06_deploy.ipynb #39cdb989
+# %% ../nbs/06_deploy.ipynb #27
 LATENCY_REQUESTS = {1: 20, 1000: 5}  # rows per request: timed requests (after one untimed request)
 
 def _timed(session, url: str, payload: dict, task: str, repeats: int) -> list[float]:
@@ -240,7 +241,7 @@ def request_latency(server: BackgroundServer | None, candidate: Candidate | None
             out[size] = {"requests": repeats, "median_ms": float(np.median(times)), "p95_ms": float(np.percentile(times, 95))}
     return pd.DataFrame.from_dict(out, orient="index").rename_axis("rows per request")
 
-# %% ../nbs/06_deploy.ipynb #d4634b78
+# %% ../nbs/06_deploy.ipynb #28
 def answer_of_example(server: BackgroundServer | None, candidate: Candidate | None, rows: int = 2) -> str | None:
     "The service's answer to the example request (the first test rows it accepts), as indented JSON."
     import requests
@@ -258,7 +259,7 @@ def mismatch_rows(candidate: Candidate | None, mismatches: pd.DataFrame | None, 
     inputs = candidate.test.loc[shown.index, candidate.inputs]
     return pd.concat({"answers": shown, "inputs": inputs.rename_axis("test row")}, axis=1)
 
-# %% ../nbs/06_deploy.ipynb #96d73dd0
+# %% ../nbs/06_deploy.ipynb #36
 BATCH_INPUT, BATCH_OUTPUT = "deploy-batch-input.parquet", "deploy-batch-scored.parquet"  # in the run folder
 
 def batch_score_test(cfg: Config, candidate: Candidate | None, folder: Path) -> dict | None:
@@ -289,7 +290,7 @@ def batch_markdown(batch: dict | None) -> str:
             f"({batch['invalid_rows']:,} invalid) in {batch['seconds']:.2f} s into {code(batch['output'])}; columns "
             f"written after the inputs: {written}. Its predictions {agrees}.")
 
-# %% ../nbs/06_deploy.ipynb #ce1e091a
+# %% ../nbs/06_deploy.ipynb #40
 def signature_table(candidate: Candidate | None, shown: int = 8) -> pd.DataFrame | None:
     "The model's inputs as the service checks them: type, whether a value may be missing, known categories of text inputs."
     if candidate is None:
@@ -302,7 +303,7 @@ def signature_table(candidate: Candidate | None, shown: int = 8) -> pd.DataFrame
     return pd.DataFrame([{"input": s.name, "type": s.type, "may be missing": s.nullable, "categories": categories(s)}
                          for s in candidate.specs]).set_index("input")
 
-# %% ../nbs/06_deploy.ipynb #7f7f781f
+# %% ../nbs/06_deploy.ipynb #42
 SERVE_URL = "http://127.0.0.1:8080"  # where `mlops-nb serve` listens by default
 
 def example_requests(candidate: Candidate | None, tracking_uri: str, rows: int = 2, url: str = SERVE_URL) -> dict[str, str]:
@@ -330,7 +331,7 @@ def requests_markdown(examples: dict[str, str], answer: str | None) -> str:
     blocks = [f"**{titles[k]}**\n\n<pre><code>{esc(text)}</code></pre>" for k, text in examples.items()]
     return "\n\n".join(blocks + [f"**The service's answer** (during this check)\n\n<pre><code>{esc(answer)}</code></pre>"])
 
-# %% ../nbs/06_deploy.ipynb #ede3c49b
+# %% ../nbs/06_deploy.ipynb #46
 def _incomparable(champion: LoadedModel, candidate: Candidate) -> str | None:
     "Why the champion cannot be scored on this run's test rows (another task, inputs absent), or None."
     task = predict_outputs(champion.model, candidate.test[list(champion.model.feature_names_in_)].head(1))["task"] \
@@ -357,7 +358,7 @@ def version_outputs(client, cfg: Config, candidate: Candidate) -> tuple[dict, di
     thresholds = dict(zip(names, (model_threshold(m) for m in (champion.model, candidate.loaded.model))))
     return outputs, thresholds, f"The champion is **version {version}**; both scored on the same {len(candidate.test):,} test rows."
 
-# %% ../nbs/06_deploy.ipynb #85a7d1ee
+# %% ../nbs/06_deploy.ipynb #47
 def side_by_side_metrics(y: pd.Series, outputs: dict, thresholds: dict) -> pd.DataFrame:
     "The task's metrics of each version on the same rows, one column per version."
     return pd.DataFrame({name: test_metrics(y, out, thresholds[name] if out["task"] == "binary" else None)
@@ -384,7 +385,7 @@ def disagreements(candidate: Candidate, outputs: dict) -> pd.DataFrame:
     answers = pd.DataFrame({"actual": candidate.y.to_numpy(), first: a, second: b}).rename_axis("test row")
     return pd.concat({"answers": answers, "inputs": candidate.test[candidate.inputs].rename_axis("test row")}, axis=1)[differs]
 
-# %% ../nbs/06_deploy.ipynb #769f95c7
+# %% ../nbs/06_deploy.ipynb #48
 def compare_with_champion(client, cfg: Config, candidate: Candidate | None) -> dict:
     "The champion and this version on the same test rows: a note, metrics, fairness, the rows where they disagree."
     if candidate is None:
@@ -398,6 +399,10 @@ def compare_with_champion(client, cfg: Config, candidate: Candidate | None) -> d
             "fairness": side_by_side_fairness(candidate.y, outputs, candidate.test[list(cfg.data.sensitive_features)]),
             "disagreements": rows, "disagreeing_rows": len(rows)}
 
+def comparison_fairness_note(cfg: Config, comparison: dict) -> str:
+    "Which sensitive features the fairness comparison measures (or that none is configured); nothing without a comparison."
+    return fairness_note(cfg) if "metrics" in comparison else ""
+
 def disagreement_markdown(comparison: dict, rows: int) -> str:
     "How many test rows the two versions decide differently (Markdown)."
     if "disagreements" not in comparison:
@@ -405,7 +410,7 @@ def disagreement_markdown(comparison: dict, rows: int) -> str:
     count = comparison["disagreeing_rows"]
     return f"They disagree on **{count:,} of {rows:,}** test rows ({count / rows:.1%}); the first are shown below."
 
-# %% ../nbs/06_deploy.ipynb #6d7ea675
+# %% ../nbs/06_deploy.ipynb #55
 def promotion_blocker(version: int | None, status: dict | None) -> str | None:
     "Why this run's version cannot be promoted now (a phrase), or None when an approver can promote it."
     if version is None:
@@ -418,7 +423,7 @@ def promotion_blocker(version: int | None, status: dict | None) -> str | None:
         return f"version {version} is already the champion"
     return None
 
-# %% ../nbs/06_deploy.ipynb #279f75c6
+# %% ../nbs/06_deploy.ipynb #56
 def promotion_step(name: str,  # the registered model
                    registry: pd.DataFrame,  # `registry_table` of the model
                    version: int | None,  # this run's version
@@ -434,7 +439,7 @@ def promotion_step(name: str,  # the registered model
     return (f"Version {version} passed its gates. To make it the champion of {code(name)} (now: {now}), "
             f"an approver runs:\n\n<pre><code>{esc(promote_command(version, config))}</code></pre>")
 
-# %% ../nbs/06_deploy.ipynb #b176d045
+# %% ../nbs/06_deploy.ipynb #60
 def readiness_results(parity: dict | None, latency: pd.DataFrame | None, batch: dict | None, comparison: dict) -> dict:
     "The readiness figures for `deploy.json`: parity, latency, batch scoring and the champion comparison."
     champion = {"version": comparison.get("champion"), "note": comparison["note"],
@@ -453,7 +458,7 @@ def readiness_metrics(readiness: dict) -> dict[str, float]:
     values |= {f"latency_{size}_{k}": v for size, figures in latency.items() for k, v in figures.items() if k != "requests"}
     return {k: float(v) for k, v in values.items() if v is not None}
 
-# %% ../nbs/06_deploy.ipynb #93fbb053
+# %% ../nbs/06_deploy.ipynb #61
 def deploy_results(registry: pd.DataFrame,  # `registry_table` of the model
                    version: int | None,  # this run's version
                    status: dict | None,  # the version in the registry (`version_status`)
