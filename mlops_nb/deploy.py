@@ -69,7 +69,7 @@ def run_version_summary(name: str,  # the registered model
 # %% ../nbs/06_deploy.ipynb #16
 @dataclass
 class Candidate:
-    "This run's version, verified and loaded, with the test rows it is checked on and its outputs on them in this process."
+    "This run's version, verified and loaded, with the test rows it is checked on and its outputs on them here."
     loaded: LoadedModel
     specs: list[ColumnSpec]  # the model's inputs as the service checks them (`input_schema`)
     test: pd.DataFrame  # the test split, rows numbered from 0
@@ -82,7 +82,7 @@ class Candidate:
     accepted = property(lambda self: ~self.test.index.isin(self.refused["row"]))  # the rows the service scores
 
 def load_candidate(ctx: RunContext, version: int | None) -> Candidate | None:
-    "This run's version from the registry (sha256 verified) and its in-process outputs on the test split; None without one."
+    "This run's version from the registry (sha256 verified), its outputs on the test split here; None without one."
     if version is None:
         return None
     load_schema(ctx)  # applies the data's task and positive label to the config (`target_vector` needs them)
@@ -105,7 +105,8 @@ def candidate_markdown(candidate: Candidate | None) -> str:
         return text + " The service accepts every test row."
     columns = ", ".join(code(c) for c in refused["column"].unique()[:10])
     return (text + f" **The service refuses {refused['row'].nunique():,} test row(s)** (problems in {columns}; first: "
-            f"{esc(refused['message'].iloc[0])}): a request holding such a row is answered 400; they are left out below.")
+            f"{esc(refused['message'].iloc[0])}): a request holding such a row is answered 400; they are left out "
+            "below.")
 
 # %% ../nbs/06_deploy.ipynb #20
 class DeploymentNotReady(MlopsError):
@@ -113,17 +114,17 @@ class DeploymentNotReady(MlopsError):
     exit_code = 1
 
 def approval_override(loaded: LoadedModel) -> str | None:
-    "Why `mlops-nb serve` would refuse this version as champion (the check then passes `allow_unapproved`); None if it would not."
+    "Why `mlops-nb serve` would refuse this version as champion (then the check passes `allow_unapproved`), or None."
     return approval_problem(loaded.tags, CHAMPION)
 
 def readiness_settings(cfg: Config, loaded: LoadedModel) -> ServiceSettings:
-    "`mlops-nb serve`'s settings fixed on this version: no inference log, no alias polling, the override only when needed."
+    "`mlops-nb serve`'s settings fixed on this version: no inference log, no alias polling, the override if needed."
     return service_settings(cfg, f"{loaded.name}/{loaded.version}", inference_log=None, poll_seconds=0,
                             allow_unapproved=approval_override(loaded) is not None)
 
 @contextlib.contextmanager
 def readiness_service(cfg: Config, candidate: Candidate | None):
-    "The app `mlops-nb serve` runs, for this version, on a real server at 127.0.0.1 and a free port; stopped on leaving."
+    "The app `mlops-nb serve` runs, for this version, on a real server at 127.0.0.1 and a free port; stopped after."
     if candidate is None:
         yield None
         return
@@ -137,7 +138,7 @@ def request_payload(rows: pd.DataFrame) -> dict:
 
 def post_payload(session, url: str,  # the service's address, e.g. http://127.0.0.1:8080
                  payload: dict, task: str) -> dict:
-    "One POST /invocations (probabilities asked for classes); its JSON answer, or `MlopsError` with the service's message."
+    "One POST /invocations (probabilities asked for classes): its JSON answer, or `MlopsError` with the message."
     params = {} if task == "regression" else {"probabilities": "true"}
     answer = session.post(f"{url}/invocations", json=payload, params=params, timeout=300)
     if answer.status_code != 200:
@@ -145,7 +146,7 @@ def post_payload(session, url: str,  # the service's address, e.g. http://127.0.
     return answer.json()
 
 def answer_outputs(bodies: list[dict], task: str) -> dict:
-    "The service's answers to several requests as outputs: the predictions and (classes) one probability column per class."
+    "The answers to several requests as outputs: the predictions and (classes) one probability column per class."
     predictions = [p for body in bodies for p in body["predictions"]]
     if task == "regression":
         return {"prediction": np.asarray(predictions, dtype=float), "probabilities": None}
@@ -154,15 +155,16 @@ def answer_outputs(bodies: list[dict], task: str) -> dict:
     return {"prediction": np.asarray(predictions, dtype=object), "probabilities": frame}
 
 # %% ../nbs/06_deploy.ipynb #23
-def score_over_http(server: BackgroundServer | None, candidate: Candidate | None, chunk_rows: int = 1000) -> dict | None:
-    "The service's answers for the test rows it accepts, in requests of at most `chunk_rows` rows; None without a version."
+def score_over_http(server: BackgroundServer | None, candidate: Candidate | None,
+                    chunk_rows: int = 1000) -> dict | None:
+    "The service's answers for the test rows it accepts, in requests of at most `chunk_rows` rows; None without one."
     import requests
     if server is None:
         return None
     rows = candidate.test.loc[candidate.accepted, candidate.inputs]
     with requests.Session() as session:
-        bodies = [post_payload(session, server.url, request_payload(rows.iloc[start:start + chunk_rows]), candidate.task)
-                  for start in range(0, len(rows), chunk_rows)]
+        chunks = (rows.iloc[start:start + chunk_rows] for start in range(0, len(rows), chunk_rows))
+        bodies = [post_payload(session, server.url, request_payload(chunk), candidate.task) for chunk in chunks]
     return {**answer_outputs(bodies, candidate.task), "requests": len(bodies), "rows": len(rows)}
 
 # %% ../nbs/06_deploy.ipynb #24
@@ -175,7 +177,8 @@ def parity_table(candidate: Candidate,
     rows = np.flatnonzero(candidate.accepted)
     expected = np.asarray(candidate.outputs["prediction"])[rows]
     if len(served["prediction"]) != len(rows):
-        raise DeploymentNotReady(f"the service answered {len(served['prediction']):,} predictions for {len(rows):,} rows")
+        answered = len(served["prediction"])
+        raise DeploymentNotReady(f"the service answered {answered:,} predictions for {len(rows):,} rows")
     if candidate.task == "regression":
         gap = np.abs(expected.astype(float) - served["prediction"])
         differs = ~(gap <= tolerance)  # a missing answer (NaN) differs too
@@ -190,7 +193,7 @@ def parity_table(candidate: Candidate,
 
 # %% ../nbs/06_deploy.ipynb #25
 def parity_summary(candidate: Candidate | None, served: dict | None, mismatches: pd.DataFrame | None) -> dict | None:
-    "The comparison in numbers (`deploy.json`): passed, rows compared, rows that differ, rows refused, the override used."
+    "The comparison in numbers (`deploy.json`): passed, rows compared, rows that differ or were refused, the override."
     if candidate is None:
         return None
     compared = int(candidate.accepted.sum())
@@ -205,14 +208,16 @@ def parity_markdown(parity: dict | None) -> str:
         return "No version: nothing was served."
     override = "The version was served without any override (its approval is recorded)."
     if parity["approval_override"]:
-        override = f"The version was served with the override `allow_unapproved` because {esc(parity['approval_override'])}."
+        override = ("The version was served with the override `allow_unapproved` because "
+                    f"{esc(parity['approval_override'])}.")
     if not parity["rows"]:
         return f"**The service refuses every test row**: nothing could be compared. {override}"
     if parity["passed"]:
         return (f"**The service's answers equal the model's own** on all {parity['rows']:,} test rows it accepted "
                 f"({parity['requests']} request(s)). {override}")
     return (f"**The service's answers differ from the model's own on {parity['mismatched_rows']:,} of "
-            f"{parity['rows']:,} rows** (the first are listed below; the stage fails at the end of this report). {override}")
+            f"{parity['rows']:,} rows** (the first are listed below; the stage fails at the end of this report). "
+            f"{override}")
 
 # %% ../nbs/06_deploy.ipynb #27
 LATENCY_REQUESTS = {1: 20, 1000: 5}  # rows per request: timed requests (after one untimed request)
@@ -238,7 +243,8 @@ def request_latency(server: BackgroundServer | None, candidate: Candidate | None
         for size, repeats in requests_per_size.items():
             payload = request_payload(rows.iloc[np.arange(size) % len(rows)])
             times = _timed(session, server.url, payload, candidate.task, repeats)
-            out[size] = {"requests": repeats, "median_ms": float(np.median(times)), "p95_ms": float(np.percentile(times, 95))}
+            out[size] = {"requests": repeats, "median_ms": float(np.median(times)),
+                         "p95_ms": float(np.percentile(times, 95))}
     return pd.DataFrame.from_dict(out, orient="index").rename_axis("rows per request")
 
 # %% ../nbs/06_deploy.ipynb #28
@@ -263,7 +269,7 @@ def mismatch_rows(candidate: Candidate | None, mismatches: pd.DataFrame | None, 
 BATCH_INPUT, BATCH_OUTPUT = "deploy-batch-input.parquet", "deploy-batch-scored.parquet"  # in the run folder
 
 def batch_score_test(cfg: Config, candidate: Candidate | None, folder: Path) -> dict | None:
-    "Score the test split's inputs with `score_file` into `folder`: rows, columns written, and whether it equals in process."
+    "Score the test split's inputs with `score_file` into `folder`: rows, columns written, equal to in process or not."
     if candidate is None:
         return None
     source, target = Path(folder) / BATCH_INPUT, Path(folder) / BATCH_OUTPUT
@@ -292,7 +298,7 @@ def batch_markdown(batch: dict | None) -> str:
 
 # %% ../nbs/06_deploy.ipynb #40
 def signature_table(candidate: Candidate | None, shown: int = 8) -> pd.DataFrame | None:
-    "The model's inputs as the service checks them: type, whether a value may be missing, known categories of text inputs."
+    "The model's inputs as the service checks them: type, whether a value may be missing, categories of text inputs."
     if candidate is None:
         return None
     def categories(spec: ColumnSpec) -> str:
@@ -306,8 +312,9 @@ def signature_table(candidate: Candidate | None, shown: int = 8) -> pd.DataFrame
 # %% ../nbs/06_deploy.ipynb #42
 SERVE_URL = "http://127.0.0.1:8080"  # where `mlops-nb serve` listens by default
 
-def example_requests(candidate: Candidate | None, tracking_uri: str, rows: int = 2, url: str = SERVE_URL) -> dict[str, str]:
-    "Requests for the first test rows the service accepts, from the model's own inputs: curl, Python, MLflow in process."
+def example_requests(candidate: Candidate | None, tracking_uri: str, rows: int = 2,
+                     url: str = SERVE_URL) -> dict[str, str]:
+    "Requests for the first test rows the service accepts, from the model's own inputs: curl, Python, MLflow."
     if candidate is None or not candidate.accepted.any():
         return {}
     payload = request_payload(candidate.test.loc[candidate.accepted, candidate.inputs].head(rows))
@@ -317,7 +324,8 @@ def example_requests(candidate: Candidate | None, tracking_uri: str, rows: int =
                      f"  --data {shlex.quote(json.dumps(payload))}"),
             "python": (f"import requests\n\npayload = {payload!r}\n"
                        f"answer = requests.post({address!r}, json=payload, timeout=30)\nprint(answer.json())"),
-            "mlflow": ("import pandas as pd\nfrom mlflow import MlflowClient\nfrom mlops_nb.evaluation import load_model_version\n\n"
+            "mlflow": ("import pandas as pd\nfrom mlflow import MlflowClient\n"
+                       "from mlops_nb.evaluation import load_model_version\n\n"
                        f"client = MlflowClient(tracking_uri={tracking_uri!r})\n"
                        f"# models:/{name}/{version}: every file's sha256 checked, then MLflow's pyfunc loader\n"
                        f"model = load_model_version(client, {name!r}, {version}, flavor='pyfunc').model\n"
@@ -329,7 +337,8 @@ def requests_markdown(examples: dict[str, str], answer: str | None) -> str:
         return "No version (or no test row the service accepts): no example requests."
     titles = {"curl": "curl", "python": "Python (requests)", "mlflow": "MLflow, in process"}
     blocks = [f"**{titles[k]}**\n\n<pre><code>{esc(text)}</code></pre>" for k, text in examples.items()]
-    return "\n\n".join(blocks + [f"**The service's answer** (during this check)\n\n<pre><code>{esc(answer)}</code></pre>"])
+    answered = f"**The service's answer** (during this check)\n\n<pre><code>{esc(answer)}</code></pre>"
+    return "\n\n".join(blocks + [answered])
 
 # %% ../nbs/06_deploy.ipynb #46
 def _incomparable(champion: LoadedModel, candidate: Candidate) -> str | None:
@@ -342,7 +351,7 @@ def _incomparable(champion: LoadedModel, candidate: Candidate) -> str | None:
     return None if task == candidate.task else f"it is a {task} model and this version a {candidate.task} one"
 
 def version_outputs(client, cfg: Config, candidate: Candidate) -> tuple[dict, dict, str]:
-    "The outputs on the test rows of each of the champion and this version, their thresholds, and a note; ({}, {}, note) if none."
+    "The champion's and this version's outputs on the test rows, their thresholds, a note; ({}, {}, note) if none."
     version = alias_version(client, cfg.model_name, CHAMPION)
     if version is None:
         return {}, {}, "**No champion yet**: nothing to compare with. Promoting this version would make it the first."
@@ -356,7 +365,8 @@ def version_outputs(client, cfg: Config, candidate: Candidate) -> tuple[dict, di
     outputs = dict(zip(names, (predict_outputs(champion.model, candidate.test[list(champion.model.feature_names_in_)]),
                                candidate.outputs)))
     thresholds = dict(zip(names, (model_threshold(m) for m in (champion.model, candidate.loaded.model))))
-    return outputs, thresholds, f"The champion is **version {version}**; both scored on the same {len(candidate.test):,} test rows."
+    note = f"The champion is **version {version}**; both scored on the same {len(candidate.test):,} test rows."
+    return outputs, thresholds, note
 
 # %% ../nbs/06_deploy.ipynb #47
 def side_by_side_metrics(y: pd.Series, outputs: dict, thresholds: dict) -> pd.DataFrame:
@@ -365,7 +375,7 @@ def side_by_side_metrics(y: pd.Series, outputs: dict, thresholds: dict) -> pd.Da
                          for name, out in outputs.items()}).rename_axis("metric")
 
 def side_by_side_fairness(y: pd.Series, outputs: dict, sensitive: pd.DataFrame) -> pd.DataFrame | None:
-    "The task's fairness differences of each version per sensitive feature (no interval); None without sensitive features."
+    "The task's fairness differences of each version per sensitive feature (no interval); None without any."
     if not len(sensitive.columns) or not outputs:
         return None
     task = next(iter(outputs.values()))["task"]
@@ -383,7 +393,8 @@ def disagreements(candidate: Candidate, outputs: dict) -> pd.DataFrame:
     else:
         differs = a.astype(object) != b.astype(object)
     answers = pd.DataFrame({"actual": candidate.y.to_numpy(), first: a, second: b}).rename_axis("test row")
-    return pd.concat({"answers": answers, "inputs": candidate.test[candidate.inputs].rename_axis("test row")}, axis=1)[differs]
+    inputs = candidate.test[candidate.inputs].rename_axis("test row")
+    return pd.concat({"answers": answers, "inputs": inputs}, axis=1)[differs]
 
 # %% ../nbs/06_deploy.ipynb #48
 def compare_with_champion(client, cfg: Config, candidate: Candidate | None) -> dict:
@@ -400,7 +411,7 @@ def compare_with_champion(client, cfg: Config, candidate: Candidate | None) -> d
             "disagreements": rows, "disagreeing_rows": len(rows)}
 
 def comparison_fairness_note(cfg: Config, comparison: dict) -> str:
-    "Which sensitive features the fairness comparison measures (or that none is configured); nothing without a comparison."
+    "Which sensitive features the fairness comparison measures (or that none is); nothing without a comparison."
     return fairness_note(cfg) if "metrics" in comparison else ""
 
 def disagreement_markdown(comparison: dict, rows: int) -> str:
@@ -449,13 +460,15 @@ def readiness_results(parity: dict | None, latency: pd.DataFrame | None, batch: 
             "latency": None if latency is None else {f"{rows}_rows": dict(v) for rows, v in latency.iterrows()}}
 
 def readiness_metrics(readiness: dict) -> dict[str, float]:
-    "The readiness figures as flat numbers (MLflow metrics): parity, latency, batch rows, rows the champion decides otherwise."
+    "The readiness figures as flat numbers (MLflow metrics): parity, latency, batch rows, champion disagreements."
     parity, batch, latency = readiness["parity"] or {}, readiness["batch_scoring"] or {}, readiness["latency"] or {}
     values = {"parity_passed": parity.get("passed"), "parity_rows": parity.get("rows"),
-              "parity_mismatched_rows": parity.get("mismatched_rows"), "parity_refused_rows": parity.get("refused_rows"),
+              "parity_mismatched_rows": parity.get("mismatched_rows"),
+              "parity_refused_rows": parity.get("refused_rows"),
               "batch_rows_scored": batch.get("scored"), "batch_matches_in_process": batch.get("matches_in_process"),
               "champion_disagreeing_rows": readiness["champion"]["disagreeing_rows"]}
-    values |= {f"latency_{size}_{k}": v for size, figures in latency.items() for k, v in figures.items() if k != "requests"}
+    values |= {f"latency_{size}_{k}": v for size, figures in latency.items()
+               for k, v in figures.items() if k != "requests"}
     return {k: float(v) for k, v in values.items() if v is not None}
 
 # %% ../nbs/06_deploy.ipynb #61
@@ -478,10 +491,11 @@ def deploy_results(registry: pd.DataFrame,  # `registry_table` of the model
                         **readiness_metrics(readiness)}}
 
 def check_ready(results: dict) -> None:
-    "Raise `DeploymentNotReady` when the service or the batch scorer answered differently from the model (after the report)."
+    "`DeploymentNotReady` when the service or the batch scorer answered otherwise than the model (after the report)."
     parity, batch = results["parity"], results["batch_scoring"]
     if parity is not None and not parity["passed"]:
-        raise DeploymentNotReady(f"the service's answers differ from the model's own on {parity['mismatched_rows']:,} of "
+        differing = parity["mismatched_rows"]
+        raise DeploymentNotReady(f"the service's answers differ from the model's own on {differing:,} of "
                                  f"{parity['rows']:,} test rows accepted (see the deploy report)")
     if batch is not None and not batch["matches_in_process"]:
         raise DeploymentNotReady("the batch scorer's predictions differ from the model's own (see the deploy report)")

@@ -91,10 +91,10 @@ class _Output:
 
 # %% ../nbs/05b_scoring.ipynb #8
 OUTPUT_COLUMNS = ("probability", "prediction", "model_version")
-PREDICTION_TYPES = {"binary": "int64", "multiclass": "string", "regression": "float64"}  # Arrow type of `prediction`, by task
+PREDICTION_TYPES = {"binary": "int64", "multiclass": "string", "regression": "float64"}  # `prediction` by task
 
 def output_columns(model, X: pd.DataFrame) -> dict:
-    "The columns scoring appends, as Arrow arrays: `probability` (positive class; predicted class; none for a quantity), `prediction`."
+    "Appended columns (Arrow): `probability` (positive class; predicted class; none for a quantity), `prediction`."
     import pyarrow as pa
     task = model_task(model)
     if not len(X):
@@ -109,7 +109,7 @@ def output_columns(model, X: pd.DataFrame) -> dict:
     return {"probability": pa.array(probability, pa.float64()), "prediction": prediction}
 
 def _score_chunk(loaded: LoadedModel, schema: list[ColumnSpec], raw, frame: pd.DataFrame, from_text: bool, allow_nulls: bool):
-    "One chunk: its problems (rows within the chunk), the raw table of its valid rows with the output columns, unseen categories."
+    "One chunk: its problems (rows in the chunk), its valid rows (raw) with the output columns, unseen categories."
     import pyarrow as pa
     clash = [c for c in OUTPUT_COLUMNS if c in frame.columns]
     if clash: raise DataValidationError(f"the input already has the output column(s) {clash}: rename or drop them")

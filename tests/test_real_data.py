@@ -48,9 +48,10 @@ def _assert_a_users_run(run: dict) -> dict:
     assert "mlops_nb.failed_stage" not in version.tags
     for stage in ("monitoring", "deploy"):
         assert model["uri"] in (run_dir / f"{stage}.html").read_text(encoding="utf-8"), stage
-    deploy = read_json(run_dir / "deploy.json")  # the service and the batch scorer answered like the model, for any data
-    assert deploy["parity"]["passed"] is True and deploy["batch_scoring"]["matches_in_process"] is True, deploy["parity"]
-    assert deploy["batch_scoring"]["scored"] == deploy["parity"]["rows"] and deploy["latency"]["1_rows"]["median_ms"] > 0
+    deploy = read_json(run_dir / "deploy.json")  # the service and the batch scorer answer like the model, for any data
+    parity, batch = deploy["parity"], deploy["batch_scoring"]
+    assert parity["passed"] is True and batch["matches_in_process"] is True, parity
+    assert batch["scored"] == parity["rows"] and deploy["latency"]["1_rows"]["median_ms"] > 0
     for html in run_dir.glob("*.html"):
         assert not BUILT_IN_COLUMNS.search(html.read_text(encoding="utf-8")), html.name
     return read_json(run_dir / "eda.json")["schema"]
