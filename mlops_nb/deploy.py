@@ -419,6 +419,8 @@ def disagreement_markdown(comparison: dict, rows: int) -> str:
     if "disagreements" not in comparison:
         return ""
     count = comparison["disagreeing_rows"]
+    if not count:
+        return f"They agree on all {rows:,} test rows."
     return f"They disagree on **{count:,} of {rows:,}** test rows ({count / rows:.1%}); the first are shown below."
 
 # %% ../nbs/06_deploy.ipynb #55
