@@ -18,7 +18,7 @@ __all__ = ['app', 'DECISION_EXIT_CODES', 'guarded', 'run', 'validate', 'monitor'
 
 # %% ../nbs/08_cli.ipynb #6
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="mlops_nb: notebook-first MLOps for tabular classification.")
+                  help="mlops_nb: notebook-first MLOps for tabular supervised learning (classification and regression).")
 _state = {"debug": False}
 
 # %% ../nbs/08_cli.ipynb #7
