@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 
 from .core import Config, ConfigError, DataValidationError, mlflow_client, tracking_uri
-from .evaluation import CHAMPION, LoadedModel, decisions, load_model_version, positive_scores
+from .evaluation import CHAMPION, LoadedModel, load_model_version, model_task
 from .registry import parse_model_spec
 from .serving import (TYPE_NAMES, ColumnSpec, check_frame, describe_problems, describe_value, input_schema, model_frame,
-                              unseen_categories)
+                              model_outputs, unseen_categories)
 
 # %% auto #0
-__all__ = ['OUTPUT_COLUMNS', 'chunk_problems', 'score_file']
+__all__ = ['OUTPUT_COLUMNS', 'PREDICTION_TYPES', 'chunk_problems', 'output_columns', 'score_file']
 
 # %% ../nbs/05b_scoring.ipynb #4
 def _kind_of(path: Path) -> str:
@@ -91,22 +91,38 @@ class _Output:
 
 # %% ../nbs/05b_scoring.ipynb #8
 OUTPUT_COLUMNS = ("probability", "prediction", "model_version")
+PREDICTION_TYPES = {"binary": "int64", "multiclass": "string", "regression": "float64"}  # `prediction` by task
+
+def output_columns(model, X: pd.DataFrame) -> dict:
+    "Appended columns (Arrow): `probability` (positive class; predicted class; none for a quantity), `prediction`."
+    import pyarrow as pa
+    task = model_task(model)
+    if not len(X):
+        empty = {"prediction": pa.array([], PREDICTION_TYPES[task])}
+        return empty if task == "regression" else {"probability": pa.array([], pa.float64()), **empty}
+    outputs = model_outputs(model, X)  # the service's own outputs: the prediction at the model's threshold
+    prediction = pa.array(outputs.prediction, PREDICTION_TYPES[task])
+    if task == "regression":
+        return {"prediction": prediction}
+    chosen = [outputs.classes.index(str(p)) for p in outputs.prediction] if task == "multiclass" else None
+    probability = outputs.score if task == "binary" else outputs.probabilities[np.arange(len(X)), chosen]
+    return {"probability": pa.array(probability, pa.float64()), "prediction": prediction}
 
 def _score_chunk(loaded: LoadedModel, schema: list[ColumnSpec], raw, frame: pd.DataFrame, from_text: bool, allow_nulls: bool):
-    "One chunk: its problems (rows within the chunk), the raw table of its valid rows with the three output columns, unseen categories."
+    "One chunk: its problems (rows in the chunk), its valid rows (raw) with the output columns, unseen categories."
     import pyarrow as pa
     clash = [c for c in OUTPUT_COLUMNS if c in frame.columns]
     if clash: raise DataValidationError(f"the input already has the output column(s) {clash}: rename or drop them")
     converted, problems = chunk_problems(frame, schema, from_text, allow_nulls)
     keep = ~np.isin(np.arange(len(frame)), problems["row"].to_numpy(dtype=int))
     valid = converted[keep].reset_index(drop=True)
-    scores = positive_scores(loaded.model, model_frame(valid, schema)) if len(valid) else np.array([], dtype=float)
     table = (raw if keep.all() else raw.filter(pa.array(keep))).replace_schema_metadata(None)
-    table = (table.append_column("probability", pa.array(scores, pa.float64())).append_column("prediction", pa.array(decisions(scores), pa.int64()))
-             .append_column("model_version", pa.array([str(loaded.version)] * len(valid), pa.string())))
+    for name, values in output_columns(loaded.model, model_frame(valid, schema)).items():
+        table = table.append_column(name, values)
+    table = table.append_column("model_version", pa.array([str(loaded.version)] * len(valid), pa.string()))
     return problems, table, pd.Series([c for row in unseen_categories(valid, schema) for c in row], dtype=object).value_counts()
 
-# %% ../nbs/05b_scoring.ipynb #9
+# %% ../nbs/05b_scoring.ipynb #10
 @contextlib.contextmanager
 def _progress(enabled: bool, total: int | None, description: str):
     "A rich progress bar on stderr (rows); a no-op when disabled."
@@ -121,7 +137,7 @@ def _total_rows(path: Path) -> int | None:
     import pyarrow.parquet as pq
     return pq.ParquetFile(path).metadata.num_rows if _kind_of(path) == "parquet" else None
 
-# %% ../nbs/05b_scoring.ipynb #10
+# %% ../nbs/05b_scoring.ipynb #11
 def score_file(cfg: Config, input: str | Path, output: str | Path,
                model: str | None = None,  # NAME@ALIAS or NAME/VERSION; default: the config's model @champion
                on_invalid: str = "fail",  # 'fail': write nothing, exit 4 naming the rows; 'skip': score the rest, list them
@@ -137,7 +153,7 @@ def score_file(cfg: Config, input: str | Path, output: str | Path,
     loaded = load_model_version(mlflow_client(tracking_uri(cfg)), name, reference)
     return _score_chunks(cfg, loaded, input_schema(loaded), input, _Output(output), on_invalid, chunk_rows, allow_nulls, progress)
 
-# %% ../nbs/05b_scoring.ipynb #11
+# %% ../nbs/05b_scoring.ipynb #12
 def _score_chunks(cfg, loaded, schema, input: Path, out: _Output, on_invalid: str, chunk_rows: int, allow_nulls: bool, progress: bool) -> dict:
     "The chunk loop of `score_file`: score, write, collect problems; commit the output only when no row failed (or in skip mode)."
     rows, lines, invalid, unseen, t0 = 0, [], 0, pd.Series(dtype=float), time.perf_counter()

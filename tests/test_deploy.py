@@ -1,7 +1,8 @@
-"""Promotion (gates, approvals, rollback, serialized alias moves), batch scoring (CSV/Parquet, chunks, invalid rows) and the
-Dockerfile. Real MLflow registry in tmp_path: three versions registered once per module (logistic regression and random
-forest pass their gate, the dummy model fails it)."""
-import shutil, subprocess, threading, tracemalloc
+"""The deploy stage of a real run (the readiness report of the run's version), promotion (gates, approvals, rollback,
+serialized alias moves), batch scoring (CSV/Parquet, chunks, invalid rows) and the Dockerfile. Real MLflow registry in
+tmp_path: three versions registered once per module (logistic regression and random forest pass their gate, the dummy
+model fails it)."""
+import html, shutil, subprocess, threading, tracemalloc
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,7 +11,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from conftest import REPO, write_config
+from conftest import REPO, read_json, write_config
 from mlops_nb.models import model_columns
 from mlops_nb.cli import app
 from mlops_nb.core import load_config, mlflow_client, run_context
@@ -53,6 +54,43 @@ def cli(*args):
 
 def aliases(reg) -> dict:
     return {a: str(v) for a, v in reg.client.get_registered_model(reg.name).aliases.items()}
+
+
+# ---------------------------------------------------------------- the deploy stage of a real run
+
+def test_the_deploy_stage_serves_scores_and_times_the_runs_own_version(e2e_run):
+    "The shared run's deploy.json: the service answered like the model on every test row, latency, the batch scorer."
+    run_dir, model = e2e_run["run_dir"], e2e_run["summary"]["model"]
+    deploy = read_json(run_dir / "deploy.json")
+    test_rows = read_json(run_dir / "eda.json")["metrics"]["test_rows"]
+    assert deploy["run_version"]["version"] == model["version"] and "challenger" in deploy["run_version"]["aliases"]
+    parity = deploy["parity"]
+    assert parity["passed"] is True and (parity["rows"], parity["mismatched_rows"], parity["refused_rows"]) == (test_rows, 0, 0)
+    assert parity["approval_override"].startswith("no approval recorded")  # not promoted: served with the explicit override
+    for size in ("1_rows", "1000_rows"):
+        figures = deploy["latency"][size]
+        assert figures["requests"] >= 5 and 0 < figures["median_ms"] <= figures["p95_ms"], (size, figures)
+    batch = deploy["batch_scoring"]
+    assert (batch["rows"], batch["scored"], batch["invalid_rows"], batch["matches_in_process"]) == (test_rows, test_rows, 0, True)
+    assert batch["columns_written"] == ["probability", "prediction", "model_version"]
+    scored = pd.read_parquet(batch["output"])
+    assert Path(batch["output"]).parent == run_dir and len(scored) == test_rows
+    assert set(scored.model_version) == {str(model["version"])}
+    assert deploy["champion"]["version"] is None and "No champion yet" in deploy["champion"]["note"]
+    assert deploy["metrics"]["parity_passed"] == 1.0 and deploy["metrics"]["batch_rows_scored"] == float(test_rows)
+    assert all(type(v) is float for v in deploy["metrics"].values()), deploy["metrics"]
+
+
+def test_the_deploy_report_names_the_version_and_the_promote_command(e2e_run):
+    run_dir, model = e2e_run["run_dir"], e2e_run["summary"]["model"]
+    deploy = read_json(run_dir / "deploy.json")
+    page = html.unescape((run_dir / "deploy.html").read_text(encoding="utf-8"))
+    assert f"models:/{model['name']}/{model['version']}" in page
+    assert deploy["promote_command"].startswith(f"mlops-nb promote {model['version']} --config ")
+    assert deploy["promote_command"] in page
+    assert "The service's answers equal the model's own" in page and "allow_unapproved" in page
+    for column in read_json(run_dir / "eda.json")["schema"]["features"][:3]:  # the requests are built from the model's inputs
+        assert f'"{column}"' in page, column
 
 
 # ---------------------------------------------------------------- promotion

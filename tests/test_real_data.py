@@ -7,7 +7,7 @@ search over an estimator of the user's is recorded and registered; on imbalanced
 cross-validation differs from 0.5 and the service decides with it; a multiclass and a regression model are served and
 monitored.
 """
-import json, re
+import re
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,10 @@ def _assert_a_users_run(run: dict) -> dict:
     assert "mlops_nb.failed_stage" not in version.tags
     for stage in ("monitoring", "deploy"):
         assert model["uri"] in (run_dir / f"{stage}.html").read_text(encoding="utf-8"), stage
+    deploy = read_json(run_dir / "deploy.json")  # the service and the batch scorer answer like the model, for any data
+    parity, batch = deploy["parity"], deploy["batch_scoring"]
+    assert parity["passed"] is True and batch["matches_in_process"] is True, parity
+    assert batch["scored"] == parity["rows"] and deploy["latency"]["1_rows"]["median_ms"] > 0
     for html in run_dir.glob("*.html"):
         assert not BUILT_IN_COLUMNS.search(html.read_text(encoding="utf-8")), html.name
     return read_json(run_dir / "eda.json")["schema"]
@@ -88,27 +92,24 @@ def test_string_labels_sensitive_column_and_a_threshold_chosen_by_cross_validati
     threshold = evaluation["threshold"]
     assert threshold != 0.5 and "f1" in evaluation["threshold_reason"]
     assert "sex" in evaluation["summary"]["fairness"]
-    deploy = read_json(crashes["run_dir"] / "deploy.json")
-    assert json.dumps(deploy).count("parity") and deploy  # the service answered like the model (checked in test_deploy)
     _service_decides_with_the_threshold(crashes, threshold)
 
 
 def _service_decides_with_the_threshold(run: dict, threshold: float) -> None:
     "Serve the registered version (a real uvicorn on 127.0.0.1): its decisions are its probabilities at the threshold."
     from mlops_nb.core import load_config
-    from mlops_nb.serving import BackgroundServer, ScoringService, service_settings, example_payloads
+    from mlops_nb.serving import BackgroundServer, ScoringService, create_app, example_payloads, service_settings
     model = run["summary"]["model"]
     cfg = load_config(run["config"])
     rows = pd.read_csv(run["data"]).drop(columns=["dead", "caseid", "injSeverity"]).head(300)
     settings = service_settings(cfg, f"{model['name']}/{model['version']}", inference_log=None, poll_seconds=0,
                                 allow_unapproved=True)
-    with BackgroundServer(ScoringService(settings)) as server:
+    with BackgroundServer(create_app(ScoringService(settings))) as server:
         payload = example_payloads(rows)["dataframe_split"]
         answer = requests.post(f"{server.url}/invocations", json=payload, params={"probabilities": "true"}, timeout=60)
     assert answer.status_code == 200, answer.text
     body = answer.json()
-    predictions = np.array([p["prediction"] for p in body["predictions"]])
-    scores = np.array([p["probability"] for p in body["predictions"]])
+    predictions, scores = np.array(body["predictions"]), np.array(body["probabilities"])  # the positive class's
     assert ((scores >= threshold).astype(int) == predictions).all()
     assert ((scores >= 0.5) != (scores >= threshold)).any()  # the threshold changes some decisions
 
@@ -140,5 +141,5 @@ def test_each_task_end_to_end_served_and_monitored(tmp_path_factory, name, task,
     assert proc.returncode == 0, proc.stderr
     decision = read_json(run["folder"] / "reports" / "monitoring" / f"{name}-batch" / "decision.json")
     assert decision["task"] == task and metric in decision["performance"]
-    deploy = read_json(run["run_dir"] / "deploy.json")
-    assert deploy  # served over HTTP by the deploy stage: its parity is checked in tests/test_deploy.py
+    assert read_json(run["run_dir"] / "deploy.json")["batch_scoring"]["columns_written"] == (
+        ["probability", "prediction", "model_version"] if task == "multiclass" else ["prediction", "model_version"])
