@@ -916,4 +916,5 @@ d = { 'settings': { 'branch': 'main',
                                 'mlops_nb.spark.read_parquet_spark': ('spark.html#read_parquet_spark', 'mlops_nb/spark.py'),
                                 'mlops_nb.spark.reference_drift_spark': ('spark.html#reference_drift_spark', 'mlops_nb/spark.py'),
                                 'mlops_nb.spark.score_parquet_spark': ('spark.html#score_parquet_spark', 'mlops_nb/spark.py'),
+                                'mlops_nb.spark.scored_columns': ('spark.html#scored_columns', 'mlops_nb/spark.py'),
                                 'mlops_nb.spark.spark_session': ('spark.html#spark_session', 'mlops_nb/spark.py')}}}

@@ -14,16 +14,17 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import kstwo
 
 from .core import Config, ConfigError, DataValidationError, MlopsError, finish_stage, md, mlflow_client, run_context, tracking_uri
-from .evaluation import CHAMPION, decisions, load_model_version, pip_requirements, positive_scores, temporary_environment
+from .evaluation import CHAMPION, load_model_version, model_task, pip_requirements, temporary_environment
+from .scoring import output_columns
 from .monitoring import (DRIFT_TESTS, _column_reference, _override, chisquare_counts, dataset_drift, default_test,
                                  ks_drift, level_weights, quantile_levels, reference_cdf)
 from .registry import parse_model_spec, resolve_model
 
 # %% auto #0
-__all__ = ['SPARK_QUANTILE_ERROR', 'KS_COLLECT_ROWS', 'SPARK_SCORES', 'SPARK_ASSUMPTION', 'SparkUnavailable', 'java_available',
-           'spark_session', 'ScoringModel', 'partition_columns', 'read_parquet_spark', 'prepare_frame',
-           'score_parquet_spark', 'batch_statistics_spark', 'drift_from_statistics', 'reference_drift_spark',
-           'assess_parquet_spark', 'monitor_batch_spark']
+__all__ = ['SCORED_COLUMNS', 'SPARK_QUANTILE_ERROR', 'KS_COLLECT_ROWS', 'SPARK_SCORES', 'SPARK_ASSUMPTION', 'SparkUnavailable',
+           'java_available', 'spark_session', 'ScoringModel', 'scored_columns', 'partition_columns',
+           'read_parquet_spark', 'prepare_frame', 'score_parquet_spark', 'batch_statistics_spark',
+           'drift_from_statistics', 'reference_drift_spark', 'assess_parquet_spark', 'monitor_batch_spark']
 
 # %% ../nbs/06a_spark.ipynb #7
 class SparkUnavailable(MlopsError):
@@ -53,32 +54,46 @@ def spark_session(master: str = "local[2]",  # local[N] threads here, or a clust
     return spark
 
 # %% ../nbs/06a_spark.ipynb #12
+# The columns scoring appends, by task, as Spark types: what `scoring.output_columns` gives the pandas engine.
+SCORED_COLUMNS = {"binary": {"probability": "double", "prediction": "long"},  # the positive class; 0/1 at the threshold
+                  "multiclass": {"probability": "double", "prediction": "string"},  # the predicted class and its probability
+                  "regression": {"prediction": "double"}}  # the predicted value
+
+
 class ScoringModel(mlflow.pyfunc.PythonModel):
-    "The verified pipeline as an MLflow pyfunc returning `probability` (positive class) and `prediction` (0/1)."
+    "The verified pipeline as an MLflow pyfunc returning the batch scorer's columns for its task (`SCORED_COLUMNS`)."
     def load_context(self, context):
         import mlflow.sklearn
         self.model = mlflow.sklearn.load_model(context.artifacts["model"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        scores = positive_scores(self.model, model_input[list(self.model.feature_names_in_)])
-        return pd.DataFrame({"probability": scores, "prediction": decisions(scores)})
+        columns = output_columns(self.model, model_input[list(self.model.feature_names_in_)])
+        return pd.DataFrame({name: values.to_pandas() for name, values in columns.items()})
+
+
+def scored_columns(loaded) -> dict[str, str]:
+    "The columns Spark scoring appends for this version's task, with their Spark types."
+    return SCORED_COLUMNS[model_task(loaded.model)]
+
 
 def _scoring_pyfunc(loaded, folder: Path) -> Path:
-    "Save the wrapper of a verified model version (its input signature, two outputs) as a pyfunc model in `folder`."
+    "Save the wrapper of a verified model version (its input signature, its task's outputs) as a pyfunc in `folder`."
     from mlflow.models import Model, ModelSignature
     from mlflow.types import ColSpec, Schema
-    signature = ModelSignature(inputs=Model.load(str(loaded.path)).signature.inputs,
-                               outputs=Schema([ColSpec("double", "probability"), ColSpec("long", "prediction")]))
+    kinds = {"double": "double", "long": "long", "string": "string"}
+    outputs = Schema([ColSpec(kinds[kind], name) for name, kind in scored_columns(loaded).items()])
+    signature = ModelSignature(inputs=Model.load(str(loaded.path)).signature.inputs, outputs=outputs)
     path = Path(folder) / "scoring-model"
     mlflow.pyfunc.save_model(str(path), python_model=ScoringModel(), artifacts={"model": str(loaded.path)},
                              signature=signature, pip_requirements=pip_requirements())
     return path
 
 def _scoring_udf(spark, loaded, folder: Path):
-    "A `spark_udf` of the wrapper of a verified model version: a struct of `probability` and `prediction` per row."
+    "A `spark_udf` of the wrapper of a verified model version: a struct of its task's scored columns per row."
     import mlflow.pyfunc
+    result_type = ", ".join(f"{name} {kind}" for name, kind in scored_columns(loaded).items())
     with temporary_environment(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
-        return mlflow.pyfunc.spark_udf(spark, str(_scoring_pyfunc(loaded, folder)), result_type="probability double, prediction long",
+        return mlflow.pyfunc.spark_udf(spark, str(_scoring_pyfunc(loaded, folder)), result_type=result_type,
                                        env_manager="local", extra_env={"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"})
 
 # %% ../nbs/06a_spark.ipynb #13
@@ -120,7 +135,7 @@ def score_parquet_spark(cfg: Config,
                         model: str | None = None,  # NAME@ALIAS or NAME/VERSION; default: the config's model @champion
                         master: str = "local[2]",  # Spark master
                        ) -> dict:
-    "Score a Parquet dataset with `mlflow.pyfunc.spark_udf`; write it with `probability` and `prediction`, partitioned like the input."
+    "Score a Parquet dataset with `mlflow.pyfunc.spark_udf`; write it with the task's scored columns, partitioned like the input."
     from pyspark.sql import functions as F
     output = Path(output)
     if output.exists(): raise ConfigError(f"output {output} already exists: choose a new path")
@@ -134,7 +149,7 @@ def score_parquet_spark(cfg: Config,
     with tempfile.TemporaryDirectory(prefix="mlops_nb-spark-") as tmp:
         udf = _scoring_udf(spark, loaded, Path(tmp))
         scored = frame.withColumn("_scored", udf(F.struct(*[F.col(f"`{c}`") for c in needed])))
-        scored = scored.select(*[F.col(f"`{c}`") for c in frame.columns], "_scored.probability", "_scored.prediction",
+        scored = scored.select(*[F.col(f"`{c}`") for c in frame.columns], *[f"_scored.{c}" for c in scored_columns(loaded)],
                                F.lit(str(loaded.version)).alias("model_version"))
         by = partition_columns(input)
         (scored.write.partitionBy(*by) if by else scored.write).parquet(str(output))
@@ -423,7 +438,9 @@ def _prediction_drift(spark, cfg: Config, data, loaded, reference: dict, methods
     frame, needed = read_parquet_spark(spark, data, cfg), list(loaded.model.feature_names_in_)
     with tempfile.TemporaryDirectory(prefix="mlops_nb-spark-") as tmp:
         udf = _scoring_udf(spark, loaded, Path(tmp))
-        scores = frame.select(udf(F.struct(*[F.col(f"`{c}`") for c in needed])).probability.alias("prediction")).cache()
+        compared = "probability" if model_task(loaded.model) == "binary" else "prediction"  # as `prediction_values`
+        scored = udf(F.struct(*[F.col(f"`{c}`") for c in needed]))
+        scores = frame.select(scored[compared].alias("prediction")).cache()
         scores.count()  # score once: the statistics below read the cached scores
         refs = {"rows": reference["rows"], "columns": {"prediction": pred_ref}}
         stats = batch_statistics_spark(scores, refs, ["prediction"], methods)

@@ -1,6 +1,7 @@
 """Shared fixtures: the real `mlops-nb` console script, small configs and one end-to-end run."""
 import json, os, socket, subprocess, sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -88,6 +89,23 @@ def write_config(folder: Path, **sections) -> Path:
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+def registered_project(folder: Path, frame, target: str, estimator: str) -> SimpleNamespace:
+    "Fit and register a version of `estimator` on `frame` in a store of its own (what the evaluation stage registers)."
+    from mlops_nb.core import run_context
+    from mlops_nb.eda import load_data, reference_statistics
+    from mlops_nb.evaluation import log_model, register_version
+    from mlops_nb.models import build_pipeline, model_columns, target_vector
+    frame.to_csv(folder / "data.csv", index=False)
+    config = write_config(folder, data={"source": "data.csv", "target": target})
+    ctx = run_context(config, folder / "run")
+    data, schema = load_data(ctx)
+    X = data[model_columns(schema)]
+    pipeline = build_pipeline(schema, estimator).fit(X, target_vector(data, ctx.config))
+    reference = reference_statistics(data, schema, scores=pipeline.predict(X))
+    model = register_version(ctx, log_model(ctx, pipeline, X, reference), gates=[])
+    return SimpleNamespace(folder=folder, config=config, cfg=ctx.config, pipeline=pipeline, model=model, data=data)
 
 
 @pytest.fixture(scope="session")

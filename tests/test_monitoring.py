@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import chi2_contingency, ks_2samp, wasserstein_distance
 
-from conftest import read_json, run_cli, write_config
+from conftest import read_json, registered_project, run_cli, write_config
 from mlops_nb.models import build_pipeline, model_columns, target_vector
 from mlops_nb.core import ConfigError, DataValidationError, MlopsError, apply_task, load_config, run_context
 from mlops_nb.eda import QUANTILE_LEVELS, load_data, reference_statistics
@@ -473,19 +473,6 @@ def test_monitoring_in_a_training_run_is_the_baseline_of_the_runs_version(projec
     assert not (run_dir / "monitoring" / "test-split").exists()  # the test split's decision is shown, never recorded
 
 
-def _registered_project(folder: Path, frame: pd.DataFrame, target: str, estimator: str) -> SimpleNamespace:
-    "Fit and register a version of `estimator` on `frame` in a store of its own (what the evaluation stage registers)."
-    frame.to_csv(folder / "data.csv", index=False)
-    config = write_config(folder, data={"source": "data.csv", "target": target})
-    ctx = run_context(config, folder / "run")
-    data, schema = load_data(ctx)
-    X = data[model_columns(schema)]
-    pipeline = build_pipeline(schema, estimator).fit(X, target_vector(data, ctx.config))
-    reference = reference_statistics(data, schema, scores=pipeline.predict(X))
-    model = register_version(ctx, log_model(ctx, pipeline, X, reference), gates=[])
-    return SimpleNamespace(folder=folder, config=config, cfg=ctx.config, pipeline=pipeline, model=model, data=data)
-
-
 @pytest.mark.parametrize("task", ["multiclass", "regression"])
 def test_a_multiclass_and_a_regression_batch_are_monitored_with_their_labels(tmp_path, task):
     from sklearn.datasets import load_diabetes, load_wine
@@ -493,7 +480,7 @@ def test_a_multiclass_and_a_regression_batch_are_monitored_with_their_labels(tmp
     frame = loader(as_frame=True).frame
     if task == "multiclass":
         frame["target"] = frame["target"].map({0: "class_0", 1: "class_1", 2: "class_2"})
-    p = _registered_project(tmp_path, frame, "target", estimator)
+    p = registered_project(tmp_path, frame, "target", estimator)
     assert p.cfg.data.task == task
     frame.sample(120, random_state=1).to_csv(tmp_path / "batch.csv", index=False)
     proc = run_cli("monitor", "--config", p.config, tmp_path / "batch.csv", "--labels", "--batch-id", "b",

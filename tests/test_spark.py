@@ -18,6 +18,7 @@ from mlops_nb.eda import load_data, load_splits, reference_statistics
 from mlops_nb.evaluation import CHAMPION, decisions, log_model, positive_scores, register_version
 from mlops_nb.monitoring import drift_report, monitor_batch
 from mlops_nb import spark as S
+from conftest import registered_project
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +75,31 @@ def test_spark_scoring_equals_the_pandas_engine_and_keeps_the_partitions(project
     a, b = _sorted(spark_rows[pandas_rows.columns], key), _sorted(pandas_rows, key)
     pd.testing.assert_frame_equal(a, b, check_dtype=False, check_exact=False, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(a["prediction"].to_numpy(), decisions(a["probability"]))
+
+
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+def test_spark_scores_each_task_like_the_pandas_engine(spark, tmp_path, task):
+    "Wine (three named classes) and diabetes (a quantity): the Spark engine writes the batch scorer's columns and values."
+    from sklearn.datasets import load_diabetes, load_wine
+    from mlops_nb.scoring import score_file
+    loader, estimator = (load_wine, "logistic_regression") if task == "multiclass" else (load_diabetes, "ridge")
+    frame = loader(as_frame=True).frame
+    if task == "multiclass":
+        frame["target"] = frame["target"].map({0: "class_0", 1: "class_1", 2: "class_2"})
+    p = registered_project(tmp_path, frame, "target", estimator)
+    model = f"{p.model['name']}/{p.model['version']}"
+    batch = tmp_path / "batch.parquet"
+    frame.drop(columns="target").to_parquet(batch, index=False)
+    S.score_parquet_spark(p.cfg, batch, tmp_path / "spark-out", model=model)
+    score_file(p.cfg, batch, tmp_path / "pandas-out.parquet", model=model, progress=False)
+    spark_rows, pandas_rows = pd.read_parquet(tmp_path / "spark-out"), pd.read_parquet(tmp_path / "pandas-out.parquet")
+    added = ["probability", "prediction"] if task == "multiclass" else ["prediction"]
+    assert [c for c in spark_rows.columns if c not in frame.columns] == [*added, "model_version"]
+    key = list(frame.columns.drop("target"))
+    a, b = _sorted(spark_rows[pandas_rows.columns], key), _sorted(pandas_rows, key)
+    pd.testing.assert_frame_equal(a, b, check_dtype=False, check_exact=False, rtol=0, atol=1e-9)
+    if task == "multiclass":
+        assert set(a["prediction"]) <= {"class_0", "class_1", "class_2"} and a["probability"].between(1 / 3, 1).all()
 
 
 def test_scoring_refuses_what_it_cannot_score(project, tmp_path):
