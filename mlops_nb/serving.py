@@ -17,8 +17,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .core import (Config, ConfigError, MlopsError, _jsonable, mlflow_client, package_version, resolve_path, tracking_uri,
-                           utc_now)
+from .core import (Config, ConfigError, MlopsError, jsonable, mlflow_client, package_version, resolve_path,
+                           tracking_uri, utc_now)
 from .evaluation import (CHALLENGER, CHAMPION, LoadedModel, alias_version, load_model_version, model_task, predict_outputs,
                                  resolve_version)
 from .registry import FAILED_STAGE_TAG, GATES_PASSED_TAG, parse_model_spec
@@ -825,7 +825,7 @@ class InferenceLogWriter:
                     rows, outputs, fields = value
                     lines = log_lines(rows, outputs, **fields, policy=self.policy)
                 else:
-                    lines = [json.dumps(_jsonable(value))]
+                    lines = [json.dumps(jsonable(value))]
                 self._rotate()
                 with open(self.path, "a", encoding="utf-8") as f:
                     f.write("".join(line + "\n" for line in lines))

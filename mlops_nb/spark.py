@@ -15,8 +15,8 @@ from scipy.stats import kstwo
 
 from .core import Config, ConfigError, DataValidationError, MlopsError, finish_stage, md, mlflow_client, run_context, tracking_uri
 from .evaluation import CHAMPION, decisions, load_model_version, pip_requirements, positive_scores, temporary_environment
-from .monitoring import (DRIFT_TESTS, _column_reference, _override, chisquare_counts, dataset_drift, default_test,
-                                 ks_drift, level_weights, quantile_levels, reference_cdf)
+from .monitoring import (DRIFT_TESTS, chisquare_counts, column_reference, dataset_drift, default_test, ks_drift,
+                                 level_weights, quantile_levels, reference_cdf, requested_drift_test)
 from .registry import parse_model_spec, resolve_model
 
 # %% auto #0
@@ -286,7 +286,7 @@ def _tests(reference: dict, columns: list[str], methods: dict | None,
     "The (test, threshold) of each column: the override in `methods`, else monitoring's default for the two sizes."
     out = {}
     for c in columns:
-        test, threshold = _override(c, methods)
+        test, threshold = requested_drift_test(c, methods)
         test = test or default_test(reference["columns"][c]["kind"], reference["rows"], present[c])
         if test not in DRIFT_TESTS: raise ConfigError(f"drift test for {c!r}: unknown test {test!r}; choose from {list(DRIFT_TESTS)}")
         out[c] = (test, threshold)
@@ -302,7 +302,8 @@ def batch_statistics_spark(frame,  # the batch as a Spark frame (every reference
     stats = _basic_statistics(frame, reference, columns, no_range)
     tests = stats["tests"] = _tests(reference, columns, methods, {c: stats["columns"][c]["present"] for c in columns})
     numeric = [c for c in columns if reference["columns"][c]["kind"] == "numeric" and stats["columns"][c]["present"]]
-    levels = {c: quantile_levels(_column_reference(reference["columns"][c], reference)) for c in numeric if "quantiles" in reference["columns"][c]}
+    stored = reference["columns"]
+    levels = {c: quantile_levels(column_reference(stored[c], reference)) for c in numeric if "quantiles" in stored[c]}
     for group in {tuple(v) for v in levels.values()}:  # the batch's quantiles at the reference's own levels (one group in practice)
         same = [c for c in levels if tuple(levels[c]) == group]
         for c, q in zip(same, frame.approxQuantile(same, list(group), SPARK_QUANTILE_ERROR)): stats["columns"][c].update(quantiles=q, quantile_levels=levels[c].tolist())
@@ -346,7 +347,7 @@ def reference_drift_spark(cfg: Config,
     columns = [c for c in reference["columns"] if c not in exclude]
     _check_inputs(frame, columns, "the batch")
     stats = batch_statistics_spark(frame, reference, columns, methods, no_range=tuple(exclude))
-    rows = {c: drift_from_statistics(_column_reference(reference["columns"][c], reference), stats["columns"][c],
+    rows = {c: drift_from_statistics(column_reference(reference["columns"][c], reference), stats["columns"][c],
                                      *stats["tests"][c], column=c) for c in columns}
     table = pd.DataFrame.from_dict(rows, orient="index", columns=["test", "score", "threshold", "drifted"]).rename_axis("column")
     table.attrs.update(rows=stats["rows"], statistics=stats["columns"], batch_columns=list(frame.columns))
@@ -428,5 +429,5 @@ def _prediction_drift(spark, cfg: Config, data, loaded, reference: dict, methods
         refs = {"rows": reference["rows"], "columns": {"prediction": pred_ref}}
         stats = batch_statistics_spark(scores, refs, ["prediction"], methods)
         scores.unpersist()
-    return drift_from_statistics(_column_reference(pred_ref, reference), stats["columns"]["prediction"],
+    return drift_from_statistics(column_reference(pred_ref, reference), stats["columns"]["prediction"],
                                  *stats["tests"]["prediction"], column="prediction")
