@@ -4,7 +4,6 @@
 
 # %% ../nbs/08_cli.ipynb #2
 from __future__ import annotations
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -69,7 +68,7 @@ def validate(data: Path = typer.Argument(..., help="CSV or Parquet file to check
              config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: built-in)."),
              set_: List[str] = typer.Option([], "--set", help="Override a config key: key.path=value.")):
     "Check a data file against the config's expectations; exit 4 listing every problem."
-    from mlops_nb.core import load_config, DataValidationError
+    from mlops_nb.core import load_config
     from mlops_nb.eda import load_dataset, validate_data
     def body():
         cfg = load_config(config, set_)

@@ -4,14 +4,14 @@
 
 # %% ../nbs/01_eda.ipynb #2
 from __future__ import annotations
-import functools, hashlib, json, re, warnings
+import functools, json, re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .core import (Config, ConfigError, DataValidationError, RunContext, apply_task, code, esc,
-                           finish_stage, fingerprint_data, md, read_json, resolve_path, run_context, write_json)
+from .core import (Config, ConfigError, DataValidationError, RunContext, apply_task, fingerprint_data,
+                           read_json, resolve_path, write_json)
 
 # %% auto #0
 __all__ = ['MAX_CLASSES', 'HIGH_CARDINALITY', 'RARE_CATEGORY_ROWS', 'ID_LIKE_SHARE', 'LEAK_SCORE', 'LEAK_SAMPLE_ROWS',

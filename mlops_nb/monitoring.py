@@ -13,12 +13,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
 
-from .core import (Config, ConfigError, DataValidationError, MlopsError, RunContext, apply_task,
-                           code, config_hash, esc, experiment_id, finish_stage, git_commit, jsonable, load_config,
-                           log_batch, md, metric_key, mlflow_client, package_version, primary_metric_bar, read_json,
-                           run_context, tracking_uri, write_json)
-from .eda import (QUANTILE_LEVELS, categorical_statistics, check_header, describe_rows, is_positive,
-                          load_dataset, normalise_frame, numeric_statistics, plot_text)
+from .core import (Config, ConfigError, DataValidationError, RunContext, apply_task, config_hash, esc,
+                           experiment_id, finish_stage, git_commit, jsonable, load_config, log_batch, metric_key,
+                           mlflow_client, package_version, primary_metric_bar, read_json, run_context, tracking_uri,
+                           write_json)
+from .eda import QUANTILE_LEVELS, check_header, describe_rows, load_dataset, normalise_frame, plot_text
 # scipy's tests, scikit-learn's metrics, the model pipeline, evaluation and the registry (fairlearn, model selection) and
 # matplotlib are imported by the functions that need them: the scoring service imports this module for its inference log
 # and should not pay for them

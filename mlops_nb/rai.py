@@ -4,15 +4,15 @@
 
 # %% ../nbs/02_rai.ipynb #2
 from __future__ import annotations
-import itertools, re, warnings
+import itertools, warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
 
-from .core import Config, DataValidationError, esc, finish_stage, md, metric_key, run_context
-from .eda import class_balance, cramers_v, is_positive, load_schema, load_splits, plot_text, subplots
+from .core import Config, DataValidationError, esc, metric_key
+from .eda import cramers_v, is_positive, plot_text, subplots
 from .models import (build_pipeline, cv_sample, cv_splitter, fitting_threads, model_columns,
                              target_vector)
 

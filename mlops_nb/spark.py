@@ -4,7 +4,7 @@
 
 # %% ../nbs/06a_spark.ipynb #2
 from __future__ import annotations
-import os, re, shutil, sys, tempfile, time
+import os, shutil, sys, tempfile, time
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -13,7 +13,7 @@ import pandas as pd
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import kstwo
 
-from .core import Config, ConfigError, DataValidationError, MlopsError, finish_stage, md, mlflow_client, run_context, tracking_uri
+from .core import Config, ConfigError, DataValidationError, MlopsError, mlflow_client, tracking_uri
 from .evaluation import CHAMPION, decisions, load_model_version, pip_requirements, positive_scores, temporary_environment
 from .monitoring import (DRIFT_TESTS, chisquare_counts, column_reference, dataset_drift, default_test, ks_drift,
                                  level_weights, quantile_levels, reference_cdf, requested_drift_test)
