@@ -244,7 +244,8 @@ def score(input: Path = typer.Argument(..., help="CSV or Parquet file to score."
         if engine == "spark":
             from mlops_nb.spark import score_parquet_spark
             s = score_parquet_spark(load_config(config, set_), input, output, model, master)
-            typer.echo(f"scored {s['rows']:,} rows with {s['model']['uri']} (spark) -> {s['output']}"); return
+            typer.echo(f"scored {s['rows']:,} rows with {s['model']['uri']} (spark) -> {s['output']}")
+            return
         s = score_file(load_config(config, set_), input, output, model, on_invalid, chunk_rows, allow_nulls, progress=True)
         if s["invalid_rows"]: typer.echo(f"skipped {s['invalid_rows']:,} invalid row(s), listed in {s['rejected']}: {'; '.join(s['problems'][:3])}", err=True)
         typer.echo(f"scored {s['scored']:,} of {s['rows']:,} rows with {s['model']} -> {s['output'] or '(nothing written)'}")

@@ -445,7 +445,8 @@ def jsonable(obj: Any) -> Any:
 
 def write_json(path: Path, obj: Any) -> Path:
     "Write JSON atomically (a reader never sees half a file); NaN becomes null."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(jsonable(obj), indent=2, allow_nan=False))
     os.replace(tmp, path)

@@ -657,7 +657,8 @@ def load_splits(ctx: RunContext) -> tuple[pd.DataFrame, pd.DataFrame]:
         return pd.read_parquet(cache / "train.parquet"), pd.read_parquet(cache / "test.parquet")
     df, _ = load_data(ctx)
     train, test = split_data(df, ctx.config)
-    train.to_parquet(cache / "train.parquet", index=False); test.to_parquet(cache / "test.parquet", index=False)
+    train.to_parquet(cache / "train.parquet", index=False)
+    test.to_parquet(cache / "test.parquet", index=False)
     return train, test
 
 def split_table(train: pd.DataFrame, test: pd.DataFrame, cfg: Config) -> pd.DataFrame:

@@ -269,7 +269,7 @@ def default_test(kind: str,  # 'numeric' or 'categorical' (the reference statist
 
 # %% ../nbs/05_monitoring.ipynb #19
 def requested_drift_test(column: str,  # the column tested
-                         methods: dict | None,  # per-column overrides: a test name or {'test', 'threshold'}; '*' for all
+                         methods: dict | None,  # per column: a test name or {'test', 'threshold'}; '*' for all
                         ) -> tuple[str | None, float | None]:
     "The (test, threshold) `methods` requests for a column, or (None, None): the defaults."
     spec = (methods or {}).get(column, (methods or {}).get("*"))
@@ -1185,7 +1185,7 @@ def decision_record(result: dict, cfg: Config, loaded, batch_id: str,
             "model": {"name": loaded.name, "version": loaded.version, "uri": loaded.uri, "requested": requested},
             "source": source, "unmonitored_columns": {}, **result}
 
-# %% ../nbs/05_monitoring.ipynb #fd2a95c2
+# %% ../nbs/05_monitoring.ipynb #74
 def monitored_version(cfg: Config,
                       model: str | None = None,  # NAME@ALIAS or NAME/VERSION; default the champion, else the challenger
                       batch_id: str | None = None,  # default: UTC time plus a random suffix
@@ -1265,7 +1265,7 @@ def monitor_batch(cfg: Config,
         return monitor_parquet(cfg, data, labels, model, out, batch_id, methods, batch_rows)
     return monitor_frame(cfg, data, labels, model, out, batch_id, methods)
 
-# %% ../nbs/05_monitoring.ipynb #78
+# %% ../nbs/05_monitoring.ipynb #79
 def batches_over_time(df: pd.DataFrame, cfg: Config,
                       reference_share: float = 0.5,  # the earliest periods holding at most this share of rows (at least one) train the model
                       max_batches: int = 4,  # later periods are grouped (consecutively) into at most this many batches
@@ -1284,7 +1284,7 @@ def batches_over_time(df: pd.DataFrame, cfg: Config,
     name = lambda g: str(g[0]) if len(g) == 1 else f"{g[0]} to {g[-1]}"  # consecutive later periods, at most `max_batches` batches
     return df[df[t] <= last].reset_index(drop=True), {name(g): df[df[t].isin(g)].reset_index(drop=True) for g in groups if len(g)}
 
-# %% ../nbs/05_monitoring.ipynb #79
+# %% ../nbs/05_monitoring.ipynb #80
 def monitor_periods(cfg: Config, batches: dict[str, pd.DataFrame], out: str | Path, model: str | None = None, labels: bool = True) -> pd.DataFrame:
     "Monitor each batch in order (batch id = its name); the decisions as a table."
     for name, batch in batches.items():
@@ -1296,15 +1296,18 @@ def plot_history(history: pd.DataFrame, cfg: Config):
     import matplotlib.pyplot as plt
     metric = cfg.model.primary_metric
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
-    a.bar(history["batch_id"], history["drift_share"], color="#4C72B0"); a.axhline(cfg.monitoring.drift_share, color="k", ls="--", lw=1)
-    a.set_ylim(0, 1); a.set_title("share of drifted columns (dashed: monitoring.drift_share)", fontsize=9)
+    a.bar(history["batch_id"], history["drift_share"], color="#4C72B0")
+    a.axhline(cfg.monitoring.drift_share, color="k", ls="--", lw=1)
+    a.set_ylim(0, 1)
+    a.set_title("share of drifted columns (dashed: monitoring.drift_share)", fontsize=9)
     for kind, style in (("measured", "o-"), ("estimated", "s--")):
         if f"{kind}_{metric}" in history: b.plot(history["batch_id"], history[f"{kind}_{metric}"], style, label=kind)
-    b.set_title(f"{metric}: measured vs estimated", fontsize=9); b.legend(fontsize=8)
+    b.set_title(f"{metric}: measured vs estimated", fontsize=9)
+    b.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
-# %% ../nbs/05_monitoring.ipynb #83
+# %% ../nbs/05_monitoring.ipynb #84
 ENGINES = ("pandas", "spark")
 
 def check_engine(engine: str,  # the ENGINE parameter
@@ -1374,7 +1377,7 @@ def scope_decision(scope: MonitoringScope, result: dict | None, source: dict | N
     record = decision_record(result, scope.config, scope.loaded, name, source, requested, last)
     return record_decision(scope.config, scope.client, record, out)
 
-# %% ../nbs/05_monitoring.ipynb #84
+# %% ../nbs/05_monitoring.ipynb #85
 def decision_summary(decision: dict | None) -> str:
     "The decision and its reasons as Markdown (escaped), or why there is none."
     if decision is None:
@@ -1394,7 +1397,7 @@ def _source_note(source: dict) -> str:
     return (f" Read from the inference log {esc(source['path'])}{window}: {source['rows_read']:,} rows, of which "
             f"{source['failed_requests']:,} failed requests and {source['other_models']:,} rows of other versions were left out.")
 
-# %% ../nbs/05_monitoring.ipynb #87
+# %% ../nbs/05_monitoring.ipynb #88
 def drift_table(decision: dict | None,  # from `scope_decision`
                 target: str = "target",  # the target column's name (label drift)
                ) -> pd.DataFrame | None:
@@ -1409,7 +1412,7 @@ def drift_table(decision: dict | None,  # from `scope_decision`
     ordered = columns.sort_values("drifted", ascending=False, kind="stable")
     return pd.concat([ordered, extra]).rename_axis("column") if len(extra) else ordered.rename_axis("column")
 
-# %% ../nbs/05_monitoring.ipynb #91
+# %% ../nbs/05_monitoring.ipynb #92
 def log_policy_view(scope: MonitoringScope, decision: dict | None):
     "A private log's policy per input (`serving.log_policy_table`), then its unmonitored columns and why."
     from IPython.display import Markdown, display
@@ -1426,7 +1429,7 @@ def log_policy_view(scope: MonitoringScope, decision: dict | None):
     display(Markdown(f"**Not monitored**: {len(unmonitored)} of {len(actions)} model inputs. " + esc(LOGGED_OUTPUTS)))
     return pd.DataFrame({"reason": pd.Series(unmonitored, dtype=object)}).rename_axis("unmonitored column")
 
-# %% ../nbs/05_monitoring.ipynb #93
+# %% ../nbs/05_monitoring.ipynb #94
 def _batch_column(batch: pd.DataFrame | Path, column: str, kind: str, cfg: Config):
     "A column of the batch: its values (a frame), or read from the Parquet file or folder (numbers, or counts)."
     if isinstance(batch, pd.DataFrame):
@@ -1460,7 +1463,7 @@ def _plot_categories(ax, reference: dict, values, top: int = 8) -> None:
     ax.set_yticks(at, [plot_text(k, 18) for k in keys], fontsize=7)
     ax.invert_yaxis()
 
-# %% ../nbs/05_monitoring.ipynb #94
+# %% ../nbs/05_monitoring.ipynb #95
 def plot_drift(scope: MonitoringScope, batch, decision: dict | None,
                max_columns: int = 12,  # drifted columns first, then the others in order
               ):
@@ -1485,7 +1488,7 @@ def plot_drift(scope: MonitoringScope, batch, decision: dict | None,
     fig.tight_layout()
     return fig
 
-# %% ../nbs/05_monitoring.ipynb #98
+# %% ../nbs/05_monitoring.ipynb #99
 def anomaly_view(decision: dict | None):
     "The batch's anomalies as a table, or a line saying there are none."
     from IPython.display import Markdown
@@ -1511,14 +1514,14 @@ def performance_table(decision: dict | None):
         return table.rename_axis("metric")
     return table.assign(difference=table["estimated"] - table["measured"]).rename_axis("metric")
 
-# %% ../nbs/05_monitoring.ipynb #99
+# %% ../nbs/05_monitoring.ipynb #100
 def serving_skew_view(decision: dict | None) -> pd.DataFrame | None:
     "An inference log's logged probabilities against the registered model's on the same inputs (nothing otherwise)."
     if decision is None or not decision.get("serving_skew"):
         return None
     return pd.DataFrame([decision["serving_skew"]], index=pd.Index(["serving skew"], name="check"))
 
-# %% ../nbs/05_monitoring.ipynb #106
+# %% ../nbs/05_monitoring.ipynb #107
 def drift_thresholds(scope: MonitoringScope) -> pd.DataFrame | None:
     "Each tested column's kind, test and threshold, and when it counts as drifted; the prediction and the label too."
     if scope.loaded is None:
@@ -1553,7 +1556,7 @@ def decision_policy(cfg: Config) -> pd.DataFrame:
             ("gates.min_primary_metric", str(cfg.gates.min_primary_metric), gate)]
     return pd.DataFrame(rows, columns=["setting", "value", "rule"]).set_index("setting")
 
-# %% ../nbs/05_monitoring.ipynb #111
+# %% ../nbs/05_monitoring.ipynb #112
 BASELINE_ONLY = "Part of a training run's monitoring baseline; not computed for a batch."
 
 def backtest_slices(test: pd.DataFrame,  # the test split
@@ -1571,7 +1574,7 @@ def backtest_slices(test: pd.DataFrame,  # the test split
     name = lambda g: str(g[0]) if len(g) == 1 else f"{g[0]} to {g[-1]}"
     return {name(g): test[test[t].isin(g)].reset_index(drop=True) for g in groups}
 
-# %% ../nbs/05_monitoring.ipynb #113
+# %% ../nbs/05_monitoring.ipynb #114
 def backtest(scope: MonitoringScope, test: pd.DataFrame | None):
     "Each held-out slice of the test split monitored as a labelled batch: drift, primary metric, the decision."
     from IPython.display import Markdown
@@ -1590,7 +1593,7 @@ def backtest(scope: MonitoringScope, test: pd.DataFrame | None):
                      "first reason": reasons[0]})
     return pd.DataFrame(rows).set_index("slice")
 
-# %% ../nbs/05_monitoring.ipynb #116
+# %% ../nbs/05_monitoring.ipynb #117
 def false_alarms(scope: MonitoringScope, test: pd.DataFrame | None,
                  resamples: int = 50,  # seeded resamples of the test split
                 ) -> pd.DataFrame | None:
@@ -1622,7 +1625,7 @@ def false_alarm_summary(scope: MonitoringScope, alarms: pd.DataFrame | None):
     flags = alarms.drop(columns=["drift share", "dataset drift"]).mean()
     return flags.rename("flagged in resamples").to_frame().rename_axis("column")
 
-# %% ../nbs/05_monitoring.ipynb #119
+# %% ../nbs/05_monitoring.ipynb #120
 def resampled_metric(y,  # the outcomes as the model learns them
                      outputs: dict,  # the model's outputs on the same rows
                      metric: str,  # a metric of `measured_performance`
@@ -1679,7 +1682,7 @@ def estimate_check(scope: MonitoringScope, test: pd.DataFrame | None,
     table["estimate within"] = pd.Series({primary: "yes" if inside else "no"}, dtype=object)
     return table.fillna({"estimate within": ""}).rename_axis("metric")
 
-# %% ../nbs/05_monitoring.ipynb #123
+# %% ../nbs/05_monitoring.ipynb #124
 def monitoring_results(scope: MonitoringScope, decision: dict | None, alarms: pd.DataFrame | None,
                        estimates,  # from `estimate_check`
                       ) -> dict:

@@ -41,7 +41,8 @@ def spark_session(master: str = "local[2]",  # local[N] threads here, or a clust
     if not java_available(): raise SparkUnavailable("the Spark engine needs Java: run `make install-spark` (Debian: apt-get install default-jre-headless)")
     try: from pyspark.sql import SparkSession
     except ImportError: raise SparkUnavailable("the Spark engine needs pyspark: run `make install-spark` (pip install -e '.[spark]')") from None
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable); os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # never bind to another interface
     settings = {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false", "spark.driver.host": "127.0.0.1",
                 "spark.driver.bindAddress": "127.0.0.1", "spark.sql.shuffle.partitions": "4", "spark.sql.session.timeZone": "UTC",
@@ -230,7 +231,8 @@ def _ks_score(reference: dict, batch: dict) -> float:
         inside = np.r_[points[0] - 1.0, (points[:-1] + points[1:]) / 2, points[-1] + 1.0]
         strictly = np.diff(np.r_[below, n]) - at
         return ks_drift(reference, np.r_[np.repeat(points, at), np.repeat(inside, np.r_[below[0], strictly])])
-    ref = np.sort(np.asarray(reference["sample"], dtype=float)); m = len(ref)
+    ref = np.sort(np.asarray(reference["sample"], dtype=float))
+    m = len(ref)
     ref_le, ref_lt = np.searchsorted(ref, points, "right") / m, np.searchsorted(ref, points, "left") / m
     d = max(np.abs(ref_le - (below + at) / n).max(), np.abs(ref_lt - below / n).max())
     return float(kstwo.sf(d, np.round(m * n / (m + n))))
