@@ -17,12 +17,12 @@ from .core import (ConfigError, DataValidationError, Html, MlopsError, RunContex
                            write_json)
 
 # %% auto #0
-__all__ = ['STAGES', 'STAGE_PARAMETERS', 'MONITORING_PARAMETERS', 'StageFailed', 'notebooks_dir', 'select_stages',
-           'check_notebook_parameters', 'add_failure_banner', 'cell_directives', 'is_check_cell', 'without_checks',
-           'execute_stage', 'render_html', 'build_summary', 'run_index_html', 'load_summaries', 'dashboard_html',
-           'write_dashboard', 'gates_junit', 'prepare_run', 'resume_run', 'stage_time_limit', 'retire_run_versions',
-           'failed_stage', 'record_data_settings', 'run_pipeline', 'monitoring_parameters', 'stage_error',
-           'monitor_notebook', 'reproduce_run', 'compare_runs']
+__all__ = ['STAGES', 'STAGE_PARAMETERS', 'LIBRARY_DIRECTIVES', 'MONITORING_PARAMETERS', 'StageFailed', 'notebooks_dir',
+           'select_stages', 'check_notebook_parameters', 'add_failure_banner', 'cell_directives', 'is_check_cell',
+           'without_checks', 'execute_stage', 'render_html', 'build_summary', 'run_index_html', 'load_summaries',
+           'dashboard_html', 'write_dashboard', 'gates_junit', 'prepare_run', 'resume_run', 'stage_time_limit',
+           'retire_run_versions', 'failed_stage', 'record_data_settings', 'run_pipeline', 'monitoring_parameters',
+           'stage_error', 'monitor_notebook', 'reproduce_run', 'compare_runs']
 
 # %% ../nbs/07_pipeline.ipynb #6
 STAGES = {"eda": "01_eda.ipynb", "rai": "02_rai.ipynb", "baseline": "03_baseline.ipynb",
@@ -125,9 +125,16 @@ def cell_directives(source: str) -> set[str]:
         words.update(found.group(1).replace(":", " ").split())
     return words
 
+LIBRARY_DIRECTIVES = {"check", "example"}  # code cells about the library, not about the configured data
+
+
 def is_check_cell(cell) -> bool:
-    "Whether a cell only checks library behaviour (`#| check`): left out of pipeline runs."
-    return cell.cell_type == "code" and "check" in cell_directives(cell.source)
+    """Whether a cell is about the library, not the configured data, and so left out of pipeline runs: a check of
+    library behaviour (`#| check`), an example on made-up data (`#| example`), or a Markdown cell tagged `example`
+    (the prose introducing an example). `nbdev_test` runs them all and the documentation shows the examples."""
+    if "example" in cell.get("metadata", {}).get("tags", []):
+        return True
+    return cell.cell_type == "code" and bool(LIBRARY_DIRECTIVES & cell_directives(cell.source))
 
 def without_checks(notebook: Path, folder: Path) -> Path:
     "A copy of the notebook in `folder` without its check cells: what a pipeline run executes."

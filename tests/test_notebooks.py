@@ -1,8 +1,9 @@
 """Checks stay out of a user's run: every stage notebook marks its checks `#| check`, no check reads the configured data,
 the pipeline executes the stage notebooks without them, and a check that would fail on the configured data cannot fail a run.
 
-How a check is told from a report cell: a check cell carries the directive `#| check` (nbdev_test runs it; the pipeline
-drops it, `pipeline.without_checks`). Which names hold the configured data is found by following the data through the
+How a check is told from a report cell: a check cell carries the directive `#| check`, an example on made-up data
+`#| example` (its Markdown introduction the cell tag `example`); nbdev_test runs them, the documentation shows the
+examples, the pipeline drops them all (`pipeline.without_checks`), so a user's report shows only their data. Which names hold the configured data is found by following the data through the
 notebook: the parameters (CONFIG, RUN_DIR) are the configured data, and every name a cell binds from a cell that reads one
 of them is too. A check may read only names of its own, of the exported code, or of examples built on made-up data.
 """
@@ -91,6 +92,33 @@ def test_report_cells_need_no_check(path):
     only_checks -= set().union(*(_names(c.source)[1] for c in cells if not is_check_cell(c)))
     needed = {name for c in cells if not is_check_cell(c) for name in _names(c.source)[0] & only_checks}
     assert not needed, f"{path.name}: report cells read names only checks bind: {sorted(needed)}"
+
+
+def _shows_made_up_data(cell, configured: set[str]) -> bool:
+    "A report cell (not exported, not the parameters, not only imports) that reads nothing of the configured data."
+    if "export" in cell_directives(cell.source) or is_check_cell(cell) or "parameters" in cell.metadata.get("tags", []):
+        return False
+    body = "\n".join(line for line in cell.source.splitlines() if not line.startswith("#|")).strip()
+    statements = ast.parse(body).body if body else []
+    if all(isinstance(s, (ast.Import, ast.ImportFrom)) for s in statements):
+        return False
+    return not _names(cell.source)[0] & configured
+
+
+@pytest.mark.parametrize("path", STAGE_NOTEBOOKS, ids=lambda p: p.name)
+def test_a_users_report_shows_only_their_data(path):
+    "Every cell a pipeline run executes reads the configured data: an example on made-up rows is `#| example`."
+    cells = _code_cells(path)
+    configured = _configured_names(cells)
+    shown = [c.source.splitlines()[0][:70] for c in cells if _shows_made_up_data(c, configured)]
+    assert not shown, f"{path.name}: cells a pipeline run shows that are about made-up data (mark them #| example): {shown}"
+
+
+def test_the_made_up_data_rule_finds_an_unmarked_example():
+    cells = [nbformat.v4.new_code_cell("ctx = run_context(CONFIG, RUN_DIR)"), nbformat.v4.new_code_cell("_toy = f([1, 2])"),
+             nbformat.v4.new_code_cell("#| example\n_toy = f([1, 2])"), nbformat.v4.new_code_cell("report(ctx)")]
+    configured = _configured_names(cells)
+    assert [_shows_made_up_data(c, configured) for c in cells] == [False, True, False, False]
 
 
 def test_the_taint_rule_sees_a_check_on_the_configured_data():
