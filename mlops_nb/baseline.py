@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .core import Config, RunContext, code, esc, finish_stage, md, read_json, run_context
+from .core import Config, RunContext, read_json
 from .eda import load_schema, load_splits, subplots
-from .models import (build_pipeline, cross_validate_model, cv_sample, feature_table, feature_types,
-                             higher_is_better, model_columns, target_vector)
+from .models import (build_pipeline, cross_validate_model, cv_sample, feature_types, higher_is_better,
+                             model_columns, target_vector)
 
 # %% auto #0
 __all__ = ['SIMPLE_BASELINE', 'PLOTTED_METRICS', 'cv_rows_text', 'compare_models', 'best_model', 'fit_baseline', 'baseline_table',

@@ -4,7 +4,6 @@
 
 # %% ../nbs/08_cli.ipynb #2
 from __future__ import annotations
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -69,7 +68,7 @@ def validate(data: Path = typer.Argument(..., help="CSV or Parquet file to check
              config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: built-in)."),
              set_: List[str] = typer.Option([], "--set", help="Override a config key: key.path=value.")):
     "Check a data file against the config's expectations; exit 4 listing every problem."
-    from mlops_nb.core import load_config, DataValidationError
+    from mlops_nb.core import load_config
     from mlops_nb.eda import load_dataset, validate_data
     def body():
         cfg = load_config(config, set_)
@@ -245,7 +244,8 @@ def score(input: Path = typer.Argument(..., help="CSV or Parquet file to score."
         if engine == "spark":
             from mlops_nb.spark import score_parquet_spark
             s = score_parquet_spark(load_config(config, set_), input, output, model, master)
-            typer.echo(f"scored {s['rows']:,} rows with {s['model']['uri']} (spark) -> {s['output']}"); return
+            typer.echo(f"scored {s['rows']:,} rows with {s['model']['uri']} (spark) -> {s['output']}")
+            return
         s = score_file(load_config(config, set_), input, output, model, on_invalid, chunk_rows, allow_nulls, progress=True)
         if s["invalid_rows"]: typer.echo(f"skipped {s['invalid_rows']:,} invalid row(s), listed in {s['rejected']}: {'; '.join(s['problems'][:3])}", err=True)
         typer.echo(f"scored {s['scored']:,} of {s['rows']:,} rows with {s['model']} -> {s['output'] or '(nothing written)'}")

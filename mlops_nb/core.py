@@ -25,9 +25,10 @@ __all__ = ['Task', 'CLASSIFICATION_METRICS', 'REGRESSION_METRICS', 'Metric', 'BU
            'PipelineConfig', 'RaiConfig', 'ServingConfig', 'Config', 'default_primary_metric', 'default_candidates',
            'task_metrics', 'apply_task', 'primary_metric_bar', 'apply_overrides', 'load_config', 'resolve_path',
            'tracking_uri', 'config_hash', 'resolved_config', 'fingerprint_data', 'git_commit', 'package_version',
-           'new_run_id', 'RunContext', 'write_json', 'read_json', 'run_context', 'scratch_context', 'mlflow_client',
-           'experiment_id', 'lineage_tags', 'start_parent_run', 'stage_run_id', 'metric_key', 'flatten', 'flat_metrics',
-           'log_batch', 'retry', 'utc_now', 'finish_stage', 'esc', 'code', 'Html', 'html_table', 'md']
+           'new_run_id', 'RunContext', 'jsonable', 'write_json', 'read_json', 'run_context', 'scratch_context',
+           'sqlite_path', 'mlflow_client', 'experiment_id', 'lineage_tags', 'start_parent_run', 'stage_run_id',
+           'metric_key', 'flatten', 'flat_metrics', 'log_batch', 'retry', 'utc_now', 'finish_stage', 'esc', 'code',
+           'Html', 'html_table', 'md']
 
 # %% ../nbs/00_core.ipynb #6
 class MlopsError(Exception):
@@ -434,19 +435,20 @@ class RunContext:
     def __repr__(self): return f"RunContext(run_id={self.run_id!r}, run_dir='{self.run_dir}')"
 
 # %% ../nbs/00_core.ipynb #42
-def _jsonable(obj: Any) -> Any:
-    "Plain JSON types: numpy scalars to Python, NaN and infinities to None."
-    if isinstance(obj, dict): return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set)): return [_jsonable(v) for v in obj]
+def jsonable(obj: Any) -> Any:
+    "`obj` as plain JSON types (numpy scalars as Python values, NaN and infinities as None, anything else as text)."
+    if isinstance(obj, dict): return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)): return [jsonable(v) for v in obj]
     if hasattr(obj, "item") and not isinstance(obj, (str, bytes)): obj = obj.item()
     if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))): return None
     return obj if isinstance(obj, (str, int, float, bool, type(None))) else str(obj)
 
 def write_json(path: Path, obj: Any) -> Path:
     "Write JSON atomically (a reader never sees half a file); NaN becomes null."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(_jsonable(obj), indent=2, allow_nan=False))
+    tmp.write_text(json.dumps(jsonable(obj), indent=2, allow_nan=False))
     os.replace(tmp, path)
     return path
 
@@ -454,7 +456,7 @@ def read_json(path: Path) -> Any:
     "Read a JSON file."
     return json.loads(Path(path).read_text())
 
-# %% ../nbs/00_core.ipynb #43
+# %% ../nbs/00_core.ipynb #45
 def run_context(config: str | Path | None = None,  # the CONFIG parameter: a YAML path or None
                 run_dir: str | Path | None = None,  # the RUN_DIR parameter: a run folder or None
                 overrides: list[str] | tuple = ()) -> RunContext:
@@ -475,7 +477,7 @@ def run_context(config: str | Path | None = None,  # the CONFIG parameter: a YAM
     ctx.save()
     return ctx
 
-# %% ../nbs/00_core.ipynb #45
+# %% ../nbs/00_core.ipynb #47
 def scratch_context(frame: pd.DataFrame,  # the data, target included
                     sections: dict | None = None,  # other config sections, e.g. {"model": {"cv_folds": 2}}
                     **data,  # `data` settings: target, positive_label, sensitive_features, ...
@@ -488,8 +490,9 @@ def scratch_context(frame: pd.DataFrame,  # the data, target included
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return run_context(path, folder / "run")
 
-# %% ../nbs/00_core.ipynb #47
-def _sqlite_path(uri: str) -> Path | None:
+# %% ../nbs/00_core.ipynb #49
+def sqlite_path(uri: str) -> Path | None:
+    "The database file of a `sqlite:///` tracking URI, or None for any other store."
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 def _store_template() -> Path:
@@ -521,7 +524,7 @@ def _new_store(db: Path):
 def mlflow_client(uri: str):
     "An `MlflowClient` for `uri`, creating (from the template) or upgrading a SQLite store once, under a lock."
     from mlflow.tracking import MlflowClient
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is None: return MlflowClient(tracking_uri=uri, registry_uri=uri)
     db.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(db) + ".lock", timeout=300):
@@ -530,13 +533,13 @@ def mlflow_client(uri: str):
         retry(lambda: client.search_experiments(max_results=1))  # upgrades an older schema while we hold the lock
     return client
 
-# %% ../nbs/00_core.ipynb #48
+# %% ../nbs/00_core.ipynb #51
 def experiment_id(client, cfg: Config) -> str:
     "The id of the config's experiment, created on first use."
     name = cfg.experiment_name
     exp = client.get_experiment_by_name(name)
     if exp is not None: return exp.experiment_id
-    db = _sqlite_path(client.tracking_uri)
+    db = sqlite_path(client.tracking_uri)
     location = (db.parent / "mlartifacts").as_uri() if db is not None else None
     try: return client.create_experiment(name, artifact_location=location)
     except Exception:  # another process created it first
@@ -549,7 +552,7 @@ def lineage_tags(ctx: RunContext) -> dict:
     keys = ["run_id", "config_hash", "git_commit", "package_version", "environment", "data_fingerprint"]
     return {f"mlops_nb.{k}": str(ctx.info[k]) for k in keys if ctx.info.get(k) is not None}
 
-# %% ../nbs/00_core.ipynb #49
+# %% ../nbs/00_core.ipynb #52
 def start_parent_run(ctx: RunContext) -> str:
     "Create the MLflow parent run of a pipeline run; returns its id."
     client = mlflow_client(ctx.tracking_uri)
@@ -569,7 +572,7 @@ def stage_run_id(ctx: RunContext, stage: str) -> str:
         ctx.save()
     return runs[stage]
 
-# %% ../nbs/00_core.ipynb #51
+# %% ../nbs/00_core.ipynb #54
 _METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-. ]")  # no "/" either: MLflow refuses names that resolve like paths
 
 def metric_key(name) -> str:
@@ -605,7 +608,7 @@ def log_batch(ctx: RunContext, run_id: str, metrics: dict = None, params: dict =
     for i in range(0, max(len(m), len(p), len(t), 1), 100):
         retry(lambda: client.log_batch(run_id, metrics=m[i:i+100], params=p[i:i+100], tags=t[i:i+100]))
 
-# %% ../nbs/00_core.ipynb #53
+# %% ../nbs/00_core.ipynb #56
 STORE_BUSY = ("locked", "busy")  # what a locked or busy tracking store says in its errors
 
 def retry(fn,  # a call without arguments, e.g. `lambda: client.log_batch(...)`
@@ -627,7 +630,7 @@ def utc_now() -> str:
     "The time now in UTC, ISO 8601 to the second (as promotions and the scoring service record it)."
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
-# %% ../nbs/00_core.ipynb #55
+# %% ../nbs/00_core.ipynb #58
 def finish_stage(ctx: RunContext, stage: str,  # stage name, e.g. 'eda'
                  results: dict,  # JSON-able results; numbers under 'metrics' are logged as metrics
                 ) -> Path:
@@ -639,7 +642,7 @@ def finish_stage(ctx: RunContext, stage: str,  # stage name, e.g. 'eda'
     mlflow_client(ctx.tracking_uri).log_artifact(run_id, str(path))
     return path
 
-# %% ../nbs/00_core.ipynb #57
+# %% ../nbs/00_core.ipynb #60
 _ESCAPES = str.maketrans({**{c: f"&#{ord(c)};" for c in "\\`*_[]|#~$"},
                           "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"})
 

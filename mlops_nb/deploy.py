@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import Config, MlopsError, RunContext, code, esc, finish_stage, md, mlflow_client, run_context
+from .core import Config, MlopsError, RunContext, code, esc, mlflow_client
 from .eda import load_schema, load_splits
 from .models import target_vector
 from .rai import fairness_frame
 from .evaluation import (CHAMPION, FAIRNESS_SUMMARY, LoadedModel, alias_version, fairness_note, load_model_version,
                                  model_threshold, predict_outputs, test_metrics)
-from .registry import promote_command, registry_table, run_model_version, version_gates
+from .registry import promote_command
 from .serving import (BackgroundServer, ColumnSpec, ScoringService, ServiceSettings, approval_problem, check_frame,
                               create_app, example_payloads, input_schema, service_settings)
 from .scoring import score_file

@@ -4,24 +4,24 @@
 
 # %% ../nbs/01_eda.ipynb #2
 from __future__ import annotations
-import functools, hashlib, json, re, warnings
+import functools, json, re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .core import (Config, ConfigError, DataValidationError, RunContext, apply_task, code, esc,
-                           finish_stage, fingerprint_data, md, read_json, resolve_path, run_context, write_json)
+from .core import (Config, ConfigError, DataValidationError, RunContext, apply_task, fingerprint_data,
+                           read_json, resolve_path, write_json)
 
 # %% auto #0
 __all__ = ['MAX_CLASSES', 'HIGH_CARDINALITY', 'RARE_CATEGORY_ROWS', 'ID_LIKE_SHARE', 'LEAK_SCORE', 'LEAK_SAMPLE_ROWS',
-           'CHECK_COLUMNS', 'QUANTILE_LEVELS', 'load_dataset', 'normalise_frame', 'prepare_data', 'infer_task',
-           'is_positive', 'positive_label_of', 'check_target', 'check_roles', 'feature_findings', 'target_leak_score',
-           'leak_findings', 'check_data', 'validate_data', 'infer_schema', 'excluded_features', 'load_data',
-           'clean_data', 'load_schema', 'data_dictionary', 'class_balance', 'target_table', 'binned', 'plot_text',
-           'profile_columns', 'target_rate_by_value', 'subplots', 'plot_profile', 'cramers_v', 'association_matrix',
-           'split_data', 'load_splits', 'split_table', 'numeric_statistics', 'categorical_statistics',
-           'reference_statistics', 'max_missing_share', 'eda_results']
+           'CHECK_COLUMNS', 'QUANTILE_LEVELS', 'check_header', 'load_dataset', 'normalise_frame', 'describe_rows',
+           'prepare_data', 'infer_task', 'is_positive', 'positive_label_of', 'check_target', 'check_roles',
+           'feature_findings', 'target_leak_score', 'leak_findings', 'check_data', 'validate_data', 'infer_schema',
+           'excluded_features', 'load_data', 'clean_data', 'load_schema', 'data_dictionary', 'class_balance',
+           'target_table', 'binned', 'plot_text', 'profile_columns', 'target_rate_by_value', 'subplots', 'plot_profile',
+           'cramers_v', 'association_matrix', 'split_data', 'load_splits', 'split_table', 'numeric_statistics',
+           'categorical_statistics', 'reference_statistics', 'max_missing_share', 'eda_results']
 
 # %% ../nbs/01_eda.ipynb #7
 def _read_source(cfg: Config) -> pd.DataFrame:
@@ -36,10 +36,11 @@ def _read_source(cfg: Config) -> pd.DataFrame:
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             import pyarrow.parquet as pq
-            _check_header(pq.read_schema(path).names, path)
+            check_header(pq.read_schema(path).names, path)
             return pd.read_parquet(path)
         if path.suffix.lower() in (".csv", ".txt", ".gz"):
-            _check_header(pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0].tolist(), path)
+            header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0].tolist()
+            check_header(header, path)
             return pd.read_csv(path, na_values=cfg.data.missing_values, keep_default_na=True, low_memory=False)
     except pd.errors.EmptyDataError:
         raise DataValidationError(f"{path}: the file has no header and no rows") from None
@@ -47,14 +48,18 @@ def _read_source(cfg: Config) -> pd.DataFrame:
         raise DataValidationError(f"{path}: cannot be read ({str(e).splitlines()[0]})") from None
     raise ConfigError(f"data.source: unsupported file type {path.suffix!r} (use .csv or .parquet)")
 
-def _check_header(names: list, path: Path) -> None:
+def check_header(names: list,  # a file's column names, as its header holds them
+                 path: Path) -> None:  # the file, named in the error
     "Refuse a header with empty or repeated column names (pandas would rename them silently, pyarrow fails obscurely)."
     empty = [i + 1 for i, n in enumerate(names) if not str(n).strip()]
-    if empty: raise DataValidationError(f"{path}: column(s) {empty} (counting from 1) have no name in the header; name or remove them")
+    if empty:
+        raise DataValidationError(f"{path}: column(s) {empty} (counting from 1) have no name in the header; "
+                                  "name or remove them")
     dup = sorted({str(n) for n in names if names.count(n) > 1})
-    if dup: raise DataValidationError(f"duplicate column names: {dup}")
+    if dup:
+        raise DataValidationError(f"duplicate column names: {dup}")
 
-# %% ../nbs/01_eda.ipynb #8
+# %% ../nbs/01_eda.ipynb #10
 def load_dataset(cfg: Config) -> pd.DataFrame:
     "The configured data as loaded: missing-value markers applied, types normalised, nothing dropped or sampled."
     return normalise_frame(_read_source(cfg), cfg)
@@ -74,12 +79,13 @@ def normalise_frame(df: pd.DataFrame,  # rows as read from a file (or one chunk 
         if pd.api.types.is_object_dtype(df[c]) or pd.api.types.is_string_dtype(df[c]): df[c] = _normalise_text_column(df[c])
     return df
 
-# %% ../nbs/01_eda.ipynb #9
+# %% ../nbs/01_eda.ipynb #11
 _NESTED = (list, tuple, dict, set, np.ndarray)
 _ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$")
 
-def _rows(mask: pd.Series, limit: int = 5) -> str:
-    "A short description of the rows where `mask` holds (0-based row numbers)."
+def describe_rows(mask: pd.Series,  # True on the rows to describe
+                  limit: int = 5) -> str:  # how many row numbers to list
+    "A short description of the rows where `mask` holds (0-based row numbers), for data error messages."
     idx = np.flatnonzero(np.asarray(mask))
     shown = ", ".join(map(str, idx[:limit])) + (", ..." if len(idx) > limit else "")
     return f"{len(idx)} row{'s' if len(idx) != 1 else ''} (rows {shown})"
@@ -103,10 +109,11 @@ def _normalise_text_column(s: pd.Series) -> pd.Series:
     zoned = distinct.str.contains(r"(?:Z|[+-]\d{2}:?\d{2})$").any()
     out = pd.to_datetime(s, format="ISO8601", errors="coerce", utc=bool(zoned))
     bad = s.notna() & out.isna()
-    if bad.any(): raise DataValidationError(f"{s.name}: not a valid date or time in {_rows(bad)}: {s[bad].iloc[0]!r}")
+    if bad.any():
+        raise DataValidationError(f"{s.name}: not a valid date or time in {describe_rows(bad)}: {s[bad].iloc[0]!r}")
     return out
 
-# %% ../nbs/01_eda.ipynb #11
+# %% ../nbs/01_eda.ipynb #15
 def prepare_data(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     "Drop configured columns and take the configured seeded sample."
     missing = [c for c in cfg.data.drop_columns if c not in df.columns]
@@ -116,7 +123,7 @@ def prepare_data(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
         df = df.sample(n=cfg.data.sample_rows, random_state=cfg.split.seed)
     return df.reset_index(drop=True)
 
-# %% ../nbs/01_eda.ipynb #15
+# %% ../nbs/01_eda.ipynb #19
 MAX_CLASSES = 20  # an integer target with more distinct values than this is read as a quantity
 
 def infer_task(y: pd.Series,  # the target column (missing values are ignored)
@@ -150,7 +157,7 @@ def _kind(s: pd.Series) -> str:
         return "datetime"
     return "categorical"
 
-# %% ../nbs/01_eda.ipynb #17
+# %% ../nbs/01_eda.ipynb #21
 def is_positive(y: pd.Series, label) -> pd.Series:
     "Which target values equal the positive label (compared as text, so 1 == '1')."
     return y.astype(str) == str(label)
@@ -176,7 +183,7 @@ def positive_label_of(y: pd.Series,  # a two-class target
     raise DataValidationError(f"data.positive_label: required for the two-class target {y.name!r} "
                               f"(values {sorted(present)[:2]}): name the positive outcome")
 
-# %% ../nbs/01_eda.ipynb #20
+# %% ../nbs/01_eda.ipynb #24
 def _issue(level: str, column: str, check: str, message: str, handling: str = "") -> dict:
     "One row of the checks table."
     return {"level": level, "column": column, "check": check, "message": message, "handling": handling}
@@ -190,7 +197,7 @@ def check_target(df: pd.DataFrame, cfg: Config) -> list[dict]:
     y = df[t]
     out = []
     if y.isna().any():
-        out.append(_issue("warning", t, "unlabelled", f"no target value in {_rows(y.isna())}",
+        out.append(_issue("warning", t, "unlabelled", f"no target value in {describe_rows(y.isna())}",
                           "left out of training and testing"))
     try:
         out += _task_problems(y.dropna(), cfg)
@@ -216,7 +223,7 @@ def _task_problems(y: pd.Series, cfg: Config) -> list[dict]:
 def _first(s: pd.Series):
     return s.iloc[0] if len(s) else None
 
-# %% ../nbs/01_eda.ipynb #23
+# %% ../nbs/01_eda.ipynb #27
 def check_roles(df: pd.DataFrame, cfg: Config) -> list[dict]:
     "The columns the configuration names exist; each sensitive feature has two groups or more."
     d = cfg.data
@@ -233,7 +240,7 @@ def check_roles(df: pd.DataFrame, cfg: Config) -> list[dict]:
         out.append(_issue("error", d.target, "features", "the data holds only the target column: there is no feature to learn from"))
     return out
 
-# %% ../nbs/01_eda.ipynb #24
+# %% ../nbs/01_eda.ipynb #28
 def _text_number_issues(s: pd.Series, mostly: float = 0.9) -> list[dict]:
     "A text column of numbers (warning), mostly numbers with a few words (error, naming them), or a mix (warning)."
     if not (pd.api.types.is_object_dtype(s) or pd.api.types.is_string_dtype(s)):
@@ -252,10 +259,10 @@ def _text_number_issues(s: pd.Series, mostly: float = 0.9) -> list[dict]:
     examples = ", ".join(repr(v) for v in counts.index[~is_number][:3])
     return [_issue("error", s.name, "mixed_types",
                    f"mixed types: {numbers} numbers but {words} text value(s) ({examples}) in "
-                   f"{_rows(s.isin(counts.index[~is_number]))}; list missing-value markers in "
+                   f"{describe_rows(s.isin(counts.index[~is_number]))}; list missing-value markers in "
                    "data.missing_values or correct the values")]
 
-# %% ../nbs/01_eda.ipynb #25
+# %% ../nbs/01_eda.ipynb #29
 HIGH_CARDINALITY = 50  # more categories than this: rare ones are grouped
 RARE_CATEGORY_ROWS = 5  # categories with fewer training rows are grouped as one
 ID_LIKE_SHARE = 0.95  # a distinct value in at least this share of rows: an identifier or free text
@@ -283,8 +290,8 @@ def feature_findings(s: pd.Series, cfg: Config) -> list[dict]:
         out.append(_issue("warning", c, "missing", f"{share:.0%} missing, above gates.max_missing_share={bar} "
                                                    "(checked at evaluation)", "imputed, with a missing indicator"))
     if _is_number_column(s) and np.isinf(s.to_numpy(dtype=float)).any():
-        out.append(_issue("warning", c, "infinite", f"infinite values in {_rows(np.isinf(s.to_numpy(dtype=float)))}",
-                          "read as missing"))
+        infinite = np.isinf(s.to_numpy(dtype=float))
+        out.append(_issue("warning", c, "infinite", f"infinite values in {describe_rows(infinite)}", "read as missing"))
     if s.nunique(dropna=False) <= 1 and len(s) > 1:
         return out + [_issue("warning", c, "constant", "constant column (one value): it carries no information", left_out)]
     protected = {*cfg.data.sensitive_features, cfg.data.time_column}
@@ -297,7 +304,7 @@ def feature_findings(s: pd.Series, cfg: Config) -> list[dict]:
                           "most frequent, grouped as one"))
     return out
 
-# %% ../nbs/01_eda.ipynb #28
+# %% ../nbs/01_eda.ipynb #32
 LEAK_SCORE = 0.99  # a column predicting the target this well on its own is flagged
 LEAK_SAMPLE_ROWS = 50_000
 
@@ -337,7 +344,7 @@ def target_leak_score(x: pd.Series, y: pd.Series, task: str, positive_label=None
         return float(abs(x.replace([np.inf, -np.inf], np.nan).corr(y, method="spearman")))
     return float(r2_score(values, _cross_fitted(groups, values, halves, "mean")))
 
-# %% ../nbs/01_eda.ipynb #30
+# %% ../nbs/01_eda.ipynb #34
 def leak_findings(df: pd.DataFrame, cfg: Config, task: str, positive_label=None) -> list[dict]:
     "A finding for each feature that predicts the target almost perfectly on its own."
     t = cfg.data.target
@@ -355,7 +362,7 @@ def leak_findings(df: pd.DataFrame, cfg: Config, task: str, positive_label=None)
 
 _LEAK_MEASURE = {"binary": "ROC AUC", "multiclass": "accuracy", "regression": "R²"}
 
-# %% ../nbs/01_eda.ipynb #31
+# %% ../nbs/01_eda.ipynb #35
 def check_data(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     "All checks as a table: level (error or warning), column, check, message, handling."
     if len(df) == 0 or df.shape[1] == 0:
@@ -370,7 +377,7 @@ def check_data(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
         issues += leak_findings(df, cfg, task, label)
     duplicated = df.duplicated()
     if duplicated.any():
-        issues.append(_issue("warning", "*", "duplicates", f"duplicate rows: {_rows(duplicated)}", "kept"))
+        issues.append(_issue("warning", "*", "duplicates", f"duplicate rows: {describe_rows(duplicated)}", "kept"))
     return pd.DataFrame(issues, columns=CHECK_COLUMNS)
 
 CHECK_COLUMNS = ["level", "column", "check", "message", "handling"]
@@ -383,7 +390,7 @@ def validate_data(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
         raise DataValidationError([f"{r.column}: {r.message}" for r in errors.itertuples()])
     return checks
 
-# %% ../nbs/01_eda.ipynb #35
+# %% ../nbs/01_eda.ipynb #39
 def infer_schema(df: pd.DataFrame, cfg: Config) -> dict:
     "Column kinds, types, missing shares, ranges and categories; the target, its task and the features named."
     cols = {}
@@ -411,7 +418,7 @@ def excluded_features(checks: pd.DataFrame,  # from `check_data`
     out.update({c: "listed in model.exclude_features" for c in cfg.model.exclude_features})
     return {c: out[c] for c in schema["features"] if c in out}
 
-# %% ../nbs/01_eda.ipynb #37
+# %% ../nbs/01_eda.ipynb #41
 def _cache_dir(ctx: RunContext) -> Path:
     "Where a run keeps the inputs every stage shares."
     return ctx.path("cache")
@@ -458,7 +465,7 @@ def load_schema(ctx: RunContext) -> dict:
     "The stored schema of this run's data."
     return load_data(ctx)[1]
 
-# %% ../nbs/01_eda.ipynb #40
+# %% ../nbs/01_eda.ipynb #44
 def data_dictionary(df: pd.DataFrame, schema: dict, cfg: Config) -> pd.DataFrame:
     "A stakeholder table: column, role, kind, missing share, distinct values, examples, and why a column is not an input."
     excluded = schema.get("excluded_features", {})
@@ -480,7 +487,7 @@ def _input_note(column: str, schema: dict, excluded: dict) -> str:
         return ""
     return f"no: {excluded[column]}" if column in excluded else "yes"
 
-# %% ../nbs/01_eda.ipynb #43
+# %% ../nbs/01_eda.ipynb #47
 def class_balance(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     "Counts and shares of each target class, the positive one marked (binary)."
     counts = df[cfg.data.target].astype(str).value_counts()
@@ -495,7 +502,7 @@ def target_table(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
         return df[cfg.data.target].describe().to_frame("value").round(4)
     return class_balance(df, cfg)
 
-# %% ../nbs/01_eda.ipynb #47
+# %% ../nbs/01_eda.ipynb #51
 def binned(s: pd.Series, bins: int = 10) -> pd.Series:
     "Ordered bins: at most `bins` quantile ranges of numbers or dates, else the 12 most frequent values and '(other)'; '(missing)'."
     kind = _kind(s)
@@ -559,7 +566,7 @@ def subplots(*args, **kwargs):
     import matplotlib.pyplot as plt
     return plt.subplots(*args, **kwargs)
 
-# %% ../nbs/01_eda.ipynb #48
+# %% ../nbs/01_eda.ipynb #52
 def plot_profile(df: pd.DataFrame, cfg: Config, max_columns: int = 30):
     "A grid: each column's distribution and the outcome by value (positive rate, target mean or class shares)."
     cols = profile_columns(df, cfg, max_columns)
@@ -601,7 +608,7 @@ def _plot_outcome(ax, x: np.ndarray, outcome: pd.DataFrame, df: pd.DataFrame, cf
     if cfg.data.task == "binary":
         ax.set_ylim(0, 1)
 
-# %% ../nbs/01_eda.ipynb #51
+# %% ../nbs/01_eda.ipynb #55
 def _codes(s: pd.Series) -> np.ndarray:
     "Integer codes of a column's bins (see `binned`)."
     return pd.factorize(binned(s))[0]
@@ -625,7 +632,7 @@ def association_matrix(df: pd.DataFrame, columns: list[str] | None = None) -> pd
         for j in range(i + 1, len(cols)): m[i, j] = m[j, i] = round(_cramers_v_codes(codes[a], codes[cols[j]]), 4)
     return pd.DataFrame(m, index=cols, columns=cols)
 
-# %% ../nbs/01_eda.ipynb #55
+# %% ../nbs/01_eda.ipynb #59
 def split_data(df: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
     "Train and test frames: stratified random, or by time (latest periods to test)."
     if cfg.split.strategy == "time":
@@ -642,7 +649,7 @@ def split_data(df: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, pd.DataFram
                                    stratify=y if classes else None)
     return train.reset_index(drop=True), test.reset_index(drop=True)
 
-# %% ../nbs/01_eda.ipynb #58
+# %% ../nbs/01_eda.ipynb #62
 def load_splits(ctx: RunContext) -> tuple[pd.DataFrame, pd.DataFrame]:
     "The train and test frames of this run, built once and cached in the run folder."
     cache = _cache_dir(ctx)
@@ -650,7 +657,8 @@ def load_splits(ctx: RunContext) -> tuple[pd.DataFrame, pd.DataFrame]:
         return pd.read_parquet(cache / "train.parquet"), pd.read_parquet(cache / "test.parquet")
     df, _ = load_data(ctx)
     train, test = split_data(df, ctx.config)
-    train.to_parquet(cache / "train.parquet", index=False); test.to_parquet(cache / "test.parquet", index=False)
+    train.to_parquet(cache / "train.parquet", index=False)
+    test.to_parquet(cache / "test.parquet", index=False)
     return train, test
 
 def split_table(train: pd.DataFrame, test: pd.DataFrame, cfg: Config) -> pd.DataFrame:
@@ -663,7 +671,7 @@ def split_table(train: pd.DataFrame, test: pd.DataFrame, cfg: Config) -> pd.Data
         return pd.DataFrame({"rows": {k: len(v) for k, v in y.items()}, "target_mean": {k: v.mean() for k, v in y.items()}})
     return pd.DataFrame({"rows": {k: len(v) for k, v in y.items()}, "classes": {k: v.nunique() for k, v in y.items()}})
 
-# %% ../nbs/01_eda.ipynb #62
+# %% ../nbs/01_eda.ipynb #66
 QUANTILE_LEVELS = np.union1d(np.linspace(0, 1, 1001), [1e-6, 1e-5, 1e-4, 2e-4, 5e-4, 1 - 5e-4, 1 - 2e-4, 1 - 1e-4, 1 - 1e-5, 1 - 1e-6])  # 1,011: even, plus the far tails
 
 def numeric_statistics(values, sample_size: int = 1000, seed: int = 0) -> dict:
@@ -684,7 +692,7 @@ def categorical_statistics(values) -> dict:
     return {"kind": "categorical", "count": int(counts.sum()), "missing_share": float(s.isna().mean()) if len(s) else 0.0,
             "counts": {str(k): int(v) for k, v in counts.items()}}
 
-# %% ../nbs/01_eda.ipynb #63
+# %% ../nbs/01_eda.ipynb #67
 def reference_statistics(df: pd.DataFrame,  # the training split
                          schema: dict,  # from `infer_schema` / `load_schema`
                          scores=None,  # the model's outputs on `df`: positive-class probabilities, classes or values
@@ -707,7 +715,7 @@ def reference_statistics(df: pd.DataFrame,  # the training split
                              else numeric_statistics(scores, sample_size, seed))
     return out
 
-# %% ../nbs/01_eda.ipynb #67
+# %% ../nbs/01_eda.ipynb #71
 def max_missing_share(df: pd.DataFrame, schema: dict) -> tuple[float, str | None]:
     "The largest missing share of any model input, and its column."
     inputs = [c for c in schema["features"] if c not in schema.get("excluded_features", {})]

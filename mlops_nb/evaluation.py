@@ -14,16 +14,15 @@ import pandas as pd
 import yaml
 from sklearn.pipeline import Pipeline
 
-from .core import (CandidateConfig, Config, ConfigError, MlopsError, RunContext, code, esc, finish_stage, flatten,
-                           html_table, lineage_tags, log_batch, md, mlflow_client, primary_metric_bar, read_json,
-                           resolved_config, retry, run_context, stage_run_id, write_json)
-from .eda import binned, load_data, load_schema, load_splits, max_missing_share, plot_text, reference_statistics, subplots
-from .models import (METRIC_SCORERS, MITIGATION_MAX_ITER, build_pipeline, candidate_name, cross_validated, cv_sample,
-                             fitting_threads, higher_is_better, mitigated_pipeline, model_columns, needs_sensitive_features,
-                             pipeline_columns, routing, search_candidate, target_vector)
-from .rai import (explain_classes, explain_model, fairness_frame, group_labels, group_metrics_table, plot_beeswarm,
-                          plot_group_metrics, plot_importance, plot_local, proxy_table)
-from .baseline import baseline_table, best_model, cv_display, cv_rows_text, load_baseline, plot_cv_scores, PLOTTED_METRICS
+from .core import (CandidateConfig, Config, ConfigError, MlopsError, RunContext, code, esc, flatten,
+                           html_table, lineage_tags, log_batch, mlflow_client, primary_metric_bar, read_json,
+                           resolved_config, retry, stage_run_id, write_json)
+from .eda import binned, plot_text, subplots
+from .models import (MITIGATION_MAX_ITER, build_pipeline, candidate_name, cross_validated, cv_sample,
+                             fitting_threads, higher_is_better, mitigated_pipeline, model_columns,
+                             needs_sensitive_features, pipeline_columns, routing, search_candidate, target_vector)
+from .rai import explain_classes, explain_model, fairness_frame, group_labels, proxy_table
+from .baseline import best_model
 
 # %% auto #0
 __all__ = ['FAIRNESS_SUMMARY', 'FAIRNESS_GATES', 'THRESHOLDS', 'NO_THRESHOLD', 'GROUP_THRESHOLDS', 'ONE_CLASS_SHARE',

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01a_models.ipynb #2
 from __future__ import annotations
-import contextlib, importlib, inspect, itertools, warnings
+import contextlib, importlib, inspect, warnings
 
 import numpy as np
 import pandas as pd
@@ -14,7 +14,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from .core import (LOWER_IS_BETTER, CandidateConfig, Config, ConfigError, apply_task, task_metrics)
+from .core import LOWER_IS_BETTER, CandidateConfig, Config, ConfigError
 from .eda import HIGH_CARDINALITY, RARE_CATEGORY_ROWS, is_positive
 
 # %% auto #0

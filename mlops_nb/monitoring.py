@@ -13,12 +13,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
 
-from .core import (Config, ConfigError, DataValidationError, MlopsError, RunContext, _jsonable, apply_task,
-                           code, config_hash, esc, experiment_id, finish_stage, git_commit, load_config, log_batch,
-                           md, mlflow_client, package_version, primary_metric_bar, read_json, run_context,
-                           tracking_uri, write_json)
-from .eda import (QUANTILE_LEVELS, _check_header, _rows, categorical_statistics, is_positive, load_dataset,
-                          normalise_frame, numeric_statistics, plot_text)
+from .core import (Config, ConfigError, DataValidationError, RunContext, apply_task, config_hash, esc,
+                           experiment_id, finish_stage, git_commit, jsonable, load_config, log_batch, metric_key,
+                           mlflow_client, package_version, primary_metric_bar, read_json, run_context, tracking_uri,
+                           write_json)
+from .eda import QUANTILE_LEVELS, check_header, describe_rows, load_dataset, normalise_frame, plot_text
 # scipy's tests, scikit-learn's metrics, the model pipeline, evaluation and the registry (fairlearn, model selection) and
 # matplotlib are imported by the functions that need them: the scoring service imports this module for its inference log
 # and should not pay for them
@@ -29,21 +28,23 @@ __all__ = ['NO_VERSION', 'SMALL_REFERENCE_ROWS', 'SMALL_BATCH_ROWS', 'MIN_EXPECT
            'ENGINES', 'BASELINE_ONLY', 'apply_version_task', 'MonitoringScope', 'run_version', 'monitoring_scope',
            'version_summary', 'reference_cdf', 'ks_statistic', 'ks_drift', 'pooled_counts', 'chisquare_counts',
            'chisquare_drift', 'quantile_levels', 'wasserstein_drift', 'level_weights', 'jensenshannon_drift',
-           'psi_drift', 'default_test', 'column_drift', 'drift_report', 'dataset_drift', 'schema_anomalies',
-           'validate_batch', 'anomaly_table', 'weighted_metrics', 'expected_metrics', 'multiclass_metrics',
-           'regression_metrics', 'measured_performance', 'estimated_performance', 'inference_log_record',
-           'append_inference_log', 'utc_time', 'read_inference_log', 'join_labels', 'decision_findings',
-           'retraining_decision', 'read_batch', 'parquet_source', 'numeric_column', 'category_counts',
-           'chunked_drift_report', 'assess_parquet', 'log_policy_record', 'logged_reference', 'logged_outputs',
-           'model_outputs', 'prediction_values', 'assess_batch', 'safe_batch_id', 'new_batch_id', 'monitoring_history',
-           'last_retrain', 'log_monitoring_run', 'record_decision', 'load_monitored_batch', 'assess_monitored_batch',
-           'decision_record', 'monitor_batch', 'batches_over_time', 'monitor_periods', 'plot_history', 'check_engine',
-           'private_log_scope', 'monitored_batch', 'assess_scope', 'scope_decision', 'decision_summary', 'drift_table',
-           'log_policy_view', 'plot_drift', 'anomaly_view', 'performance_table', 'serving_skew_view',
-           'drift_thresholds', 'decision_policy', 'backtest_slices', 'backtest', 'false_alarms', 'false_alarm_summary',
-           'resampled_metric', 'estimate_check', 'monitoring_results', 'finish_monitoring']
+           'psi_drift', 'default_test', 'requested_drift_test', 'column_drift', 'column_reference', 'drift_report',
+           'dataset_drift', 'schema_anomalies', 'validate_batch', 'anomaly_table', 'weighted_metrics',
+           'expected_metrics', 'multiclass_metrics', 'regression_metrics', 'measured_performance',
+           'estimated_performance', 'inference_log_record', 'append_inference_log', 'utc_time', 'read_inference_log',
+           'join_labels', 'decision_findings', 'retraining_decision', 'read_batch', 'parquet_source', 'numeric_column',
+           'category_counts', 'chunked_drift_report', 'assess_parquet', 'log_policy_record', 'logged_reference',
+           'logged_outputs', 'model_outputs', 'prediction_values', 'assess_batch', 'safe_batch_id', 'new_batch_id',
+           'monitoring_history', 'last_retrain', 'log_monitoring_run', 'record_decision', 'read_logged_batch',
+           'load_monitored_batch', 'assess_monitored_batch', 'assess_frame', 'assess_logged', 'decision_record',
+           'monitored_version', 'decide_and_record', 'monitor_frame', 'monitor_parquet', 'monitor_inference_log',
+           'monitor_batch', 'batches_over_time', 'monitor_periods', 'plot_history', 'check_engine', 'private_log_scope',
+           'monitored_batch', 'assess_scope', 'scope_decision', 'decision_summary', 'drift_table', 'log_policy_view',
+           'plot_drift', 'anomaly_view', 'performance_table', 'serving_skew_view', 'drift_thresholds',
+           'decision_policy', 'backtest_slices', 'backtest', 'false_alarms', 'false_alarm_summary', 'resampled_metric',
+           'estimate_check', 'monitoring_results', 'finish_monitoring']
 
-# %% ../nbs/05_monitoring.ipynb #6
+# %% ../nbs/05_monitoring.ipynb #7
 def apply_version_task(cfg: Config, reference: dict) -> Config:
     "The config with the task and positive label the model version was trained for (older versions: binary)."
     return apply_task(cfg, reference.get("task", "binary"), reference.get("positive_label", cfg.data.positive_label))
@@ -66,7 +67,7 @@ def _scope(cfg: Config, client, loaded, batch_mode: bool, ctx: RunContext | None
         apply_version_task(cfg, reference)
     return MonitoringScope(cfg, client, loaded, reference, batch_mode, ctx)
 
-# %% ../nbs/05_monitoring.ipynb #7
+# %% ../nbs/05_monitoring.ipynb #8
 def run_version(ctx: RunContext, client):
     "This run's registered version, verified and loaded (`LoadedModel`); None when the run registered none."
     from mlops_nb.evaluation import load_model_version
@@ -94,7 +95,7 @@ def monitoring_scope(config: str | None,  # the CONFIG parameter
     client = mlflow_client(tracking_uri(cfg))
     return _scope(cfg, client, resolve_model(client, cfg, model), True)
 
-# %% ../nbs/05_monitoring.ipynb #8
+# %% ../nbs/05_monitoring.ipynb #9
 NO_VERSION = ("**No version registered by this run**: the evaluation stage has not run in this run folder "
               "(no `evaluation.json`), so there is no model to monitor.")
 
@@ -110,7 +111,7 @@ def version_summary(scope: MonitoringScope) -> str:
     return (f"Monitoring **{esc(loaded.uri)}** (aliases: {aliases}; task: {task}{label}{classes}). "
             f"Reference: {reference['rows']:,} training rows, {len(reference['columns'])} input columns.")
 
-# %% ../nbs/05_monitoring.ipynb #12
+# %% ../nbs/05_monitoring.ipynb #13
 SMALL_REFERENCE_ROWS = 1000  # up to this many reference rows: p-value tests (Evidently's rule)
 SMALL_BATCH_ROWS = 1000  # fewer batch values than this: p-value tests (a distance would be mostly sampling noise)
 MIN_EXPECTED_COUNT = 5  # chi-square: categories expected fewer times than this are merged
@@ -134,7 +135,7 @@ def _category_counts(values) -> pd.Series:
         return pd.Series(values, dtype=float)
     return pd.Series(values).dropna().astype(str).value_counts().astype(float)
 
-# %% ../nbs/05_monitoring.ipynb #13
+# %% ../nbs/05_monitoring.ipynb #14
 def reference_cdf(levels: np.ndarray,  # the quantile levels
                   quantiles: np.ndarray,  # the reference's quantiles at those levels
                   v: np.ndarray,  # where to evaluate
@@ -190,7 +191,7 @@ def chisquare_drift(reference: dict, values) -> float:
     "Chi-square p-value of the 2-row contingency table: reference counts vs batch counts per category."
     return chisquare_counts(*_aligned_counts(reference, values))
 
-# %% ../nbs/05_monitoring.ipynb #14
+# %% ../nbs/05_monitoring.ipynb #15
 def _wasserstein_from_quantiles(levels: np.ndarray, quantiles: np.ndarray, x: np.ndarray) -> float:
     "W1 = ∫|F⁻¹(u) − G⁻¹(u)| du: reference quantile function (linear between levels) vs the batch's exact one."
     x, n = np.sort(x), len(x)
@@ -221,7 +222,7 @@ def wasserstein_drift(reference: dict, values) -> float:
     std = reference["std"] * np.sqrt((n - 1) / n) if n > 1 else 0.0  # stored with ddof=1; Evidently uses np.std
     return _wasserstein_from_quantiles(quantile_levels(reference), q, _numbers(values)) / max(std, 0.001)
 
-# %% ../nbs/05_monitoring.ipynb #15
+# %% ../nbs/05_monitoring.ipynb #16
 def level_weights(levels: np.ndarray) -> np.ndarray:
     "The probability each quantile stands for: half of each adjacent level interval (sums to 1 over levels 0 to 1)."
     gaps = np.diff(np.asarray(levels, dtype=float))
@@ -247,7 +248,7 @@ def psi_drift(reference: dict, values) -> float:
     ref, cur = (np.where(p == 0, 0.0001, p) for p in _proportions(reference, values))
     return float(np.sum((cur - ref) * np.log(cur / ref)))
 
-# %% ../nbs/05_monitoring.ipynb #17
+# %% ../nbs/05_monitoring.ipynb #18
 DRIFT_TESTS = {  # name: (function, column kinds, default threshold, what the score is)
     "ks": (ks_drift, ("numeric",), 0.05, "p_value"),
     "chisquare": (chisquare_drift, ("categorical",), 0.05, "p_value"),
@@ -266,12 +267,16 @@ def default_test(kind: str,  # 'numeric' or 'categorical' (the reference statist
     if kind == "numeric": return "ks" if small else "wasserstein"
     return "chisquare" if small else "jensenshannon"
 
-# %% ../nbs/05_monitoring.ipynb #18
-def _override(column: str, methods: dict | None) -> tuple[str | None, float | None]:
-    "The (test, threshold) requested for a column in `methods`, or (None, None)."
+# %% ../nbs/05_monitoring.ipynb #19
+def requested_drift_test(column: str,  # the column tested
+                         methods: dict | None,  # per column: a test name or {'test', 'threshold'}; '*' for all
+                        ) -> tuple[str | None, float | None]:
+    "The (test, threshold) `methods` requests for a column, or (None, None): the defaults."
     spec = (methods or {}).get(column, (methods or {}).get("*"))
-    if spec is None or isinstance(spec, str): return spec, None
-    if isinstance(spec, dict) and set(spec) <= {"test", "threshold"}: return spec.get("test"), spec.get("threshold")
+    if spec is None or isinstance(spec, str):
+        return spec, None
+    if isinstance(spec, dict) and set(spec) <= {"test", "threshold"}:
+        return spec.get("test"), spec.get("threshold")
     raise ConfigError(f"methods[{column!r}]: expected a test name or {{'test': ..., 'threshold': ...}}, got {spec!r}")
 
 def column_drift(reference: dict,  # one column's reference statistics
@@ -291,9 +296,9 @@ def column_drift(reference: dict,  # one column's reference statistics
     drifted = score < threshold if score_kind == "p_value" else score >= threshold
     return {"test": test, "score": score, "threshold": threshold, "drifted": bool(drifted)}
 
-# %% ../nbs/05_monitoring.ipynb #20
-def _column_reference(column: dict,  # one column's reference statistics
-                      reference: dict) -> dict:
+# %% ../nbs/05_monitoring.ipynb #23
+def column_reference(column: dict,  # one column's reference statistics
+                     reference: dict) -> dict:  # the whole stored reference
     "A numeric column's statistics with the reference's quantile levels attached (what its tests read)."
     levels = reference.get("quantile_level_values")
     return {**column, "quantile_level_values": levels} if levels is not None and "quantiles" in column else column
@@ -304,7 +309,8 @@ def drift_report(batch: pd.DataFrame,  # the batch (validated: every reference c
                  exclude: tuple | list = (),  # columns not tested (the time column)
                 ) -> pd.DataFrame:
     "Per-column drift of a batch against the reference statistics: test, score, threshold, drifted."
-    rows = {c: column_drift(_column_reference(ref, reference), batch[c], reference["rows"], *_override(c, methods), column=c)
+    rows = {c: column_drift(column_reference(ref, reference), batch[c], reference["rows"],
+                            *requested_drift_test(c, methods), column=c)
             for c, ref in reference["columns"].items() if c not in exclude and c in batch}
     return pd.DataFrame.from_dict(rows, orient="index", columns=["test", "score", "threshold", "drifted"]).rename_axis("column")
 
@@ -315,7 +321,7 @@ def dataset_drift(columns: pd.DataFrame,  # from `drift_report`
     share = float(columns["drifted"].mean()) if len(columns) else 0.0
     return bool(share >= drift_share), share
 
-# %% ../nbs/05_monitoring.ipynb #23
+# %% ../nbs/05_monitoring.ipynb #28
 BLOCKING_ANOMALIES = ("missing_column", "type_mismatch", "infinite_values")
 
 def _not_numbers(s: pd.Series) -> pd.Series:
@@ -333,7 +339,7 @@ def _finding(mask: pd.Series, values: pd.Series) -> dict | None:
     return {"rows": int(mask.sum()), "first_rows": np.flatnonzero(mask)[:5].tolist(),
             "examples": [v if isinstance(v, (int, float, bool)) else str(v) for v in examples.tolist()]}
 
-# %% ../nbs/05_monitoring.ipynb #24
+# %% ../nbs/05_monitoring.ipynb #29
 def _column_anomalies(s: pd.Series, ref: dict, check_range: bool = True) -> dict:
     "The anomalies of one batch column against its reference statistics."
     found = {}
@@ -365,7 +371,7 @@ def schema_anomalies(batch: pd.DataFrame,  # the batch as received
         if c not in reference["columns"] and c not in ignore: out[str(c)] = {"extra_column": {"rows": len(batch), "first_rows": [], "examples": []}}
     return out
 
-# %% ../nbs/05_monitoring.ipynb #25
+# %% ../nbs/05_monitoring.ipynb #30
 def _where(finding: dict) -> str:
     "The rows of a finding: their count and the first row numbers."
     return f"{finding['rows']} row{'s' if finding['rows'] != 1 else ''} (rows {', '.join(map(str, finding['first_rows']))}{', ...' if finding['rows'] > 5 else ''})"
@@ -421,14 +427,14 @@ def _problems(anomalies: dict, label_findings: dict, reference: dict, cfg: Confi
         out.append(f"{t}: unknown classes {sorted(map(str, f['examples']))} in {_where(f)}; expected {sorted(_known_classes(reference, cfg))}")
     return out
 
-# %% ../nbs/05_monitoring.ipynb #26
+# %% ../nbs/05_monitoring.ipynb #31
 def anomaly_table(anomalies: dict) -> pd.DataFrame:
     "The anomalies as a table: column, anomaly, rows, examples."
     rows = [{"column": c, "anomaly": a, "rows": f["rows"], "examples": ", ".join(map(str, f["examples"]))}
             for c, found in anomalies.items() for a, f in found.items()]
     return pd.DataFrame(rows, columns=["column", "anomaly", "rows", "examples"])
 
-# %% ../nbs/05_monitoring.ipynb #29
+# %% ../nbs/05_monitoring.ipynb #34
 ESTIMATION_ASSUMPTION = (
     "Estimated performance assumes the model's probabilities are calibrated on this batch (a row scored 0.8 is positive "
     "8 times in 10): it holds when the inputs shift but the relation between inputs and outcome does not (covariate "
@@ -461,7 +467,7 @@ def expected_metrics(scores,  # calibrated probabilities of the positive class
     p, d = np.asarray(scores, dtype=float), np.asarray(predictions, dtype=int)
     return weighted_metrics(np.r_[np.ones(len(p)), np.zeros(len(p))], np.r_[p, p], np.r_[d, d], np.r_[p, 1 - p])
 
-# %% ../nbs/05_monitoring.ipynb #31
+# %% ../nbs/05_monitoring.ipynb #36
 def multiclass_metrics(y,  # the true class of each row (text); None: expected from the probabilities (CBPE)
                        probabilities: pd.DataFrame,  # one column per class (text), in the model's order
                        predictions,  # the predicted class of each row
@@ -487,7 +493,7 @@ def multiclass_metrics(y,  # the true class of each row (text); None: expected f
             "log_loss": (float(np.mean(entropy)) if truth is None
                          else float(np.mean(-np.log(np.clip(hit, 1e-15, 1)))))}
 
-# %% ../nbs/05_monitoring.ipynb #33
+# %% ../nbs/05_monitoring.ipynb #38
 def regression_metrics(y,  # the true values
                        predictions,  # the predicted values
                       ) -> dict:
@@ -497,7 +503,7 @@ def regression_metrics(y,  # the true values
     return {"rmse": float(np.sqrt(np.mean((y - p) ** 2))), "mae": float(np.mean(np.abs(y - p))),
             "r2": float(r2_score(y, p)) if len(y) > 1 else None}
 
-# %% ../nbs/05_monitoring.ipynb #36
+# %% ../nbs/05_monitoring.ipynb #41
 def measured_performance(y_true,  # the outcomes as the model learns them (`models.target_vector`)
                          outputs: dict,  # the model's outputs on the same rows (`evaluation.predict_outputs`)
                         ) -> dict:
@@ -523,7 +529,7 @@ def estimated_performance(outputs: dict,  # the model's outputs (`evaluation.pre
         values = expected_metrics(outputs["score"], outputs["prediction"])
     return {"rows": int(len(outputs["prediction"])), **values}
 
-# %% ../nbs/05_monitoring.ipynb #39
+# %% ../nbs/05_monitoring.ipynb #44
 LOG_FIELDS = ("request_id", "row", "time", "model_name", "model_version", "prediction", "probability", "latency_ms", "status", "unseen_categories")
 LOG_REQUIRED = ("time", "request_id", "inputs")
 
@@ -533,11 +539,11 @@ def inference_log_record(inputs: dict, prediction, probability: float | None, re
     "One inference-log record (one scored row) in the format `read_inference_log` reads."
     time = (time or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
     return {"time": time.isoformat(timespec="milliseconds"), "request_id": str(request_id), "row": int(row),
-            "model_name": model_name, "model_version": str(model_version), "inputs": dict(inputs), "prediction": _jsonable(prediction),
+            "model_name": model_name, "model_version": str(model_version), "inputs": dict(inputs), "prediction": jsonable(prediction),
             "probability": None if probability is None else float(probability), "latency_ms": latency_ms, "status": int(status), "unseen_categories": list(unseen_categories)}
 
 def _json_default(value):
-    "json.dumps' fallback, as `_jsonable` converts: numpy scalars as Python values, anything else (dates, times) as text."
+    "json.dumps' fallback, as `jsonable` converts: numpy scalars as Python values, anything else (dates, times) as text."
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
         value = value.item()
         if isinstance(value, float) and not np.isfinite(value): return None
@@ -582,7 +588,7 @@ def append_inference_log(path: str | Path,  # the .jsonl file (created with its 
                          latency_ms: float | None = None, status: int = 200, unseen_categories: list[list[str]] | None = None) -> int:
     "Append one request's scored rows to an inference log, one record per row, in a single write; returns the rows written."
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
-    request_id, model_version, latency_ms, status = str(request_id), str(model_version), _jsonable(latency_ms), int(status)
+    request_id, model_version, latency_ms, status = str(request_id), str(model_version), jsonable(latency_ms), int(status)
     scores = _finite_or_none(probabilities) if probabilities is not None else itertools.repeat(None)
     unseen = [list(u) for u in unseen_categories] if unseen_categories is not None else itertools.repeat([])
     lines = [_LOG_ENCODER.encode({"time": now, "request_id": request_id, "row": i, "model_name": model_name, "model_version": model_version,
@@ -593,7 +599,7 @@ def append_inference_log(path: str | Path,  # the .jsonl file (created with its 
     with open(path, "a", encoding="utf-8") as f: f.write("".join(line + "\n" for line in lines))
     return len(lines)
 
-# %% ../nbs/05_monitoring.ipynb #40
+# %% ../nbs/05_monitoring.ipynb #45
 def _log_files(path: str | Path) -> list[Path]:
     "The `.jsonl` files of an inference log: the file itself, or a folder's `*.jsonl` in name order."
     p = Path(path)
@@ -614,7 +620,7 @@ def _log_record(line: str, where: str) -> dict:
     if not isinstance(rec["inputs"], dict): raise DataValidationError(f"{where}: 'inputs' must be an object of column: value")
     return rec
 
-# %% ../nbs/05_monitoring.ipynb #41
+# %% ../nbs/05_monitoring.ipynb #46
 def utc_time(value,  # an ISO time (naive: UTC) or a datetime, or None
              name: str,  # the option it came from, for the error
             ) -> pd.Timestamp | None:
@@ -644,7 +650,7 @@ def read_inference_log(path: str | Path,  # a .jsonl file or a folder of them
     keep = frame["time"].between(lo or pd.Timestamp.min.tz_localize("UTC"), hi or pd.Timestamp.max.tz_localize("UTC"), inclusive="left")
     return frame[keep].sort_values("time", kind="stable").reset_index(drop=True)
 
-# %% ../nbs/05_monitoring.ipynb #43
+# %% ../nbs/05_monitoring.ipynb #48
 def join_labels(log: pd.DataFrame,  # from `read_inference_log`
                 labels: pd.DataFrame,  # request_id, optional row, and the target column
                 target: str) -> pd.DataFrame:
@@ -660,7 +666,7 @@ def join_labels(log: pd.DataFrame,  # from `read_inference_log`
         raise DataValidationError(f"labels: no 'row' column, but request {log.loc[log.request_id.duplicated(), 'request_id'].iloc[0]!r} scored several rows")
     return log.drop(columns=[target], errors="ignore").merge(lab, on=keys, how="left", validate="many_to_one")
 
-# %% ../nbs/05_monitoring.ipynb #46
+# %% ../nbs/05_monitoring.ipynb #51
 LEVELS = ("ok", "investigate", "retrain")
 
 def _metric_finding(values: dict, cfg: Config, kind: str, level: str) -> list[tuple[str, str]]:
@@ -673,7 +679,7 @@ def _metric_finding(values: dict, cfg: Config, kind: str, level: str) -> list[tu
     ok = value >= floor if higher_is_better(metric) else value <= floor
     return [] if ok else [(level, f"{kind} {metric} {value:.4f} fails gates.min_primary_metric={floor:g}")]
 
-# %% ../nbs/05_monitoring.ipynb #47
+# %% ../nbs/05_monitoring.ipynb #52
 def _anomaly_summary(anomalies: dict) -> str:
     return "; ".join(f"{c}: " + ", ".join(f"{a.replace('_', ' ')} in {f['rows']} rows" for a, f in found.items())
                      for c, found in anomalies.items())
@@ -700,7 +706,7 @@ def decision_findings(result: dict, cfg: Config) -> list[tuple[str, str]]:
                                    f"registered model's (largest difference {skew['max_abs_difference']:.3g})"))
     return out
 
-# %% ../nbs/05_monitoring.ipynb #48
+# %% ../nbs/05_monitoring.ipynb #53
 def retraining_decision(result: dict,  # the assessed batch (rows, columns, drift, performance, anomalies, ...)
                         cfg: Config,
                         last_retrain: dict | None = None,  # {'time', 'batch_id'} of the model's previous retrain decision
@@ -721,7 +727,7 @@ def retraining_decision(result: dict,  # the assessed batch (rows, columns, drif
                            f"within monitoring.retrain_cooldown_days={m.retrain_cooldown_days:g}")
     return decision, reasons or ["no dataset drift, no anomalies, performance within the gates"]
 
-# %% ../nbs/05_monitoring.ipynb #51
+# %% ../nbs/05_monitoring.ipynb #56
 def read_batch(path: str | Path, cfg: Config) -> pd.DataFrame:
     "A batch file (CSV or Parquet), read like the training data (the config's missing-value markers applied)."
     path = Path(path)
@@ -735,7 +741,7 @@ def _numeric_columns(batch: pd.DataFrame, reference: dict) -> pd.DataFrame:
     numeric = [c for c, r in reference["columns"].items() if r["kind"] == "numeric" and c in batch]
     return batch.assign(**{c: pd.to_numeric(batch[c]) for c in numeric})
 
-# %% ../nbs/05_monitoring.ipynb #53
+# %% ../nbs/05_monitoring.ipynb #58
 def _parquet_file(path: str | Path | pq.ParquetFile) -> pq.ParquetFile:
     "The Parquet batch opened (its metadata only), refused with a clear message when it cannot be read or its header is bad."
     if isinstance(path, pq.ParquetFile): return path
@@ -743,7 +749,7 @@ def _parquet_file(path: str | Path | pq.ParquetFile) -> pq.ParquetFile:
     if not path.is_file(): raise ConfigError(f"batch file not found: {path}")
     try: pf = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e: raise DataValidationError(f"{path}: cannot be read ({str(e).splitlines()[0]})") from None
-    _check_header(pf.schema_arrow.names, path)
+    check_header(pf.schema_arrow.names, path)
     return pf
 
 def parquet_source(path: str | Path):
@@ -797,13 +803,15 @@ def chunked_drift_report(path: str | Path | pq.ParquetFile,  # a Parquet batch (
     pf = _parquet_file(path)
     present = set(pf.schema_arrow.names)
     cols = {c: r for c, r in reference["columns"].items() if c not in exclude and c in present}
-    test = lambda c, values: column_drift(_column_reference(cols[c], reference), values, reference["rows"], *_override(c, methods), column=c)
+    def test(c, values):
+        return column_drift(column_reference(cols[c], reference), values, reference["rows"],
+                            *requested_drift_test(c, methods), column=c)
     rows = {c: test(c, numeric_column(pf, c, batch_rows, missing_values)) for c, r in cols.items() if r["kind"] == "numeric"}
     categorical = [c for c, r in cols.items() if r["kind"] != "numeric"]
     rows |= {c: test(c, counts) for c, counts in category_counts(pf, categorical, batch_rows, missing_values).items()}
     return pd.DataFrame.from_dict({c: rows[c] for c in cols}, orient="index", columns=["test", "score", "threshold", "drifted"]).rename_axis("column")
 
-# %% ../nbs/05_monitoring.ipynb #54
+# %% ../nbs/05_monitoring.ipynb #59
 def _merge_findings(total: dict, found: dict, offset: int) -> dict:
     "Add one chunk's findings ({column: {anomaly: finding}}) to the batch's, its row numbers shifted by the chunk's first row."
     for c, kinds in found.items():
@@ -840,7 +848,7 @@ def assess_parquet(path: str | Path,  # a Parquet batch
     return _assessment(columns, at, reference, cfg, _concat_outputs(outputs), pd.concat(truth, ignore_index=True) if labels else None,
                        methods, {c: f for c, f in anomalies.items() if f})
 
-# %% ../nbs/05_monitoring.ipynb #55
+# %% ../nbs/05_monitoring.ipynb #60
 def _log_batch(cfg: Config, labels_data, inference_log, labels: bool, loaded, since, until) -> tuple[pd.DataFrame, dict]:
     "The inference log's scored rows of the monitored model version (labels joined when requested) and where they came from."
     log = read_inference_log(inference_log, since, until)
@@ -859,7 +867,7 @@ def _log_batch(cfg: Config, labels_data, inference_log, labels: bool, loaded, si
     return log, {"kind": "inference_log", "path": str(inference_log), "rows_read": read, "failed_requests": failed,
                  "other_models": read - failed - len(log), "since": None if since is None else str(since), "until": None if until is None else str(until)}
 
-# %% ../nbs/05_monitoring.ipynb #57
+# %% ../nbs/05_monitoring.ipynb #62
 LOGGED_OUTPUTS = ("Private inference log (hashed or dropped inputs): the model cannot re-score its rows, so the logged "
                   "predictions and probabilities are monitored and serving skew is not checked.")
 
@@ -913,7 +921,7 @@ def logged_outputs(log: pd.DataFrame,  # the inference log's rows (`read_inferen
     absent = log[needed].isna().any(axis=1)
     if absent.any():
         missing = " or ".join(needed)
-        raise DataValidationError(f"inference log: {_rows(absent)} of successful requests have no {missing}")
+        raise DataValidationError(f"inference log: {describe_rows(absent)} of successful requests have no {missing}")
     if task == "regression":
         values = log["prediction"].astype(float).to_numpy()
         return {"task": task, "prediction": values, "probabilities": None, "score": None}
@@ -921,7 +929,7 @@ def logged_outputs(log: pd.DataFrame,  # the inference log's rows (`read_inferen
     return {"task": task, "prediction": log["prediction"].astype(int).to_numpy(), "score": score,
             "probabilities": pd.DataFrame({"0": 1 - score, "1": score})}
 
-# %% ../nbs/05_monitoring.ipynb #59
+# %% ../nbs/05_monitoring.ipynb #64
 def _serving_skew(expected, logged, tolerance: float = 1e-6) -> dict:
     "The logged probabilities against the registered model's on the same inputs."
     diff = np.abs(np.asarray(expected, dtype=float) - np.asarray(logged, dtype=float))
@@ -939,7 +947,7 @@ def model_outputs(loaded,  # the monitored `LoadedModel`
         return outputs, None
     absent = batch[["probability", "prediction"]].isna().any(axis=1)
     if absent.any():
-        raise DataValidationError(f"inference log: {_rows(absent)} of successful requests have no probability or prediction")
+        raise DataValidationError(f"inference log: {describe_rows(absent)} of successful requests have no probability or prediction")
     logged = {**outputs, "score": batch["probability"].astype(float).to_numpy(),
               "prediction": batch["prediction"].astype(int).to_numpy()}
     return logged, _serving_skew(outputs["score"], logged["score"])
@@ -964,7 +972,7 @@ def _concat_outputs(parts: list[dict]) -> dict:
         return pd.concat(values, ignore_index=True) if isinstance(values[0], pd.DataFrame) else np.concatenate(values)
     return {k: parts[0][k] if k == "task" else join([p[k] for p in parts]) for k in parts[0]}
 
-# %% ../nbs/05_monitoring.ipynb #60
+# %% ../nbs/05_monitoring.ipynb #65
 def assess_batch(batch: pd.DataFrame,  # validated batch (target column present when labels are)
                  reference: dict, cfg: Config,
                  outputs: dict,  # the model's outputs on the batch (`model_outputs`)
@@ -993,8 +1001,8 @@ def _assessment(columns: pd.DataFrame, rows: int, reference: dict, cfg: Config,
     t = cfg.data.target
     drifted, share = dataset_drift(columns, cfg.monitoring.drift_share)
     pred_ref, label_ref = reference.get("prediction"), reference.get("target")
-    prediction = (column_drift(_column_reference(pred_ref, reference), prediction_values(outputs), reference["rows"],
-                               *_override("prediction", methods), column="prediction") if pred_ref else None)
+    prediction = (column_drift(column_reference(pred_ref, reference), prediction_values(outputs), reference["rows"],
+                               *requested_drift_test("prediction", methods), column="prediction") if pred_ref else None)
     out = {"rows": int(rows), "reference_rows": reference["rows"], "task": outputs["task"], "dataset_drift": drifted,
            "drift_share": share, "drift_share_threshold": cfg.monitoring.drift_share, "columns": columns.to_dict("index"),
            "excluded_columns": [cfg.data.time_column] if cfg.data.time_column in reference["columns"] else [],
@@ -1009,24 +1017,23 @@ def _assessment(columns: pd.DataFrame, rows: int, reference: dict, cfg: Config,
         y = target_vector(pd.DataFrame({t: truth.to_numpy()[known]}), cfg).to_numpy()
         out["performance"] = measured_performance(y, _subset(outputs, known))
     if label_ref:
-        out["label_drift"] = column_drift(label_ref, truth[known], reference["rows"], *_override(t, methods), column=t)
+        out["label_drift"] = column_drift(label_ref, truth[known], reference["rows"],
+                                          *requested_drift_test(t, methods), column=t)
     return out
 
-# %% ../nbs/05_monitoring.ipynb #61
+# %% ../nbs/05_monitoring.ipynb #66
 def safe_batch_id(batch_id: str) -> str:
     "A batch id usable as a folder name."
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", batch_id or ""):
         raise ConfigError(f"batch_id {batch_id!r}: use letters, digits, '_', '.', '-' (at most 128, not starting with '.' or '-')")
     return batch_id
 
-_safe_id = safe_batch_id  # the name 06a_spark imports
-
 def new_batch_id() -> str:
     "A sortable, unique batch id: UTC time plus a short random suffix."
     from mlops_nb.core import new_run_id
     return new_run_id()
 
-# %% ../nbs/05_monitoring.ipynb #62
+# %% ../nbs/05_monitoring.ipynb #67
 _HISTORY_METRICS = ("roc_auc", "average_precision", "f1", "accuracy", "balanced_accuracy", "log_loss", "brier", "rmse", "mae", "r2")
 
 def monitoring_history(out: str | Path = "reports") -> pd.DataFrame:
@@ -1041,7 +1048,7 @@ def monitoring_history(out: str | Path = "reports") -> pd.DataFrame:
                      **{f"estimated_{k}": v for k, v in d["estimated_performance"].items() if k in _HISTORY_METRICS}})
     return pd.DataFrame(rows).sort_values("time", kind="stable").reset_index(drop=True) if rows else pd.DataFrame(columns=["batch_id", "time", "decision"])
 
-# %% ../nbs/05_monitoring.ipynb #63
+# %% ../nbs/05_monitoring.ipynb #68
 def last_retrain(client, cfg: Config, out: str | Path, model_name: str) -> dict | None:
     "The model's most recent retrain decision, from the decision files under `out` and the MLflow monitoring runs."
     found = []
@@ -1055,27 +1062,31 @@ def last_retrain(client, cfg: Config, out: str | Path, model_name: str) -> dict 
     found = [f for f in found if f["time"]]
     return max(found, key=lambda f: dt.datetime.fromisoformat(f["time"])) if found else None
 
-# %% ../nbs/05_monitoring.ipynb #64
-def _metric_key(name: str) -> str: return re.sub(r"[^A-Za-z0-9_\-. /]", "_", str(name))
-
+# %% ../nbs/05_monitoring.ipynb #69
 def log_monitoring_run(cfg: Config, client, decision: dict, batch_dir: Path) -> str:
     "Record the decision as an MLflow run tagged mlops_nb.kind=monitoring (metrics, tags, decision.json and HTML)."
     run = client.create_run(experiment_id(client, cfg), run_name=f"monitoring {decision['batch_id']}")
     info = {"run_id": decision["batch_id"], "tracking_uri": client.tracking_uri, "config_hash": config_hash(cfg),
             "git_commit": git_commit(cfg.base_dir), "package_version": package_version()}
-    m = {"rows": decision["rows"], "drift_share": decision["drift_share"], "dataset_drift": float(decision["dataset_drift"]),
-         "drifted_columns": sum(d["drifted"] for d in decision["columns"].values()), "decision_level": LEVELS.index(decision["decision"]),
-         "anomalies": sum(f["rows"] for found in decision["anomalies"].values() for f in found.values()),
-         "drift": {_metric_key(c): d["score"] for c, d in decision["columns"].items() if d["score"] is not None},
-         "performance": decision["performance"], "estimated_performance": decision["estimated_performance"],
-         **{k: decision[k]["score"] for k in ("prediction_drift", "label_drift") if decision.get(k) and decision[k]["score"] is not None}}
-    tags = {"mlops_nb.kind": "monitoring", "mlops_nb.decision": decision["decision"], "mlops_nb.batch_id": decision["batch_id"],
-            "mlops_nb.time": decision["time"], "mlops_nb.model_name": decision["model"]["name"],
-            "mlops_nb.model_version": str(decision["model"]["version"]), "mlops_nb.dataset_drift": str(decision["dataset_drift"]).lower()}
-    log_batch(RunContext(cfg, batch_dir, info), run.info.run_id, metrics=m, tags={**tags, **{f"mlops_nb.{k}": v for k, v in info.items() if k != "tracking_uri"}})
+    columns = decision["columns"]
+    metrics = {"rows": decision["rows"], "drift_share": decision["drift_share"],
+               "dataset_drift": float(decision["dataset_drift"]),
+               "drifted_columns": sum(d["drifted"] for d in columns.values()),
+               "decision_level": LEVELS.index(decision["decision"]),
+               "anomalies": sum(f["rows"] for found in decision["anomalies"].values() for f in found.values()),
+               "drift": {metric_key(c): d["score"] for c, d in columns.items() if d["score"] is not None},
+               "performance": decision["performance"], "estimated_performance": decision["estimated_performance"],
+               **{k: decision[k]["score"] for k in ("prediction_drift", "label_drift")
+                  if decision.get(k) and decision[k]["score"] is not None}}
+    tags = {"mlops_nb.kind": "monitoring", "mlops_nb.decision": decision["decision"],
+            "mlops_nb.batch_id": decision["batch_id"], "mlops_nb.time": decision["time"],
+            "mlops_nb.model_name": decision["model"]["name"], "mlops_nb.model_version": str(decision["model"]["version"]),
+            "mlops_nb.dataset_drift": str(decision["dataset_drift"]).lower(),
+            **{f"mlops_nb.{k}": v for k, v in info.items() if k != "tracking_uri"}}
+    log_batch(RunContext(cfg, batch_dir, info), run.info.run_id, metrics=metrics, tags=tags)
     return run.info.run_id
 
-# %% ../nbs/05_monitoring.ipynb #65
+# %% ../nbs/05_monitoring.ipynb #70
 def record_decision(cfg: Config, client, record: dict, out: str | Path) -> dict:
     "Write decision.json in out/monitoring/<batch_id>/ and log it with an MLflow monitoring run (its report is the notebook's)."
     batch_dir = Path(out) / "monitoring" / record["batch_id"]
@@ -1089,9 +1100,22 @@ def record_decision(cfg: Config, client, record: dict, out: str | Path) -> dict:
     client.set_terminated(run_id)
     return read_json(path)
 
-# %% ../nbs/05_monitoring.ipynb #67
+# %% ../nbs/05_monitoring.ipynb #72
 def _is_parquet(data) -> bool:
+    "Whether the batch is a Parquet file or dataset folder (read in chunks, never whole)."
     return isinstance(data, (str, Path)) and Path(data).suffix.lower() in (".parquet", ".pq")
+
+def read_logged_batch(cfg: Config, loaded,
+                      inference_log: str | Path,  # a .jsonl file or folder written by the scoring service
+                      labels_data: pd.DataFrame | str | Path | None = None,  # its labels: request_id, row, target
+                      labels: bool = False,  # join the labels: measure performance
+                      since=None, until=None,  # time window of the inference log
+                     ) -> tuple[pd.DataFrame, dict]:
+    "The inference log's rows of the monitored version (labels joined when asked for) and where they came from."
+    if labels_data is not None and not labels:
+        raise ConfigError("monitor: with an inference log, the data is its labels: "
+                          "set labels (--labels) or leave the data out")
+    return _log_batch(cfg, labels_data, inference_log, labels, loaded, since, until)
 
 def load_monitored_batch(cfg: Config, loaded,
                          data: pd.DataFrame | str | Path | None = None,  # the batch; with an inference log: its labels
@@ -1100,11 +1124,10 @@ def load_monitored_batch(cfg: Config, loaded,
                          since=None, until=None,  # time window of the inference log
                         ) -> tuple[pd.DataFrame | Path, dict]:
     "The batch as a frame (a Parquet file: its path, read in chunks when assessed) and where it came from."
-    if data is None and inference_log is None: raise ConfigError("monitor: give a batch (data) or an inference log")
-    if inference_log is not None and data is not None and not labels:
-        raise ConfigError("monitor: with an inference log, the data is its labels: set labels (--labels) or leave the data out")
+    if data is None and inference_log is None:
+        raise ConfigError("monitor: give a batch (data) or an inference log")
     if inference_log is not None:
-        return _log_batch(cfg, data, inference_log, labels, loaded, since, until)
+        return read_logged_batch(cfg, loaded, inference_log, data, labels, since, until)
     source = {"kind": "data", "path": str(data) if isinstance(data, (str, Path)) else None}
     if _is_parquet(data):
         _parquet_file(data)  # refused now when absent, unreadable or with a bad header
@@ -1121,11 +1144,29 @@ def assess_monitored_batch(batch: pd.DataFrame | Path,  # from `load_monitored_b
     "Validate, score and assess a batch: drift, anomalies, outputs, performance and (inference log) the serving skew."
     if isinstance(batch, Path):
         return {**assess_parquet(batch, loaded, reference, cfg, labels, methods, batch_rows), "serving_skew": None}
+    if from_log:
+        return assess_logged(batch, loaded, reference, cfg, labels, methods, log_policy)
+    return assess_frame(batch, loaded, reference, cfg, labels, methods)
+
+def assess_frame(batch: pd.DataFrame, loaded, reference: dict, cfg: Config,
+                 labels: bool = False, methods: dict | None = None) -> dict:
+    "A batch of model inputs: validated, scored by the model and assessed (`serving_skew` None: nothing was served)."
+    anomalies = validate_batch(batch, reference, cfg, labels)
+    batch = _numeric_columns(batch, reference)
+    outputs, skew = model_outputs(loaded, batch, from_log=False)
+    return {**assess_batch(batch, reference, cfg, outputs, labels, methods, anomalies), "serving_skew": skew}
+
+def assess_logged(batch: pd.DataFrame,  # from `read_logged_batch`
+                  loaded, reference: dict, cfg: Config,
+                  labels: bool = False, methods: dict | None = None,
+                  log_policy: dict | None = None,  # a private log's policy (`reference`: its view)
+                 ) -> dict:
+    "An inference log's rows: re-scored to measure serving skew; a private log's own outputs monitored as logged."
     unmonitored = list((log_policy or {}).get("unmonitored_columns", {}))
-    anomalies = validate_batch(batch, reference, cfg, labels, ignore=[*LOG_FIELDS, *unmonitored] if from_log else ())
+    anomalies = validate_batch(batch, reference, cfg, labels, ignore=[*LOG_FIELDS, *unmonitored])
     batch = _numeric_columns(batch, reference)
     if log_policy is None:
-        outputs, skew = model_outputs(loaded, batch, from_log)
+        outputs, skew = model_outputs(loaded, batch, from_log=True)
         return {**assess_batch(batch, reference, cfg, outputs, labels, methods, anomalies), "serving_skew": skew}
     outputs = logged_outputs(batch, reference.get("task", "binary"))
     result = assess_batch(batch, reference, cfg, outputs, labels, methods, anomalies)
@@ -1144,9 +1185,68 @@ def decision_record(result: dict, cfg: Config, loaded, batch_id: str,
             "model": {"name": loaded.name, "version": loaded.version, "uri": loaded.uri, "requested": requested},
             "source": source, "unmonitored_columns": {}, **result}
 
-# %% ../nbs/05_monitoring.ipynb #68
+# %% ../nbs/05_monitoring.ipynb #74
+def monitored_version(cfg: Config,
+                      model: str | None = None,  # NAME@ALIAS or NAME/VERSION; default the champion, else the challenger
+                      batch_id: str | None = None,  # default: UTC time plus a random suffix
+                     ) -> tuple:
+    "The first step of every monitoring: (tracking client, the `LoadedModel`, its reference statistics, the batch id)."
+    from mlops_nb.registry import resolve_model
+    client = mlflow_client(tracking_uri(cfg))
+    loaded = resolve_model(client, cfg, model)
+    reference = loaded.reference_stats()
+    apply_version_task(cfg, reference)
+    return client, loaded, reference, safe_batch_id(batch_id or new_batch_id())
+
+def decide_and_record(cfg: Config, client, loaded, result: dict, batch_id: str,
+                      source: dict,  # where the batch came from
+                      requested: str | None,  # the model as asked for (NAME@ALIAS), if any
+                      out: str | Path,  # decisions go to out/monitoring/<batch_id>/
+                     ) -> dict:
+    "The last step of every monitoring: the decision (after the model's last retrain), written and logged."
+    last = last_retrain(client, cfg, out, loaded.name)
+    return record_decision(cfg, client, decision_record(result, cfg, loaded, batch_id, source, requested, last), out)
+
+def monitor_frame(cfg: Config,
+                  data: pd.DataFrame | str | Path,  # the batch, or a CSV file read whole
+                  labels: bool = False, model: str | None = None, out: str | Path = "reports",
+                  batch_id: str | None = None, methods: dict | None = None) -> dict:
+    "Monitor a batch of model inputs held as a frame (or a CSV file): `monitor_batch` for one frame."
+    client, loaded, reference, batch_id = monitored_version(cfg, model, batch_id)
+    source = {"kind": "data", "path": str(data) if isinstance(data, (str, Path)) else None}
+    batch = read_batch(data, cfg) if isinstance(data, (str, Path)) else data
+    result = assess_frame(batch, loaded, reference, cfg, labels, methods)
+    return decide_and_record(cfg, client, loaded, result, batch_id, source, model, out)
+
+def monitor_parquet(cfg: Config,
+                    path: str | Path,  # a Parquet file or dataset folder
+                    labels: bool = False, model: str | None = None, out: str | Path = "reports",
+                    batch_id: str | None = None, methods: dict | None = None,
+                    batch_rows: int = 131_072,  # read, validated and scored this many rows at a time
+                   ) -> dict:
+    "Monitor a Parquet batch that is never read whole: `monitor_batch` for one Parquet file."
+    client, loaded, reference, batch_id = monitored_version(cfg, model, batch_id)
+    _parquet_file(path)  # refused now when absent, unreadable or with a bad header
+    result = {**assess_parquet(Path(path), loaded, reference, cfg, labels, methods, batch_rows), "serving_skew": None}
+    return decide_and_record(cfg, client, loaded, result, batch_id, {"kind": "data", "path": str(path)}, model, out)
+
+def monitor_inference_log(cfg: Config,
+                          inference_log: str | Path,  # a .jsonl file or folder written by the scoring service
+                          labels_data: pd.DataFrame | str | Path | None = None,  # its labels: request_id, row, target
+                          labels: bool = False, model: str | None = None, out: str | Path = "reports",
+                          batch_id: str | None = None, methods: dict | None = None,
+                          since=None, until=None,  # time window of the inference log
+                         ) -> dict:
+    "Monitor what the scoring service served: `monitor_batch` for an inference log."
+    client, loaded, reference, batch_id = monitored_version(cfg, model, batch_id)
+    reference, policy = logged_reference(cfg, reference, inference_log)  # hashed or dropped columns: the log's view
+    batch, source = read_logged_batch(cfg, loaded, inference_log, labels_data, labels, since, until)
+    source = {**source, "log_policy": policy} if policy else source
+    result = assess_logged(batch, loaded, reference, cfg, labels, methods, policy)
+    return decide_and_record(cfg, client, loaded, result, batch_id, source, model, out)
+
 def monitor_batch(cfg: Config,
-                  data: pd.DataFrame | str | Path | None = None,  # the batch (frame or CSV/Parquet file); with an inference log: its labels
+                  data: pd.DataFrame | str | Path | None = None,  # a frame, CSV or Parquet file; with a log: its labels
                   inference_log: str | Path | None = None,  # a .jsonl file or folder written by the scoring service
                   labels: bool = False,  # the batch (or the labels) carry the target: measure performance
                   model: str | None = None,  # NAME@ALIAS or NAME/VERSION; default the champion, else the challenger
@@ -1157,24 +1257,15 @@ def monitor_batch(cfg: Config,
                   batch_rows: int = 131_072,  # a Parquet batch is read, validated and scored this many rows at a time
                  ) -> dict:
     "Monitor one batch against the version's reference statistics; write decision.json, log to MLflow, return the decision."
-    from mlops_nb.registry import resolve_model
-    if data is None and inference_log is None: raise ConfigError("monitor: give a batch (data) or an inference log")
-    client = mlflow_client(tracking_uri(cfg))
-    loaded = resolve_model(client, cfg, model)
-    reference = loaded.reference_stats()
-    apply_version_task(cfg, reference)
-    batch_id = safe_batch_id(batch_id or new_batch_id())
-    policy = None
-    if inference_log is not None:  # hashed or dropped columns: the reference as the log sees it
-        reference, policy = logged_reference(cfg, reference, inference_log)
-    batch, source = load_monitored_batch(cfg, loaded, data, inference_log, labels, since, until)
-    source = {**source, "log_policy": policy} if policy else source
-    result = assess_monitored_batch(batch, loaded, reference, cfg, labels, methods, inference_log is not None,
-                                    batch_rows, policy)
-    last = last_retrain(client, cfg, out, loaded.name)
-    return record_decision(cfg, client, decision_record(result, cfg, loaded, batch_id, source, model, last), out)
+    if data is None and inference_log is None:
+        raise ConfigError("monitor: give a batch (data) or an inference log")
+    if inference_log is not None:
+        return monitor_inference_log(cfg, inference_log, data, labels, model, out, batch_id, methods, since, until)
+    if _is_parquet(data):
+        return monitor_parquet(cfg, data, labels, model, out, batch_id, methods, batch_rows)
+    return monitor_frame(cfg, data, labels, model, out, batch_id, methods)
 
-# %% ../nbs/05_monitoring.ipynb #73
+# %% ../nbs/05_monitoring.ipynb #79
 def batches_over_time(df: pd.DataFrame, cfg: Config,
                       reference_share: float = 0.5,  # the earliest periods holding at most this share of rows (at least one) train the model
                       max_batches: int = 4,  # later periods are grouped (consecutively) into at most this many batches
@@ -1193,7 +1284,7 @@ def batches_over_time(df: pd.DataFrame, cfg: Config,
     name = lambda g: str(g[0]) if len(g) == 1 else f"{g[0]} to {g[-1]}"  # consecutive later periods, at most `max_batches` batches
     return df[df[t] <= last].reset_index(drop=True), {name(g): df[df[t].isin(g)].reset_index(drop=True) for g in groups if len(g)}
 
-# %% ../nbs/05_monitoring.ipynb #74
+# %% ../nbs/05_monitoring.ipynb #80
 def monitor_periods(cfg: Config, batches: dict[str, pd.DataFrame], out: str | Path, model: str | None = None, labels: bool = True) -> pd.DataFrame:
     "Monitor each batch in order (batch id = its name); the decisions as a table."
     for name, batch in batches.items():
@@ -1205,15 +1296,18 @@ def plot_history(history: pd.DataFrame, cfg: Config):
     import matplotlib.pyplot as plt
     metric = cfg.model.primary_metric
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
-    a.bar(history["batch_id"], history["drift_share"], color="#4C72B0"); a.axhline(cfg.monitoring.drift_share, color="k", ls="--", lw=1)
-    a.set_ylim(0, 1); a.set_title("share of drifted columns (dashed: monitoring.drift_share)", fontsize=9)
+    a.bar(history["batch_id"], history["drift_share"], color="#4C72B0")
+    a.axhline(cfg.monitoring.drift_share, color="k", ls="--", lw=1)
+    a.set_ylim(0, 1)
+    a.set_title("share of drifted columns (dashed: monitoring.drift_share)", fontsize=9)
     for kind, style in (("measured", "o-"), ("estimated", "s--")):
         if f"{kind}_{metric}" in history: b.plot(history["batch_id"], history[f"{kind}_{metric}"], style, label=kind)
-    b.set_title(f"{metric}: measured vs estimated", fontsize=9); b.legend(fontsize=8)
+    b.set_title(f"{metric}: measured vs estimated", fontsize=9)
+    b.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
-# %% ../nbs/05_monitoring.ipynb #78
+# %% ../nbs/05_monitoring.ipynb #84
 ENGINES = ("pandas", "spark")
 
 def check_engine(engine: str,  # the ENGINE parameter
@@ -1283,7 +1377,7 @@ def scope_decision(scope: MonitoringScope, result: dict | None, source: dict | N
     record = decision_record(result, scope.config, scope.loaded, name, source, requested, last)
     return record_decision(scope.config, scope.client, record, out)
 
-# %% ../nbs/05_monitoring.ipynb #79
+# %% ../nbs/05_monitoring.ipynb #85
 def decision_summary(decision: dict | None) -> str:
     "The decision and its reasons as Markdown (escaped), or why there is none."
     if decision is None:
@@ -1303,7 +1397,7 @@ def _source_note(source: dict) -> str:
     return (f" Read from the inference log {esc(source['path'])}{window}: {source['rows_read']:,} rows, of which "
             f"{source['failed_requests']:,} failed requests and {source['other_models']:,} rows of other versions were left out.")
 
-# %% ../nbs/05_monitoring.ipynb #82
+# %% ../nbs/05_monitoring.ipynb #88
 def drift_table(decision: dict | None,  # from `scope_decision`
                 target: str = "target",  # the target column's name (label drift)
                ) -> pd.DataFrame | None:
@@ -1318,7 +1412,7 @@ def drift_table(decision: dict | None,  # from `scope_decision`
     ordered = columns.sort_values("drifted", ascending=False, kind="stable")
     return pd.concat([ordered, extra]).rename_axis("column") if len(extra) else ordered.rename_axis("column")
 
-# %% ../nbs/05_monitoring.ipynb #86
+# %% ../nbs/05_monitoring.ipynb #92
 def log_policy_view(scope: MonitoringScope, decision: dict | None):
     "A private log's policy per input (`serving.log_policy_table`), then its unmonitored columns and why."
     from IPython.display import Markdown, display
@@ -1335,7 +1429,7 @@ def log_policy_view(scope: MonitoringScope, decision: dict | None):
     display(Markdown(f"**Not monitored**: {len(unmonitored)} of {len(actions)} model inputs. " + esc(LOGGED_OUTPUTS)))
     return pd.DataFrame({"reason": pd.Series(unmonitored, dtype=object)}).rename_axis("unmonitored column")
 
-# %% ../nbs/05_monitoring.ipynb #88
+# %% ../nbs/05_monitoring.ipynb #94
 def _batch_column(batch: pd.DataFrame | Path, column: str, kind: str, cfg: Config):
     "A column of the batch: its values (a frame), or read from the Parquet file or folder (numbers, or counts)."
     if isinstance(batch, pd.DataFrame):
@@ -1369,7 +1463,7 @@ def _plot_categories(ax, reference: dict, values, top: int = 8) -> None:
     ax.set_yticks(at, [plot_text(k, 18) for k in keys], fontsize=7)
     ax.invert_yaxis()
 
-# %% ../nbs/05_monitoring.ipynb #89
+# %% ../nbs/05_monitoring.ipynb #95
 def plot_drift(scope: MonitoringScope, batch, decision: dict | None,
                max_columns: int = 12,  # drifted columns first, then the others in order
               ):
@@ -1381,7 +1475,7 @@ def plot_drift(scope: MonitoringScope, batch, decision: dict | None,
     rows = int(np.ceil(len(table) / 3))
     fig, axes = subplots(rows, 3, figsize=(11, 2.4 * rows), squeeze=False)
     for ax, (column, d) in zip(axes.flat, table.iterrows()):
-        ref = _column_reference(scope.reference["columns"][column], scope.reference)
+        ref = column_reference(scope.reference["columns"][column], scope.reference)
         values = _batch_column(batch, column, ref["kind"], scope.config)
         (_plot_numeric if ref["kind"] == "numeric" else _plot_categories)(ax, ref, values)
         score = "no values" if d["score"] is None or pd.isna(d["score"]) else f"{d['score']:.3g}"
@@ -1394,7 +1488,7 @@ def plot_drift(scope: MonitoringScope, batch, decision: dict | None,
     fig.tight_layout()
     return fig
 
-# %% ../nbs/05_monitoring.ipynb #93
+# %% ../nbs/05_monitoring.ipynb #99
 def anomaly_view(decision: dict | None):
     "The batch's anomalies as a table, or a line saying there are none."
     from IPython.display import Markdown
@@ -1420,14 +1514,14 @@ def performance_table(decision: dict | None):
         return table.rename_axis("metric")
     return table.assign(difference=table["estimated"] - table["measured"]).rename_axis("metric")
 
-# %% ../nbs/05_monitoring.ipynb #94
+# %% ../nbs/05_monitoring.ipynb #100
 def serving_skew_view(decision: dict | None) -> pd.DataFrame | None:
     "An inference log's logged probabilities against the registered model's on the same inputs (nothing otherwise)."
     if decision is None or not decision.get("serving_skew"):
         return None
     return pd.DataFrame([decision["serving_skew"]], index=pd.Index(["serving skew"], name="check"))
 
-# %% ../nbs/05_monitoring.ipynb #101
+# %% ../nbs/05_monitoring.ipynb #107
 def drift_thresholds(scope: MonitoringScope) -> pd.DataFrame | None:
     "Each tested column's kind, test and threshold, and when it counts as drifted; the prediction and the label too."
     if scope.loaded is None:
@@ -1462,7 +1556,7 @@ def decision_policy(cfg: Config) -> pd.DataFrame:
             ("gates.min_primary_metric", str(cfg.gates.min_primary_metric), gate)]
     return pd.DataFrame(rows, columns=["setting", "value", "rule"]).set_index("setting")
 
-# %% ../nbs/05_monitoring.ipynb #106
+# %% ../nbs/05_monitoring.ipynb #112
 BASELINE_ONLY = "Part of a training run's monitoring baseline; not computed for a batch."
 
 def backtest_slices(test: pd.DataFrame,  # the test split
@@ -1480,7 +1574,7 @@ def backtest_slices(test: pd.DataFrame,  # the test split
     name = lambda g: str(g[0]) if len(g) == 1 else f"{g[0]} to {g[-1]}"
     return {name(g): test[test[t].isin(g)].reset_index(drop=True) for g in groups}
 
-# %% ../nbs/05_monitoring.ipynb #108
+# %% ../nbs/05_monitoring.ipynb #114
 def backtest(scope: MonitoringScope, test: pd.DataFrame | None):
     "Each held-out slice of the test split monitored as a labelled batch: drift, primary metric, the decision."
     from IPython.display import Markdown
@@ -1499,7 +1593,7 @@ def backtest(scope: MonitoringScope, test: pd.DataFrame | None):
                      "first reason": reasons[0]})
     return pd.DataFrame(rows).set_index("slice")
 
-# %% ../nbs/05_monitoring.ipynb #111
+# %% ../nbs/05_monitoring.ipynb #117
 def false_alarms(scope: MonitoringScope, test: pd.DataFrame | None,
                  resamples: int = 50,  # seeded resamples of the test split
                 ) -> pd.DataFrame | None:
@@ -1531,7 +1625,7 @@ def false_alarm_summary(scope: MonitoringScope, alarms: pd.DataFrame | None):
     flags = alarms.drop(columns=["drift share", "dataset drift"]).mean()
     return flags.rename("flagged in resamples").to_frame().rename_axis("column")
 
-# %% ../nbs/05_monitoring.ipynb #114
+# %% ../nbs/05_monitoring.ipynb #120
 def resampled_metric(y,  # the outcomes as the model learns them
                      outputs: dict,  # the model's outputs on the same rows
                      metric: str,  # a metric of `measured_performance`
@@ -1588,7 +1682,7 @@ def estimate_check(scope: MonitoringScope, test: pd.DataFrame | None,
     table["estimate within"] = pd.Series({primary: "yes" if inside else "no"}, dtype=object)
     return table.fillna({"estimate within": ""}).rename_axis("metric")
 
-# %% ../nbs/05_monitoring.ipynb #118
+# %% ../nbs/05_monitoring.ipynb #124
 def monitoring_results(scope: MonitoringScope, decision: dict | None, alarms: pd.DataFrame | None,
                        estimates,  # from `estimate_check`
                       ) -> dict:

@@ -4,15 +4,15 @@
 
 # %% ../nbs/02_rai.ipynb #2
 from __future__ import annotations
-import itertools, re, warnings
+import itertools, warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
 
-from .core import Config, DataValidationError, esc, finish_stage, md, run_context
-from .eda import class_balance, cramers_v, is_positive, load_schema, load_splits, plot_text, subplots
+from .core import Config, DataValidationError, esc, metric_key
+from .eda import cramers_v, is_positive, plot_text, subplots
 from .models import (build_pipeline, cv_sample, cv_splitter, fitting_threads, model_columns,
                              target_vector)
 
@@ -804,7 +804,6 @@ def plot_local(expl: Explanation, row: int, max_features: int = 10):
 # %% ../nbs/02_rai.ipynb #87
 def rai_metrics(groups: pd.DataFrame, proxies: pd.DataFrame, study: dict, assessment: pd.DataFrame) -> dict:
     "The stage's numeric results, for MLflow."
-    from mlops_nb.core import metric_key
     gaps = base_rate_gaps(groups)
     return {"rows": study["rows"], "smallest_group_rows": int(groups.rows.min()) if len(groups) else None,
             "small_groups": int(groups.small.sum()), "strong_proxies": int(proxies.strong.sum()),

@@ -12,8 +12,8 @@ import pandas as pd
 import yaml
 from filelock import FileLock, Timeout as LockTimeout
 
-from .core import (Config, ConfigError, MlopsError, RunContext, _sqlite_path, apply_task, experiment_id, mlflow_client, read_json, retry,
-                           run_context, tracking_uri, utc_now)
+from .core import (Config, ConfigError, MlopsError, RunContext, apply_task, experiment_id, mlflow_client,
+                           read_json, retry, run_context, sqlite_path, tracking_uri, utc_now)
 from .eda import reference_statistics
 from .models import higher_is_better, model_columns, target_vector
 from .evaluation import (CHALLENGER, CHAMPION, alias_version, classification_metrics, fit_model, gate, gate_table,
@@ -161,7 +161,7 @@ def _registry_lease(client, name: str, timeout: float = 120, settle: float = 1.0
 @contextlib.contextmanager
 def promotion_lock(client, name: str, timeout: float = 120):
     "Serialize the promotions of a model: a file lock beside a SQLite store; a lease on the registered model on a tracking server."
-    db = _sqlite_path(client.tracking_uri)
+    db = sqlite_path(client.tracking_uri)
     if db is None:
         with _registry_lease(client, name, timeout): yield
         return

@@ -17,8 +17,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .core import (Config, ConfigError, MlopsError, _jsonable, mlflow_client, package_version, resolve_path, tracking_uri,
-                           utc_now)
+from .core import (Config, ConfigError, MlopsError, jsonable, mlflow_client, package_version, resolve_path,
+                           tracking_uri, utc_now)
 from .evaluation import (CHALLENGER, CHAMPION, LoadedModel, alias_version, load_model_version, model_task, predict_outputs,
                                  resolve_version)
 from .registry import FAILED_STAGE_TAG, GATES_PASSED_TAG, parse_model_spec
@@ -470,7 +470,8 @@ class ModelSlot:
             single_threaded(loaded.model)
             served = Served(loaded, input_schema(loaded), utc_now(), model_task(loaded.model))
         except BaseException:
-            shutil.rmtree(folder, ignore_errors=True); raise
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         changed, old = self.served is None or self.served.loaded.version != loaded.version, self._dir
         self.served, self._dir, self.refused = served, folder, None
         if old: shutil.rmtree(old, ignore_errors=True)
@@ -581,7 +582,8 @@ class MicroBatcher:
 
     def start(self):
         "Start the batching task in the running event loop."
-        self.queue = asyncio.Queue(); self.task = asyncio.create_task(_batch_loop(self))
+        self.queue = asyncio.Queue()
+        self.task = asyncio.create_task(_batch_loop(self))
 
     async def score(self, served: Served, X: Rows) -> np.ndarray:
         "The positive-class probabilities of X's rows, scored with `served`, possibly in one call with other requests."
@@ -591,7 +593,8 @@ class MicroBatcher:
 
     async def stop(self):
         "Score what is queued, then stop."
-        self.queue.put_nowait(None); await self.task
+        self.queue.put_nowait(None)
+        await self.task
 
 # %% ../nbs/05a_serving.ipynb #47
 async def _collect(batcher: MicroBatcher, first: tuple) -> list[tuple]:
@@ -605,8 +608,11 @@ async def _collect(batcher: MicroBatcher, first: tuple) -> list[tuple]:
             try: item = await asyncio.wait_for(batcher.queue.get(), left)
             except asyncio.TimeoutError: break
         else: item = batcher.queue.get_nowait()
-        if item is None: batcher.stopping = True; break
-        items.append(item); rows += len(item[1])
+        if item is None:
+            batcher.stopping = True
+            break
+        items.append(item)
+        rows += len(item[1])
     return items
 
 async def _score_batch(batcher: MicroBatcher, items: list[tuple]) -> None:
@@ -825,7 +831,7 @@ class InferenceLogWriter:
                     rows, outputs, fields = value
                     lines = log_lines(rows, outputs, **fields, policy=self.policy)
                 else:
-                    lines = [json.dumps(_jsonable(value))]
+                    lines = [json.dumps(jsonable(value))]
                 self._rotate()
                 with open(self.path, "a", encoding="utf-8") as f:
                     f.write("".join(line + "\n" for line in lines))
@@ -837,7 +843,8 @@ class InferenceLogWriter:
 
     def close(self, timeout: float | None = None):
         "Write everything queued, then stop the thread."
-        self.queue.put(None); self.thread.join(timeout)
+        self.queue.put(None)
+        self.thread.join(timeout)
 
 # %% ../nbs/05a_serving.ipynb #61
 class ServiceMetrics:
@@ -922,7 +929,9 @@ async def start_service(service: ScoringService) -> None:
 
 async def stop_service(service: ScoringService) -> None:
     "Finish queued scoring and shadow work, then drain and close the inference logs."
-    if service.poller: service.poller.cancel(); await asyncio.gather(service.poller, return_exceptions=True)
+    if service.poller:
+        service.poller.cancel()
+        await asyncio.gather(service.poller, return_exceptions=True)
     await asyncio.gather(*service.tasks, return_exceptions=True)
     for b in service.batchers.values(): await b.stop()
     service.executor.shutdown(wait=True)
@@ -1023,7 +1032,8 @@ async def _parse(service: ScoringService, request: Request) -> tuple[ModelSlot, 
 def _refuse(service: ScoringService, e: ServingError, request_id: str, t0: float) -> JSONResponse:
     "Count, log and answer a refused request."
     latency, served = time.perf_counter() - t0, service.champion.served
-    service.metrics.requests.labels(str(e.status)).inc(); service.metrics.latency.observe(latency)
+    service.metrics.requests.labels(str(e.status)).inc()
+    service.metrics.latency.observe(latency)
     if service.log: service.log.refused(refusal_record(request_id, e.status, e.error_code, served.loaded.name, served.loaded.version, round(latency * 1000, 3)))
     return JSONResponse({"error_code": e.error_code, "message": e.message}, status_code=e.status, headers={"X-Request-Id": request_id})
 
@@ -1042,14 +1052,17 @@ async def invoke(service: ScoringService, request: Request) -> JSONResponse:
         outputs = await service.batchers[slot.role].score(served, X)
     except ServingError as e: return _refuse(service, e, request_id, t0)
     except Exception:
-        service.metrics.requests.labels("500").inc(); raise
+        service.metrics.requests.labels("500").inc()
+        raise
     return _answer(service, slot, served, X, outputs, unseen, probabilities, request_id, t0)
 
 def _answer(service: ScoringService, slot: ModelSlot, served: Served, X: Rows, outputs: Outputs, unseen: list,
             probabilities: bool, request_id: str, t0: float) -> JSONResponse:
     "The response to a scored request; its metrics, log records and shadow scoring handed to the background."
     loaded, latency, m = served.loaded, time.perf_counter() - t0, service.metrics
-    m.requests.labels("200").inc(); m.latency.observe(latency); m.rows.labels(str(loaded.version), slot.role).inc(len(X))
+    m.requests.labels("200").inc()
+    m.latency.observe(latency)
+    m.rows.labels(str(loaded.version), slot.role).inc(len(X))
     for column in (c for row in unseen for c in row): m.unseen.labels(column).inc()
     if service.log: service.log.scored(X, outputs, request_id=request_id, model_name=loaded.name, model_version=str(loaded.version),
                                        latency_ms=round(latency * 1000, 3), unseen_categories=unseen)
@@ -1063,7 +1076,8 @@ def _answer(service: ScoringService, slot: ModelSlot, served: Served, X: Rows, o
 def _background(service: ScoringService, coroutine) -> None:
     "Run work after the response (the shadow model), tracked so that shutdown waits for it."
     task = asyncio.create_task(coroutine)
-    service.tasks.add(task); task.add_done_callback(service.tasks.discard)
+    service.tasks.add(task)
+    task.add_done_callback(service.tasks.discard)
 
 async def _shadow(service: ScoringService, X: Rows, request_id: str, unseen: list) -> None:
     "Score the rows with the challenger and log them in the shadow log; never part of a response."
@@ -1209,14 +1223,17 @@ class BackgroundServer:
     def start(self) -> BackgroundServer:
         import uvicorn
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # proto TCP: asyncio then sets TCP_NODELAY (no 40 ms stalls)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); sock.bind((self.host, self.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
         self.port, self._socket = sock.getsockname()[1], sock
         self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on", access_log=False, **self.tls))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, name="mlops_nb-uvicorn", daemon=True)
         self.thread.start()
         deadline = time.monotonic() + self.timeout
         while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline: self.stop(); raise MlopsError(f"the service did not start on {self.url}; see its log")
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise MlopsError(f"the service did not start on {self.url}; see its log")
             time.sleep(0.02)
         return self
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06a_spark.ipynb #2
 from __future__ import annotations
-import os, re, shutil, sys, tempfile, time
+import os, shutil, sys, tempfile, time
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -13,11 +13,11 @@ import pandas as pd
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import kstwo
 
-from .core import Config, ConfigError, DataValidationError, MlopsError, finish_stage, md, mlflow_client, run_context, tracking_uri
+from .core import Config, ConfigError, DataValidationError, MlopsError, mlflow_client, tracking_uri
 from .evaluation import CHAMPION, load_model_version, model_task, pip_requirements, temporary_environment
 from .scoring import output_columns
-from .monitoring import (DRIFT_TESTS, _column_reference, _override, chisquare_counts, dataset_drift, default_test,
-                                 ks_drift, level_weights, quantile_levels, reference_cdf)
+from .monitoring import (DRIFT_TESTS, chisquare_counts, column_reference, dataset_drift, default_test, ks_drift,
+                                 level_weights, quantile_levels, reference_cdf, requested_drift_test)
 from .registry import parse_model_spec, resolve_model
 
 # %% auto #0
@@ -42,7 +42,8 @@ def spark_session(master: str = "local[2]",  # local[N] threads here, or a clust
     if not java_available(): raise SparkUnavailable("the Spark engine needs Java: run `make install-spark` (Debian: apt-get install default-jre-headless)")
     try: from pyspark.sql import SparkSession
     except ImportError: raise SparkUnavailable("the Spark engine needs pyspark: run `make install-spark` (pip install -e '.[spark]')") from None
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable); os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # never bind to another interface
     settings = {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false", "spark.driver.host": "127.0.0.1",
                 "spark.driver.bindAddress": "127.0.0.1", "spark.sql.shuffle.partitions": "4", "spark.sql.session.timeZone": "UTC",
@@ -245,7 +246,8 @@ def _ks_score(reference: dict, batch: dict) -> float:
         inside = np.r_[points[0] - 1.0, (points[:-1] + points[1:]) / 2, points[-1] + 1.0]
         strictly = np.diff(np.r_[below, n]) - at
         return ks_drift(reference, np.r_[np.repeat(points, at), np.repeat(inside, np.r_[below[0], strictly])])
-    ref = np.sort(np.asarray(reference["sample"], dtype=float)); m = len(ref)
+    ref = np.sort(np.asarray(reference["sample"], dtype=float))
+    m = len(ref)
     ref_le, ref_lt = np.searchsorted(ref, points, "right") / m, np.searchsorted(ref, points, "left") / m
     d = max(np.abs(ref_le - (below + at) / n).max(), np.abs(ref_lt - below / n).max())
     return float(kstwo.sf(d, np.round(m * n / (m + n))))
@@ -301,7 +303,7 @@ def _tests(reference: dict, columns: list[str], methods: dict | None,
     "The (test, threshold) of each column: the override in `methods`, else monitoring's default for the two sizes."
     out = {}
     for c in columns:
-        test, threshold = _override(c, methods)
+        test, threshold = requested_drift_test(c, methods)
         test = test or default_test(reference["columns"][c]["kind"], reference["rows"], present[c])
         if test not in DRIFT_TESTS: raise ConfigError(f"drift test for {c!r}: unknown test {test!r}; choose from {list(DRIFT_TESTS)}")
         out[c] = (test, threshold)
@@ -317,7 +319,8 @@ def batch_statistics_spark(frame,  # the batch as a Spark frame (every reference
     stats = _basic_statistics(frame, reference, columns, no_range)
     tests = stats["tests"] = _tests(reference, columns, methods, {c: stats["columns"][c]["present"] for c in columns})
     numeric = [c for c in columns if reference["columns"][c]["kind"] == "numeric" and stats["columns"][c]["present"]]
-    levels = {c: quantile_levels(_column_reference(reference["columns"][c], reference)) for c in numeric if "quantiles" in reference["columns"][c]}
+    stored = reference["columns"]
+    levels = {c: quantile_levels(column_reference(stored[c], reference)) for c in numeric if "quantiles" in stored[c]}
     for group in {tuple(v) for v in levels.values()}:  # the batch's quantiles at the reference's own levels (one group in practice)
         same = [c for c in levels if tuple(levels[c]) == group]
         for c, q in zip(same, frame.approxQuantile(same, list(group), SPARK_QUANTILE_ERROR)): stats["columns"][c].update(quantiles=q, quantile_levels=levels[c].tolist())
@@ -361,7 +364,7 @@ def reference_drift_spark(cfg: Config,
     columns = [c for c in reference["columns"] if c not in exclude]
     _check_inputs(frame, columns, "the batch")
     stats = batch_statistics_spark(frame, reference, columns, methods, no_range=tuple(exclude))
-    rows = {c: drift_from_statistics(_column_reference(reference["columns"][c], reference), stats["columns"][c],
+    rows = {c: drift_from_statistics(column_reference(reference["columns"][c], reference), stats["columns"][c],
                                      *stats["tests"][c], column=c) for c in columns}
     table = pd.DataFrame.from_dict(rows, orient="index", columns=["test", "score", "threshold", "drifted"]).rename_axis("column")
     table.attrs.update(rows=stats["rows"], statistics=stats["columns"], batch_columns=list(frame.columns))
@@ -445,5 +448,5 @@ def _prediction_drift(spark, cfg: Config, data, loaded, reference: dict, methods
         refs = {"rows": reference["rows"], "columns": {"prediction": pred_ref}}
         stats = batch_statistics_spark(scores, refs, ["prediction"], methods)
         scores.unpersist()
-    return drift_from_statistics(_column_reference(pred_ref, reference), stats["columns"]["prediction"],
+    return drift_from_statistics(column_reference(pred_ref, reference), stats["columns"]["prediction"],
                                  *stats["tests"]["prediction"], column="prediction")

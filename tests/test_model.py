@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from conftest import NBS, read_json, write_config
 from mlops_nb.models import model_columns, target_vector
-from mlops_nb.core import _jsonable, load_config, mlflow_client
+from mlops_nb.core import jsonable, load_config, mlflow_client
 from mlops_nb.eda import reference_statistics
 from mlops_nb.evaluation import (CHALLENGER, CHAMPION, REFERENCE_STATS, REFERENCE_STATS_PATH, SHA256_TAG, ModelIntegrityError,
                                  fit_model, load_model_version, positive_scores)
@@ -135,7 +135,7 @@ def test_reference_statistics_stored_with_the_version_match_the_training_split(r
     loaded = load_model_version(client, registry["name"], CHAMPION)
     train, schema = _split(a, "train"), _schema(a)
     scores = positive_scores(loaded.model, train[model_columns(schema)])
-    expected = json.loads(json.dumps(_jsonable(reference_statistics(train, schema, scores=scores, seed=a["cfg"].split.seed))))
+    expected = json.loads(json.dumps(jsonable(reference_statistics(train, schema, scores=scores, seed=a["cfg"].split.seed))))
     stored = loaded.reference_stats()
     assert stored.pop("threshold") == 0.5  # the decision threshold the version was registered with (model.threshold)
     assert stored == expected

@@ -353,11 +353,11 @@ def test_monitoring_and_eda_import_no_plotting_fairness_or_model_selection():
 
 def _old_append_inference_log(path, inputs, probabilities, predictions, request_id, model_name="", model_version="", latency_ms=None,
                               status=200, unseen_categories=None, now=None):
-    "The writer before the vectorised one: one record dict per row, `_jsonable` on every value, `json.dumps` per line."
-    from mlops_nb.core import _jsonable
+    "The writer before the vectorised one: one record dict per row, `jsonable` on every value, `json.dumps` per line."
+    from mlops_nb.core import jsonable
     from mlops_nb.monitoring import inference_log_record
     unseen = unseen_categories or [[] for _ in range(len(inputs))]
-    lines = [json.dumps(_jsonable(inference_log_record(r, d, p, request_id, i, model_name, model_version, latency_ms, status, u, now)))
+    lines = [json.dumps(jsonable(inference_log_record(r, d, p, request_id, i, model_name, model_version, latency_ms, status, u, now)))
              for i, (r, p, d, u) in enumerate(zip(inputs.to_dict("records"), probabilities, predictions, unseen))]
     with open(path, "a", encoding="utf-8") as f: f.write("".join(line + "\n" for line in lines))
 
