@@ -108,13 +108,57 @@ def registered_project(folder: Path, frame, target: str, estimator: str) -> Simp
     return SimpleNamespace(folder=folder, config=config, cfg=ctx.config, pipeline=pipeline, model=model, data=data)
 
 
-@pytest.fixture(scope="session")
-def e2e_run(tmp_path_factory):
-    "One `mlops-nb run` on the built-in data, shared by the end-to-end tests."
-    folder = tmp_path_factory.mktemp("e2e")
+def _to_json(value):
+    "A fixture's result as JSON: paths and finished processes tagged, so `_from_json` gives them back."
+    if isinstance(value, Path):
+        return {"__path__": str(value)}
+    if isinstance(value, subprocess.CompletedProcess):
+        return {"__process__": {"args": [str(a) for a in value.args], "returncode": value.returncode,
+                                "stdout": value.stdout, "stderr": value.stderr}}
+    if isinstance(value, dict):
+        return {key: _to_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_json(item) for item in value]
+    return value
+
+
+def _from_json(value):
+    if isinstance(value, dict) and "__path__" in value:
+        return Path(value["__path__"])
+    if isinstance(value, dict) and "__process__" in value:
+        return subprocess.CompletedProcess(**value["__process__"])
+    if isinstance(value, dict):
+        return {key: _from_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_from_json(item) for item in value]
+    return value
+
+
+def once_per_session(tmp_path_factory, name: str, build) -> dict:
+    """`build(folder)` once for the whole test session, whichever xdist worker asks first; the other worker waits for it
+    and reads the same result (paths, processes, summaries). For end-to-end runs the tests only read."""
+    from filelock import FileLock
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the session's folder, shared by its workers
+    done = root / f"{name}.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            folder = root / name
+            folder.mkdir()
+            done.write_text(json.dumps(_to_json(build(folder))))
+    return _from_json(json.loads(done.read_text()))
+
+
+def _e2e_run(folder: Path) -> dict:
     config = write_config(folder)
     proc = run_cli("run", "--config", config, cwd=folder)
     runs = [p for p in (folder / "reports").iterdir() if p.is_dir()]
     assert len(runs) == 1, proc.stderr
     return {"proc": proc, "folder": folder, "run_dir": runs[0], "config": config,
             "summary": read_json(runs[0] / "summary.json")}
+
+
+@pytest.fixture(scope="session")
+def e2e_run(tmp_path_factory):
+    "One `mlops-nb run` on the built-in data, shared by the end-to-end tests (of both workers)."
+    return once_per_session(tmp_path_factory, "e2e", _e2e_run)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import read_json, run_cli, write_config
+from conftest import once_per_session, read_json, run_cli, write_config
 
 # What a script in the data would do if it ran: the browser test asserts neither happened.
 XSS = "<script>document.title='pwned';window.__pwned=1</script>"
@@ -68,25 +68,23 @@ def kitchen_sink_config(folder: Path, data: Path, **extra) -> Path:
                         **extra)
 
 
-_RUNS: dict = {}
+def _kitchen_sink_run(folder: Path) -> dict:
+    data = folder / "kitchen.csv"
+    kitchen_sink().to_csv(data, index=False)
+    config = kitchen_sink_config(folder, data)
+    run = run_cli("run", "--config", config, cwd=folder, timeout=600)
+    runs = [p for p in (folder / "reports").iterdir() if p.is_dir() and p.name != "monitoring"]
+    assert len(runs) == 1, run.stderr
+    summary = read_json(runs[0] / "summary.json")
+    batch = folder / "batch.csv"
+    kitchen_sink(300, seed=1).to_csv(batch, index=False)
+    version = (summary.get("model") or {}).get("version")
+    monitor = run_cli("monitor", batch, "--config", config, "--labels", "--model", f"{KITCHEN_MODEL}/{version}", "--batch-id",
+                      "hostile-batch", "--exit-zero", cwd=folder, timeout=300)
+    return {"folder": folder, "config": config, "data": data, "proc": run, "run_dir": runs[0],
+            "summary": summary, "monitor": monitor, "reports": folder / "reports"}
 
 
 def kitchen_sink_run(tmp_path_factory) -> dict:
-    "Run every stage on the kitchen-sink CSV (its columns are none of the built-in ones), then `mlops-nb monitor` a batch of it (once per process)."
-    if "run" not in _RUNS:
-        folder = tmp_path_factory.mktemp("kitchen")
-        data = folder / "kitchen.csv"
-        kitchen_sink().to_csv(data, index=False)
-        config = kitchen_sink_config(folder, data)
-        run = run_cli("run", "--config", config, cwd=folder, timeout=600)
-        runs = [p for p in (folder / "reports").iterdir() if p.is_dir() and p.name != "monitoring"]
-        assert len(runs) == 1, run.stderr
-        summary = read_json(runs[0] / "summary.json")
-        batch = folder / "batch.csv"
-        kitchen_sink(300, seed=1).to_csv(batch, index=False)
-        version = (summary.get("model") or {}).get("version")
-        monitor = run_cli("monitor", batch, "--config", config, "--labels", "--model", f"{KITCHEN_MODEL}/{version}", "--batch-id",
-                          "hostile-batch", "--exit-zero", cwd=folder, timeout=300)
-        _RUNS["run"] = {"folder": folder, "config": config, "data": data, "proc": run, "run_dir": runs[0],
-                        "summary": summary, "monitor": monitor, "reports": folder / "reports"}
-    return _RUNS["run"]
+    "Run every stage on the kitchen-sink CSV (none of the built-in columns), then `mlops-nb monitor` a batch (once per session)."
+    return once_per_session(tmp_path_factory, "kitchen", _kitchen_sink_run)

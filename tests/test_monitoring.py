@@ -473,6 +473,8 @@ def test_monitoring_in_a_training_run_is_the_baseline_of_the_runs_version(projec
     assert not (run_dir / "monitoring" / "test-split").exists()  # the test split's decision is shown, never recorded
 
 
+# `make test-slow`: tests/test_real_data_tasks.py monitors a labelled wine and diabetes batch of a pipeline run in `make test`.
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["multiclass", "regression"])
 def test_a_multiclass_and_a_regression_batch_are_monitored_with_their_labels(tmp_path, task):
     from sklearn.datasets import load_diabetes, load_wine

@@ -4,11 +4,9 @@ Each dataset ships offline with a package (tests/datasets.py) and goes through a
 succeeds, or exits 3 on a gate, never because of the data; the version it registered stays registered; the deploy and
 monitoring reports are about that version; no report mentions a column of the built-in dataset. On top: a two-value
 search over an estimator of the user's is recorded and registered; on imbalanced data a threshold chosen by
-cross-validation differs from 0.5 and the service decides with it; a multiclass and a regression model are served and
-monitored.
+cross-validation differs from 0.5 and the service decides with it. Multiclass and regression: test_real_data_tasks.py.
 """
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -128,21 +126,3 @@ def test_an_integer_coded_target_with_positive_label_2(tmp_path_factory):
     assert (schema["task"], schema["positive_label"]) == ("binary", 2)
     eda = read_json(run["run_dir"] / "eda.json")
     assert any(c["check"] == "missing" or "missing" in c["message"] for c in eda["checks"]) or eda["metrics"]["max_missing_share"] > 0
-
-
-@pytest.mark.parametrize("name, task, metric", [("wine", "multiclass", "roc_auc"), ("diabetes", "regression", "rmse")])
-def test_each_task_end_to_end_served_and_monitored(tmp_path_factory, name, task, metric):
-    linear = "ridge" if task == "regression" else "logistic_regression"  # logistic regression on a number: a config error
-    run = _run(tmp_path_factory, name, model={"cv_folds": 3, "candidates": [linear, "hist_gradient_boosting"]})
-    schema = _assert_a_users_run(run)
-    assert schema["task"] == task and f"test_{metric}" in run["summary"]["metrics"]
-    batch = run["folder"] / "batch.csv"
-    pd.read_csv(run["data"]).sample(n=120, random_state=1).to_csv(batch, index=False)
-    model = run["summary"]["model"]
-    proc = run_cli("monitor", batch, "--config", run["config"], "--labels", "--model", f"{model['name']}/{model['version']}",
-                   "--batch-id", f"{name}-batch", "--exit-zero", cwd=run["folder"], timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    decision = read_json(run["folder"] / "reports" / "monitoring" / f"{name}-batch" / "decision.json")
-    assert decision["task"] == task and metric in decision["performance"]
-    assert read_json(run["run_dir"] / "deploy.json")["batch_scoring"]["columns_written"] == (
-        ["probability", "prediction", "model_version"] if task == "multiclass" else ["prediction", "model_version"])
