@@ -12,8 +12,9 @@ import typer
 from .core import MlopsError
 
 # %% auto #0
-__all__ = ['app', 'DECISION_EXIT_CODES', 'guarded', 'run', 'validate', 'monitor', 'reproduce', 'compare', 'report', 'promote',
-           'serve', 'score', 'main']
+__all__ = ['app', 'DECISION_EXIT_CODES', 'guarded', 'config_option', 'set_option', 'out_option', 'engine_option', 'master_option',
+           'check_engine', 'run', 'validate', 'monitor', 'reproduce', 'compare', 'report', 'promote', 'serve', 'score',
+           'main']
 
 # %% ../nbs/08_cli.ipynb #6
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -40,12 +41,45 @@ def guarded(fn):
         _fail(str(e), e.exit_code)
     except KeyboardInterrupt: _fail("interrupted", 1)
 
+
+# The options several commands share, declared once.
+def config_option(help: str = "YAML config (default: the built-in dataset)."):
+    "`--config` / `-c`: the YAML config file."
+    return typer.Option(None, "--config", "-c", help=help)
+
+
+def set_option():
+    "`--set key.path=value`, repeatable: config overrides."
+    return typer.Option([], "--set", help="Override a config key: key.path=value (repeatable).")
+
+
+def out_option():
+    "`--out`: the reports folder."
+    return typer.Option(Path("reports"), "--out", help="Reports folder.")
+
+
+def engine_option(help: str):
+    "`--engine pandas|spark`."
+    return typer.Option("pandas", "--engine", help=help)
+
+
+def master_option():
+    "`--master`: the Spark master of `--engine spark`."
+    return typer.Option("local[2]", "--master", help="Spark master for --engine spark.")
+
+
+def check_engine(engine: str) -> None:
+    "Refuse an engine other than pandas or spark, naming the option."
+    from mlops_nb.core import ConfigError
+    if engine not in ("pandas", "spark"):
+        raise ConfigError(f"--engine: 'pandas' or 'spark', got {engine!r}")
+
 # %% ../nbs/08_cli.ipynb #8
 @app.command()
-def run(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: built-in quick start)."),
-        set_: List[str] = typer.Option([], "--set", help="Override a config key: key.path=value (repeatable)."),
+def run(config: Optional[Path] = config_option("YAML config (default: the built-in dataset, quick start)."),
+        set_: List[str] = set_option(),
         stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated subset of stages."),
-        out: Path = typer.Option(Path("reports"), "--out", help="Reports folder."),
+        out: Path = out_option(),
         notebooks: Optional[Path] = typer.Option(None, "--notebooks", help="Folder of stage notebooks (default: the project's nbs/)."),
         resume: Optional[str] = typer.Option(None, "--resume", help="Continue a failed run (its id) in its own folder.")):
     "Run the pipeline: every stage notebook, reports, summary and dashboard."
@@ -65,8 +99,8 @@ def run(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
 # %% ../nbs/08_cli.ipynb #9
 @app.command()
 def validate(data: Path = typer.Argument(..., help="CSV or Parquet file to check."),
-             config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: built-in)."),
-             set_: List[str] = typer.Option([], "--set", help="Override a config key: key.path=value.")):
+             config: Optional[Path] = config_option(),
+             set_: List[str] = set_option()):
     "Check a data file against the config's expectations; exit 4 listing every problem."
     from mlops_nb.core import load_config
     from mlops_nb.eda import load_dataset, validate_data
@@ -92,24 +126,24 @@ def _batch_report(out: Path, batch_id: str | None) -> None:
 
 @app.command()
 def monitor(data: Optional[Path] = typer.Argument(None, help="Batch file (CSV/Parquet); with --inference-log: its labels."),
-            config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: built-in)."),
-            set_: List[str] = typer.Option([], "--set", help="Override a config key: key.path=value."),
+            config: Optional[Path] = config_option(),
+            set_: List[str] = set_option(),
             model: Optional[str] = typer.Option(None, "--model", help="NAME@ALIAS or NAME/VERSION (default: the champion)."),
             labels: bool = typer.Option(False, "--labels", help="The batch carries the target: measure performance."),
             inference_log: Optional[Path] = typer.Option(None, "--inference-log", help="A .jsonl file or folder from `mlops-nb serve`."),
             since: Optional[str] = typer.Option(None, "--since", help="Inference-log window start (ISO time)."),
             until: Optional[str] = typer.Option(None, "--until", help="Inference-log window end (ISO time)."),
             batch_id: Optional[str] = typer.Option(None, "--batch-id", help="Name of the batch (default: time-based)."),
-            out: Path = typer.Option(Path("reports"), "--out", help="Reports folder."),
+            out: Path = out_option(),
             exit_zero: bool = typer.Option(False, "--exit-zero", help="Exit 0 whatever the decision."),
-            engine: str = typer.Option("pandas", "--engine", help="pandas, or spark (a large Parquet file or folder)."),
-            master: str = typer.Option("local[2]", "--master", help="Spark master for --engine spark.")):
+            engine: str = engine_option("pandas, or spark (a large Parquet file or folder)."),
+            master: str = master_option()):
     "Drift, anomalies, performance and the retraining decision for a batch; exit 0 ok, 5 investigate, 6 retrain."
-    from mlops_nb.core import ConfigError, MlopsError
+    from mlops_nb.core import MlopsError
     from mlops_nb.monitoring import new_batch_id, safe_batch_id
     from mlops_nb.pipeline import monitor_notebook, write_dashboard
     def body():
-        if engine not in ("pandas", "spark"): raise ConfigError(f"--engine: 'pandas' or 'spark', got {engine!r}")
+        check_engine(engine)
         name = safe_batch_id(batch_id or new_batch_id())
         try:
             d = monitor_notebook(config, set_, data, inference_log, labels, model, out, name, since, until,
@@ -129,7 +163,7 @@ def monitor(data: Optional[Path] = typer.Argument(None, help="Batch file (CSV/Pa
 # %% ../nbs/08_cli.ipynb #12
 @app.command()
 def reproduce(run_id: str = typer.Argument(..., help="The run to reproduce (a folder name under the reports folder)."),
-              out: Path = typer.Option(Path("reports"), "--out", help="Reports folder.")):
+              out: Path = out_option()):
     "Re-run a past run from its recorded config and data; print its metrics side by side."
     from mlops_nb.pipeline import reproduce_run
     def body():
@@ -143,7 +177,7 @@ def reproduce(run_id: str = typer.Argument(..., help="The run to reproduce (a fo
 @app.command()
 def compare(run_a: str = typer.Argument(..., help="A run id (a folder name under the reports folder)."),
             run_b: str = typer.Argument(..., help="The run to compare it with."),
-            out: Path = typer.Option(Path("reports"), "--out", help="Reports folder.")):
+            out: Path = out_option()):
     "Put two runs side by side: the settings that differ, metrics, fairness and gates; writes an HTML page."
     from mlops_nb.pipeline import compare_runs
     def body():
@@ -155,7 +189,7 @@ def compare(run_a: str = typer.Argument(..., help="A run id (a folder name under
     guarded(body)
 
 @app.command()
-def report(out: Path = typer.Option(Path("reports"), "--out", help="Reports folder.")):
+def report(out: Path = out_option()):
     "Rebuild the history dashboard (reports/index.html)."
     from mlops_nb.pipeline import write_dashboard
     typer.echo(f"history: {write_dashboard(out).resolve()}")
@@ -166,8 +200,8 @@ def promote(version: Optional[str] = typer.Argument(None, help="The version to m
             approver: str = typer.Option(..., "--approver", help="Who approves (recorded on the version)."),
             reason: str = typer.Option(..., "--reason", help="Why (recorded on the version)."),
             rollback: bool = typer.Option(False, "--rollback", help="Move champion back to the previous champion."),
-            config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: built-in)."),
-            set_: List[str] = typer.Option([], "--set", help="Override a config key: key.path=value.")):
+            config: Optional[Path] = config_option(),
+            set_: List[str] = set_option()):
     "Make a version whose gates passed the champion (approver and reason recorded); --rollback restores the previous one."
     from mlops_nb.core import ConfigError, load_config
     from mlops_nb.registry import promote_version, rollback_champion
@@ -181,8 +215,8 @@ def promote(version: Optional[str] = typer.Argument(None, help="The version to m
 
 # %% ../nbs/08_cli.ipynb #16
 @app.command()
-def serve(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: built-in)."),
-          set_: List[str] = typer.Option([], "--set", help="Override a config key: key.path=value."),
+def serve(config: Optional[Path] = config_option(),
+          set_: List[str] = set_option(),
           model: Optional[str] = typer.Option(None, "--model", help="NAME@ALIAS or NAME/VERSION (default: the config's model @champion)."),
           host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 for all, e.g. in a container)."),
           port: int = typer.Option(8080, "--port", help="Port to listen on."),
@@ -228,19 +262,19 @@ def serve(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YA
 @app.command()
 def score(input: Path = typer.Argument(..., help="CSV or Parquet file to score."),
           output: Path = typer.Argument(..., help="Where to write the scores (.csv or .parquet)."),
-          config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: built-in)."),
-          set_: List[str] = typer.Option([], "--set", help="Override a config key: key.path=value."),
+          config: Optional[Path] = config_option(),
+          set_: List[str] = set_option(),
           model: Optional[str] = typer.Option(None, "--model", help="NAME@ALIAS or NAME/VERSION (default: the config's model @champion)."),
           on_invalid: str = typer.Option("fail", "--on-invalid", help="fail: exit 4 naming the invalid rows, write nothing; skip: score the rest."),
           chunk_rows: int = typer.Option(50_000, "--chunk-rows", help="Rows read, checked and scored at a time."),
           allow_nulls: bool = typer.Option(False, "--allow-nulls", help="Accept nulls in columns that had none in training."),
-          engine: str = typer.Option("pandas", "--engine", help="pandas, or spark (a Parquet dataset, with mlflow.pyfunc.spark_udf)."),
-          master: str = typer.Option("local[2]", "--master", help="Spark master for --engine spark.")):
+          engine: str = engine_option("pandas, or spark (a Parquet dataset, with mlflow.pyfunc.spark_udf)."),
+          master: str = master_option()):
     "Score a CSV or Parquet file with the champion, in chunks; invalid rows are reported by number (exit 4), never dropped silently."
-    from mlops_nb.core import ConfigError, load_config
+    from mlops_nb.core import load_config
     from mlops_nb.scoring import score_file
     def body():
-        if engine not in ("pandas", "spark"): raise ConfigError(f"--engine: 'pandas' or 'spark', got {engine!r}")
+        check_engine(engine)
         if engine == "spark":
             from mlops_nb.spark import score_parquet_spark
             s = score_parquet_spark(load_config(config, set_), input, output, model, master)
