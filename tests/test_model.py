@@ -88,7 +88,8 @@ def test_pyfunc_model_predicts_like_the_in_memory_pipeline(registry, monkeypatch
     pipeline = fit_model(train, schema, a["cfg"], "logistic_regression")  # the same fit, in memory
     X = test[model_columns(schema)]
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
-    mlflow.set_tracking_uri(registry["uri"]); mlflow.set_registry_uri(registry["uri"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry["uri"])  # undone after the test, unlike mlflow.set_*_uri
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", registry["uri"])
     served = mlflow.pyfunc.load_model(f"models:/{registry['name']}/1")
     np.testing.assert_array_equal(np.asarray(served.predict(X)), pipeline.predict(X))
     loaded = load_model_version(registry["client"], registry["name"], "1")  # verified sklearn flavor
@@ -119,7 +120,8 @@ def test_lift_over_champion_uses_the_real_champion_on_the_same_test_split(regist
     test, schema = _split(b, "test"), _schema(b)
     # the champion (version 1), loaded independently of mlops_nb's loader, scored on run B's test split
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
-    mlflow.set_tracking_uri(registry["uri"]); mlflow.set_registry_uri(registry["uri"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry["uri"])  # undone after the test, unlike mlflow.set_*_uri
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", registry["uri"])
     champion = mlflow.sklearn.load_model(f"models:/{registry['name']}@{CHAMPION}")
     champion_auc = roc_auc_score(target_vector(test, b["cfg"]), champion.predict_proba(test[model_columns(schema)])[:, 1])
     s = b["results"]["summary"]

@@ -35,6 +35,12 @@ def _run(tmp_path_factory, name: str, sample_rows: int | None = None, model: dic
             "summary": read_json(run_dir / "summary.json")}
 
 
+def _client(run: dict) -> MlflowClient:
+    "The run's own store for runs and registry alike (a registry URI set by an earlier test in this process must not apply)."
+    uri = f"sqlite:///{run['folder'] / 'mlruns.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
 def _assert_a_users_run(run: dict) -> dict:
     "All six stages succeeded (or only a gate failed); the version stays registered; the reports are about it."
     proc, s, run_dir = run["proc"], run["summary"], run["run_dir"]
@@ -43,7 +49,7 @@ def _assert_a_users_run(run: dict) -> dict:
         (k, "succeeded") for k in ("eda", "rai", "baseline", "evaluation", "monitoring", "deploy")], s["stages"]
     assert proc.returncode == (3 if any(g["passed"] is False for g in s["gates"]) else 0)
     model = s["model"]
-    client = MlflowClient(tracking_uri=f"sqlite:///{run['folder'] / 'mlruns.db'}")
+    client = _client(run)
     version = client.get_model_version(model["name"], str(model["version"]))  # registered, not deleted
     assert "mlops_nb.failed_stage" not in version.tags
     for stage in ("monitoring", "deploy"):
@@ -72,7 +78,7 @@ def test_all_numeric_with_a_0_1_target_and_the_users_estimator(numeric):
     assert evaluation["chosen"] == "trees" and evaluation["searched"]["trees"]["max_depth"] in (3, None)
     assert {g["name"] for g in evaluation["summary"]["gates_not_evaluated"]} == {
         "max_demographic_parity_difference", "max_equalized_odds_difference"}  # no sensitive features: not passed
-    client = MlflowClient(tracking_uri=f"sqlite:///{numeric['folder'] / 'mlruns.db'}")
+    client = _client(numeric)
     run = client.get_run(evaluation["mlflow_run_id"])
     assert run.data.params["chosen"] == "trees" and run.data.params["data.target"] == "target"
     assert "estimator.max_depth" in run.data.params and run.data.params["model.search_iterations"] == "10"
