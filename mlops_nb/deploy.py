@@ -16,7 +16,7 @@ from .eda import load_schema, load_splits
 from .models import target_vector
 from .rai import fairness_frame
 from .evaluation import (CHAMPION, FAIRNESS_SUMMARY, LoadedModel, alias_version, fairness_note, load_model_version,
-                                 model_threshold, predict_outputs, test_metrics)
+                                 model_task, model_threshold, predict_outputs, test_metrics)
 from .registry import promote_command
 from .serving import (BackgroundServer, ColumnSpec, ScoringService, ServiceSettings, approval_problem, check_frame,
                               create_app, example_payloads, input_schema, service_settings)
@@ -80,6 +80,7 @@ class Candidate:
     inputs = property(lambda self: [s.name for s in self.specs])
     task = property(lambda self: self.outputs["task"])
     accepted = property(lambda self: ~self.test.index.isin(self.refused["row"]))  # the rows the service scores
+    served_inputs = property(lambda self: self.test.loc[self.accepted, self.inputs])  # their model inputs
 
 def load_candidate(ctx: RunContext, version: int | None) -> Candidate | None:
     "This run's version from the registry (sha256 verified), its outputs on the test split here; None without one."
@@ -161,7 +162,7 @@ def score_over_http(server: BackgroundServer | None, candidate: Candidate | None
     import requests
     if server is None:
         return None
-    rows = candidate.test.loc[candidate.accepted, candidate.inputs]
+    rows = candidate.served_inputs
     with requests.Session() as session:
         chunks = (rows.iloc[start:start + chunk_rows] for start in range(0, len(rows), chunk_rows))
         bodies = [post_payload(session, server.url, request_payload(chunk), candidate.task) for chunk in chunks]
@@ -238,7 +239,7 @@ def request_latency(server: BackgroundServer | None, candidate: Candidate | None
     import requests
     if server is None or not candidate.accepted.any():
         return None
-    rows, out = candidate.test.loc[candidate.accepted, candidate.inputs], {}
+    rows, out = candidate.served_inputs, {}
     with requests.Session() as session:
         for size, repeats in requests_per_size.items():
             payload = request_payload(rows.iloc[np.arange(size) % len(rows)])
@@ -253,7 +254,7 @@ def answer_of_example(server: BackgroundServer | None, candidate: Candidate | No
     import requests
     if server is None or not candidate.accepted.any():
         return None
-    payload = request_payload(candidate.test.loc[candidate.accepted, candidate.inputs].head(rows))
+    payload = request_payload(candidate.served_inputs.head(rows))
     with requests.Session() as session:
         return json.dumps(post_payload(session, server.url, payload, candidate.task), indent=2)
 
@@ -317,7 +318,7 @@ def example_requests(candidate: Candidate | None, tracking_uri: str, rows: int =
     "Requests for the first test rows the service accepts, from the model's own inputs: curl, Python, MLflow."
     if candidate is None or not candidate.accepted.any():
         return {}
-    payload = request_payload(candidate.test.loc[candidate.accepted, candidate.inputs].head(rows))
+    payload = request_payload(candidate.served_inputs.head(rows))
     address = f"{url}/invocations" + ("" if candidate.task == "regression" else "?probabilities=true")
     name, version = candidate.loaded.name, candidate.loaded.version
     return {"curl": (f"curl -s -X POST {shlex.quote(address)} -H 'Content-Type: application/json' \\\n"
@@ -343,16 +344,16 @@ def requests_markdown(examples: dict[str, str], answer: str | None) -> str:
 # %% ../nbs/06_deploy.ipynb #46
 def _incomparable(champion: LoadedModel, candidate: Candidate) -> str | None:
     "Why the champion cannot be scored on this run's test rows (another task, inputs absent), or None."
-    task = predict_outputs(champion.model, candidate.test[list(champion.model.feature_names_in_)].head(1))["task"] \
-        if set(champion.model.feature_names_in_) <= set(candidate.test.columns) else None
-    if task is None:
-        absent = sorted(set(champion.model.feature_names_in_) - set(candidate.test.columns))
+    absent = sorted(set(champion.model.feature_names_in_) - set(candidate.test.columns))
+    if absent:
         return f"it needs input(s) absent from this run's test split: {', '.join(absent[:10])}"
+    task = model_task(champion.model)
     return None if task == candidate.task else f"it is a {task} model and this version a {candidate.task} one"
 
-def version_outputs(client, cfg: Config, candidate: Candidate) -> tuple[dict, dict, str]:
+def version_outputs(client, cfg: Config, candidate: Candidate,
+                    version: str | None,  # the champion's version (`alias_version`), None without one
+                   ) -> tuple[dict, dict, str]:
     "The champion's and this version's outputs on the test rows, their thresholds, a note; ({}, {}, note) if none."
-    version = alias_version(client, cfg.model_name, CHAMPION)
     if version is None:
         return {}, {}, "**No champion yet**: nothing to compare with. Promoting this version would make it the first."
     if int(version) == candidate.loaded.version:
@@ -401,8 +402,8 @@ def compare_with_champion(client, cfg: Config, candidate: Candidate | None) -> d
     "The champion and this version on the same test rows: a note, metrics, fairness, the rows where they disagree."
     if candidate is None:
         return {"note": "No version registered by this run: nothing to compare.", "champion": None}
-    outputs, thresholds, note = version_outputs(client, cfg, candidate)
     champion = alias_version(client, cfg.model_name, CHAMPION)
+    outputs, thresholds, note = version_outputs(client, cfg, candidate, champion)
     if not outputs:
         return {"note": note, "champion": champion}
     rows = disagreements(candidate, outputs)

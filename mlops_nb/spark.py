@@ -81,8 +81,7 @@ def _scoring_pyfunc(loaded, folder: Path) -> Path:
     "Save the wrapper of a verified model version (its input signature, its task's outputs) as a pyfunc in `folder`."
     from mlflow.models import Model, ModelSignature
     from mlflow.types import ColSpec, Schema
-    kinds = {"double": "double", "long": "long", "string": "string"}
-    outputs = Schema([ColSpec(kinds[kind], name) for name, kind in scored_columns(loaded).items()])
+    outputs = Schema([ColSpec(kind, name) for name, kind in scored_columns(loaded).items()])
     signature = ModelSignature(inputs=Model.load(str(loaded.path)).signature.inputs, outputs=outputs)
     path = Path(folder) / "scoring-model"
     mlflow.pyfunc.save_model(str(path), python_model=ScoringModel(), artifacts={"model": str(loaded.path)},
